@@ -1,0 +1,281 @@
+/* cmd_init.c — `moetune init --preset tiny|small OUT_DIR`: a randomly initialised model of a
+ * family in the Hugging Face layout (config.json, generation_config.json, model.safetensors)
+ * with a tokenizer: a copy of a given one, or a byte-level BPE with no merges. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "model/model.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: moetune init --preset tiny|small [--family F] [--seed N] [--dtype f32|bf16]\n"
+            "                    [--tokenizer PATH] [--threads N] OUT_DIR\n"
+            "\n"
+            "Writes a randomly initialised model (normal(0, initializer_range) weights, norms 1) that\n"
+            "transformers loads with AutoModelForCausalLM: config.json, generation_config.json,\n"
+            "model.safetensors, tokenizer.json and tokenizer_config.json.\n"
+            "  --preset P      tiny (about 2 M active parameters) or small (about 10x tiny)\n"
+            "  --family F      deepseek_v3 (default), deepseek_v2, qwen3_moe, qwen2_moe, mixtral, olmoe\n"
+            "  --seed N        weights are a function of the seed (default 0)\n"
+            "  --dtype D       f32 (default) or bf16 on disk\n"
+            "  --tokenizer P   copy this tokenizer.json (or a folder with tokenizer.json and\n"
+            "                  tokenizer_config.json); vocab_size, bos and eos come from it. Without it,\n"
+            "                  a byte-level BPE with the 256 byte tokens, no merges, <|bos|> and <|eos|>\n");
+}
+
+static const char *value_of(const char *name, int argc, char **argv, int *i) {
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n)) return NULL;
+    if (argv[*i][n] == '=') return argv[*i] + n + 1;
+    if (argv[*i][n] || *i + 1 >= argc) return NULL;
+    return argv[++*i];
+}
+
+static bool is_flag(const char *a, const char *name) {
+    size_t n = strlen(name);
+    return !strncmp(a, name, n) && (a[n] == '\0' || a[n] == '=');
+}
+
+static bool parse_u64(const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || *end || errno || s[0] == '-') return false;
+    *out = v;
+    return true;
+}
+
+/* ---- the default tokenizer ---- */
+
+/* GPT-2's bytes_to_unicode: printable bytes stand for themselves, the other 68 map in order
+ * to U+0100.. (space → 'Ġ'). Writes the UTF-8 of byte b's character, JSON-escaped. */
+static size_t byte_token(int b, char *out) {
+    int cp;
+    bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    if (printable) {
+        cp = b;
+    } else {
+        int n = 0;
+        for (int x = 0; x < b; x++) {
+            bool px = (x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF);
+            if (!px) n++;
+        }
+        cp = 0x100 + n;
+    }
+    size_t k = 0;
+    if (cp == '"' || cp == '\\') {
+        out[k++] = '\\';
+        out[k++] = (char)cp;
+    } else if (cp < 0x80) {
+        out[k++] = (char)cp;
+    } else {
+        out[k++] = (char)(0xC0 | (cp >> 6));
+        out[k++] = (char)(0x80 | (cp & 0x3F));
+    }
+    out[k] = '\0';
+    return k;
+}
+
+#define BOS_TOKEN "<|bos|>"
+#define EOS_TOKEN "<|eos|>"
+
+static mt_status write_byte_tokenizer(const char *dir, int max_len, mt_error *err) {
+    size_t cap = 64 * 1024, n = 0;
+    char *s = mt_xmalloc(cap);
+#define OUT(...) n += (size_t)snprintf(s + n, cap - n, __VA_ARGS__)
+    OUT("{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n  \"added_tokens\": [\n");
+    const char *special[2] = {BOS_TOKEN, EOS_TOKEN};
+    for (int i = 0; i < 2; i++)
+        OUT("    {\"id\": %d, \"content\": \"%s\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, "
+            "\"normalized\": false, \"special\": true}%s\n",
+            256 + i, special[i], i ? "" : ",");
+    OUT("  ],\n  \"normalizer\": null,\n");
+    OUT("  \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, "
+        "\"use_regex\": true},\n");
+    OUT("  \"post_processor\": {\"type\": \"TemplateProcessing\", "
+        "\"single\": [{\"SpecialToken\": {\"id\": \"%s\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], "
+        "\"pair\": [{\"SpecialToken\": {\"id\": \"%s\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}, "
+        "{\"Sequence\": {\"id\": \"B\", \"type_id\": 1}}], "
+        "\"special_tokens\": {\"%s\": {\"id\": \"%s\", \"ids\": [256], \"tokens\": [\"%s\"]}}},\n",
+        BOS_TOKEN, BOS_TOKEN, BOS_TOKEN, BOS_TOKEN, BOS_TOKEN);
+    OUT("  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, \"use_regex\": true},\n");
+    OUT("  \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"continuing_subword_prefix\": null, "
+        "\"end_of_word_suffix\": null, \"fuse_unk\": false, \"byte_fallback\": false, \"ignore_merges\": false,\n");
+    OUT("    \"vocab\": {");
+    for (int b = 0; b < 256; b++) {
+        char tok[8];
+        byte_token(b, tok);
+        OUT("%s\"%s\": %d", b ? ", " : "", tok, b);
+    }
+    OUT("},\n    \"merges\": []\n  }\n}\n");
+#undef OUT
+    MT_ASSERT(n < cap);
+    char path[4096];
+    mt_status st = MT_OK;
+    if (!mt_path_join(path, sizeof path, dir, "tokenizer.json"))
+        st = mt_error_set(err, MT_ERR_INVALID, "%s: path too long", dir);
+    if (!st) st = mt_write_file_atomic(path, s, n, err);
+    if (!st) {
+        n = (size_t)snprintf(s, cap,
+                             "{\n  \"bos_token\": \"%s\",\n  \"eos_token\": \"%s\",\n  \"add_bos_token\": true,\n"
+                             "  \"clean_up_tokenization_spaces\": false,\n  \"model_max_length\": %d,\n"
+                             "  \"tokenizer_class\": \"PreTrainedTokenizerFast\"\n}\n",
+                             BOS_TOKEN, EOS_TOKEN, max_len);
+        if (!mt_path_join(path, sizeof path, dir, "tokenizer_config.json"))
+            st = mt_error_set(err, MT_ERR_INVALID, "%s: path too long", dir);
+        else
+            st = mt_write_file_atomic(path, s, n, err);
+    }
+    free(s);
+    return st;
+}
+
+/* Copies tokenizer.json (and tokenizer_config.json, special_tokens_map.json when present)
+ * from a file or a folder into dir. */
+static mt_status copy_tokenizer(const char *src, const char *dir, mt_error *err) {
+    static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"};
+    char from_dir[4096];
+    if (mt_is_dir(src)) {
+        snprintf(from_dir, sizeof from_dir, "%s", src);
+    } else {
+        snprintf(from_dir, sizeof from_dir, "%s", src);
+        char *slash = strrchr(from_dir, '/');
+        if (slash)
+            *slash = '\0';
+        else
+            snprintf(from_dir, sizeof from_dir, ".");
+    }
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char in[4096], out[4096];
+        if (i == 0 && !mt_is_dir(src))
+            snprintf(in, sizeof in, "%s", src);
+        else if (!mt_path_join(in, sizeof in, from_dir, files[i]))
+            return mt_error_set(err, MT_ERR_INVALID, "%s: path too long", from_dir);
+        if (i > 0 && !mt_path_exists(in)) continue;
+        char *data = NULL;
+        size_t len = 0;
+        mt_status st = mt_read_file(in, &data, &len, err);
+        if (st) return st;
+        if (!mt_path_join(out, sizeof out, dir, files[i])) {
+            free(data);
+            return mt_error_set(err, MT_ERR_INVALID, "%s: path too long", dir);
+        }
+        st = mt_write_file_atomic(out, data, len, err);
+        free(data);
+        if (st) return st;
+    }
+    return MT_OK;
+}
+
+int mt_cmd_init(int argc, char **argv) {
+    const char *preset = NULL, *family_name = "deepseek_v3", *dtype_name = "f32", *tok_path = NULL, *out = NULL;
+    uint64_t seed = 0, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (is_flag(a, "--preset")) {
+            if (!(preset = value_of("--preset", argc, argv, &i))) goto bad;
+        } else if (is_flag(a, "--family")) {
+            if (!(family_name = value_of("--family", argc, argv, &i))) goto bad;
+        } else if (is_flag(a, "--dtype")) {
+            if (!(dtype_name = value_of("--dtype", argc, argv, &i))) goto bad;
+        } else if (is_flag(a, "--tokenizer")) {
+            if (!(tok_path = value_of("--tokenizer", argc, argv, &i))) goto bad;
+        } else if (is_flag(a, "--seed")) {
+            if (!(v = value_of("--seed", argc, argv, &i)) || !parse_u64(v, &seed)) goto bad;
+        } else if (is_flag(a, "--threads")) {
+            if (!(v = value_of("--threads", argc, argv, &i)) || !parse_u64(v, &threads) || threads > 4096) goto bad;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "moetune init: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        } else if (!out) {
+            out = a;
+        } else {
+            fprintf(stderr, "moetune init: more than one OUT_DIR ('%s', '%s')\n", out, a);
+            return 2;
+        }
+        continue;
+    bad:
+        fprintf(stderr, "moetune init: %s needs a valid value\n", a);
+        usage(stderr);
+        return 2;
+    }
+    if (!preset || !out) {
+        fprintf(stderr, "moetune init: %s is required\n", !preset ? "--preset" : "OUT_DIR");
+        usage(stderr);
+        return 2;
+    }
+    mt_dtype dtype;
+    if (!strcmp(dtype_name, "f32"))
+        dtype = MT_DTYPE_F32;
+    else if (!strcmp(dtype_name, "bf16"))
+        dtype = MT_DTYPE_BF16;
+    else {
+        fprintf(stderr, "moetune init: --dtype must be f32 or bf16, not '%s'\n", dtype_name);
+        return 2;
+    }
+    mt_error err = {0};
+    mt_family family;
+    if (mt_family_from_name(family_name, &family, &err) != MT_OK) return mt_cli_fail("init", &err);
+    char probe[4096];
+    if (mt_path_join(probe, sizeof probe, out, "config.json") && mt_path_exists(probe)) {
+        fprintf(stderr, "moetune init: %s already holds a model (config.json); choose another folder\n", out);
+        return 2;
+    }
+    if (mt_mkdirs(out, &err) != MT_OK) return mt_cli_fail("init", &err);
+
+    int vocab = 258, bos = 256, eos = 257;
+    mt_status st;
+    if (tok_path) {
+        st = copy_tokenizer(tok_path, out, &err);
+        mt_tokenizer *tok = NULL;
+        if (!st) st = mt_tokenizer_load(&tok, out, &err);
+        if (st) return mt_cli_fail("init", &err);
+        vocab = mt_tokenizer_vocab_size(tok);
+        bos = mt_tokenizer_bos_id(tok);
+        eos = mt_tokenizer_eos_id(tok);
+        mt_tokenizer_free(tok);
+    }
+    mt_config cfg;
+    st = mt_config_preset(&cfg, family, preset, vocab, &err);
+    if (st) return mt_cli_fail("init", &err);
+    cfg.bos_token_id = bos;
+    cfg.n_eos = 0;
+    if (eos >= 0) cfg.eos_token_ids[cfg.n_eos++] = eos;
+    if (!tok_path) {
+        st = write_byte_tokenizer(out, cfg.max_position_embeddings, &err);
+        if (st) return mt_cli_fail("init", &err);
+    }
+    mt_backend *be = mt_cli_backend("init", NULL, (int)threads);
+    if (!be) return 1;
+    mt_model *m = NULL;
+    st = mt_model_init_random(&m, &cfg, seed, be, &err);
+    if (!st) st = mt_model_save(m, out, dtype, 0, &err);
+    if (st) {
+        mt_model_free(m);
+        mt_backend_free(be);
+        return mt_cli_fail("init", &err);
+    }
+    int64_t active = 0, total = mt_config_param_count(&cfg, &active);
+    /* the hash of what was written, as every later load will see it (bf16 rounds the values) */
+    mt_model_free(m);
+    m = NULL;
+    if (mt_model_load(&m, out, be, &err) != MT_OK) {
+        mt_backend_free(be);
+        return mt_cli_fail("init", &err);
+    }
+    char hash[65];
+    mt_model_content_hash(m, hash);
+    printf("wrote %s: %s %s, %.2f M parameters (%.2f M active), vocab %d, %s weights\n", out, family_name, preset,
+           total / 1e6, active / 1e6, vocab, dtype_name);
+    printf("content hash %s\n", hash);
+    mt_model_free(m);
+    mt_backend_free(be);
+    return 0;
+}

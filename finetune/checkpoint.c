@@ -1,0 +1,245 @@
+/* checkpoint.c — atomic training checkpoints: a folder written under a temporary name, every
+ * file fsynced, then renamed into place, so that kill -9 at any instant loses at most the
+ * checkpoint being written and resume always finds a complete one. */
+#define _GNU_SOURCE
+#include "checkpoint-impl.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model/model.h"
+
+#define STEP_PREFIX "step-"
+
+static mt_status sync_dir(const char *dir, mt_error *err) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return mt_error_set(err, MT_ERR_IO, "%s: cannot open folder: %s", dir, strerror(errno));
+    int rc = fsync(fd);
+    close(fd);
+    if (rc != 0) return mt_error_set(err, MT_ERR_IO, "%s: fsync failed: %s", dir, strerror(errno));
+    return MT_OK;
+}
+
+static mt_status remove_tree(const char *path, mt_error *err) {
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char sub[4096];
+            mt_path_join(sub, sizeof sub, path, e->d_name);
+            if (unlink(sub) != 0 && errno != ENOENT) {
+                closedir(d);
+                return mt_error_set(err, MT_ERR_IO, "%s: cannot remove: %s", sub, strerror(errno));
+            }
+        }
+        closedir(d);
+    }
+    if (rmdir(path) != 0 && errno != ENOENT)
+        return mt_error_set(err, MT_ERR_IO, "%s: cannot remove: %s", path, strerror(errno));
+    return MT_OK;
+}
+
+static char *state_json(const mt_ckpt_state *s) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "step", (double)s->step);
+    cJSON_AddNumberToObject(o, "optim_step", (double)s->optim_step);
+    cJSON_AddNumberToObject(o, "epoch", (double)s->epoch);
+    cJSON_AddNumberToObject(o, "cursor", (double)s->cursor);
+    cJSON_AddNumberToObject(o, "tokens_seen", (double)s->tokens_seen);
+    cJSON_AddNumberToObject(o, "nan_streak", (double)s->nan_streak);
+    cJSON_AddNumberToObject(o, "run_id", (double)s->run_id);
+    cJSON_AddNumberToObject(o, "threads", s->threads);
+    /* %.17g round-trips a double exactly; cJSON's own printer would not */
+    char buf[64];
+    snprintf(buf, sizeof buf, "%.17g", s->dap_threshold);
+    cJSON_AddRawToObject(o, "dap_threshold", buf);
+    snprintf(buf, sizeof buf, "%.17g", s->mean_entropy);
+    cJSON_AddRawToObject(o, "mean_entropy", buf);
+    cJSON_AddStringToObject(o, "recipe_sha256", s->recipe_sha256);
+    cJSON_AddStringToObject(o, "moetune_version", MT_VERSION);
+    char *text = cJSON_Print(o);
+    cJSON_Delete(o);
+    return text;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Complete checkpoint folders (step-NNNNNNNN, no temporary suffix), oldest first. */
+static size_t list_checkpoints(const char *root, char ***out) {
+    *out = NULL;
+    DIR *d = opendir(root);
+    if (!d) return 0;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (strncmp(e->d_name, STEP_PREFIX, 5) != 0 || l != 13) continue;
+        bool digits = true;
+        for (size_t i = 5; i < l; i++) digits = digits && e->d_name[i] >= '0' && e->d_name[i] <= '9';
+        if (!digits) continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            *out = mt_xrealloc(*out, cap * sizeof **out);
+        }
+        (*out)[n++] = mt_xstrdup(e->d_name);
+    }
+    closedir(d);
+    if (n) qsort(*out, n, sizeof **out, cmp_str);
+    return n;
+}
+
+mt_status mt_ckpt_save(const char *dir, const mt_optim *o, const mt_ckpt_state *s, int keep, char *saved_path,
+                       size_t cap, mt_error *err) {
+    char root[4096], final[4096], tmp[4200], path[4300];
+    snprintf(root, sizeof root, "%s/checkpoints", dir);
+    snprintf(final, sizeof final, "%s/" STEP_PREFIX "%08lld", root, (long long)s->step);
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", final, (long)getpid());
+    mt_status st = mt_mkdirs(root, err);
+    if (st == MT_OK) {
+        remove_tree(tmp, NULL);
+        st = mt_mkdirs(tmp, err);
+    }
+    if (st != MT_OK) return st;
+
+    mt_st_writer *w = mt_st_writer_init();
+    char (*names)[2][300] = mt_xcalloc((size_t)(o->n ? o->n : 1), sizeof *names);
+    for (int i = 0; i < o->n; i++) {
+        const mt_trainable *t = &o->t[i];
+        int64_t shape[1] = {t->numel};
+        snprintf(names[i][0], sizeof names[i][0], "%s.adam_m", t->name);
+        snprintf(names[i][1], sizeof names[i][1], "%s.adam_v", t->name);
+        mt_st_writer_add(w, t->name, MT_DTYPE_F32, 1, shape, t->data);
+        mt_st_writer_add(w, names[i][0], MT_DTYPE_F32, 1, shape, t->m);
+        mt_st_writer_add(w, names[i][1], MT_DTYPE_F32, 1, shape, t->v);
+    }
+    snprintf(path, sizeof path, "%s/state.safetensors", tmp);
+    st = mt_st_writer_save(w, path, err);
+    mt_st_writer_free(w);
+    free(names);
+    if (st == MT_OK) {
+        char *json = state_json(s);
+        snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
+        st = mt_write_file_atomic(path, json, strlen(json), err);
+        free(json);
+    }
+    if (st == MT_OK) st = sync_dir(tmp, err);
+    if (st == MT_OK) {
+        /* a checkpoint of the same step (an earlier attempt of a resumed run) is replaced */
+        remove_tree(final, NULL);
+        if (rename(tmp, final) != 0)
+            st = mt_error_set(err, MT_ERR_IO, "%s: rename failed: %s", final, strerror(errno));
+    }
+    if (st == MT_OK) st = sync_dir(root, err);
+    if (st != MT_OK) {
+        remove_tree(tmp, NULL);
+        return st;
+    }
+    if (saved_path) snprintf(saved_path, cap, "%s", final);
+
+    if (keep > 0) {
+        char **names_on_disk;
+        size_t n = list_checkpoints(root, &names_on_disk);
+        for (size_t i = 0; i < n; i++) {
+            if (i + (size_t)keep < n) {
+                char old[4200];
+                snprintf(old, sizeof old, "%s/%s", root, names_on_disk[i]);
+                remove_tree(old, NULL);
+            }
+            free(names_on_disk[i]);
+        }
+        free(names_on_disk);
+    }
+    return MT_OK;
+}
+
+mt_status mt_ckpt_find_latest(const char *dir, char *path, size_t cap, mt_error *err) {
+    char root[4096];
+    snprintf(root, sizeof root, "%s/checkpoints", dir);
+    char **names;
+    size_t n = list_checkpoints(root, &names);
+    mt_status st = MT_ERR_NOT_FOUND;
+    for (size_t i = n; i-- > 0;) {
+        char probe[4300];
+        snprintf(probe, sizeof probe, "%s/%s/trainer_state.json", root, names[i]);
+        char probe2[4300];
+        snprintf(probe2, sizeof probe2, "%s/%s/state.safetensors", root, names[i]);
+        if (st != MT_OK && mt_path_exists(probe) && mt_path_exists(probe2)) {
+            snprintf(path, cap, "%s/%s", root, names[i]);
+            st = MT_OK;
+        }
+    }
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+    if (st != MT_OK) return mt_error_set(err, MT_ERR_NOT_FOUND, "%s: no checkpoint to resume from", root);
+    return MT_OK;
+}
+
+static bool json_int(const cJSON *o, const char *key, int64_t *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v)) return false;
+    *out = (int64_t)v->valuedouble;
+    return true;
+}
+
+mt_status mt_ckpt_load(const char *path, mt_optim *o, mt_ckpt_state *s, mt_error *err) {
+    char file[4300];
+    snprintf(file, sizeof file, "%s/trainer_state.json", path);
+    char *text = NULL;
+    mt_status st = mt_read_file(file, &text, NULL, err);
+    if (st != MT_OK) return st;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    memset(s, 0, sizeof *s);
+    int64_t threads = 0;
+    const cJSON *sha = cJSON_GetObjectItemCaseSensitive(j, "recipe_sha256");
+    const cJSON *dap = cJSON_GetObjectItemCaseSensitive(j, "dap_threshold");
+    const cJSON *ent = cJSON_GetObjectItemCaseSensitive(j, "mean_entropy");
+    bool ok = j && json_int(j, "step", &s->step) && json_int(j, "optim_step", &s->optim_step) &&
+              json_int(j, "epoch", &s->epoch) && json_int(j, "cursor", &s->cursor) &&
+              json_int(j, "tokens_seen", &s->tokens_seen) && json_int(j, "nan_streak", &s->nan_streak) &&
+              json_int(j, "run_id", &s->run_id) && json_int(j, "threads", &threads) && cJSON_IsString(sha) &&
+              strlen(sha->valuestring) == 64 && cJSON_IsNumber(dap) && cJSON_IsNumber(ent);
+    if (ok) {
+        s->threads = (int)threads;
+        s->dap_threshold = dap->valuedouble;
+        s->mean_entropy = ent->valuedouble;
+        memcpy(s->recipe_sha256, sha->valuestring, 65);
+    }
+    cJSON_Delete(j);
+    if (!ok) return mt_error_set(err, MT_ERR_FORMAT, "%s: missing or malformed fields", file);
+
+    snprintf(file, sizeof file, "%s/state.safetensors", path);
+    mt_safetensors *sf = NULL;
+    st = mt_safetensors_open(&sf, file, err);
+    if (st != MT_OK) return st;
+    for (int i = 0; i < o->n && st == MT_OK; i++) {
+        mt_trainable *t = &o->t[i];
+        char name[300];
+        float *dst[3] = {t->data, t->m, t->v};
+        for (int k = 0; k < 3 && st == MT_OK; k++) {
+            snprintf(name, sizeof name, k == 0 ? "%s" : k == 1 ? "%s.adam_m" : "%s.adam_v", t->name);
+            const mt_st_tensor *x = mt_safetensors_find(sf, name);
+            if (!x)
+                st = mt_error_set(err, MT_ERR_FORMAT, "%s: tensor '%s' is missing (a different adapter or model?)",
+                                  file, name);
+            else if (x->dtype != MT_DTYPE_F32 || x->numel != t->numel)
+                st = mt_error_set(err, MT_ERR_FORMAT, "%s: tensor '%s' has %lld values, this run has %lld", file,
+                                  name, (long long)x->numel, (long long)t->numel);
+            else
+                mt_backend_upload(o->be, dst[k], x->data, (size_t)t->numel * sizeof(float));
+        }
+    }
+    if (st == MT_OK && mt_safetensors_count(sf) != (size_t)o->n * 3)
+        st = mt_error_set(err, MT_ERR_FORMAT, "%s: holds %zu tensors, this run trains %d (a different adapter?)", file,
+                          mt_safetensors_count(sf) / 3, o->n);
+    mt_safetensors_close(sf);
+    if (st == MT_OK) o->step = s->optim_step;
+    return st;
+}

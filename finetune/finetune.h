@@ -1,0 +1,267 @@
+/* finetune.h — the trainer room's one public header: recipes (YAML → validated config),
+ * domain corpora from text on the machine, domain-adaptive thresholds, and the training loop.
+ * Uses model/, peft/, store/; the CLI is a thin layer over it. */
+#ifndef MT_FINETUNE_H
+#define MT_FINETUNE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+
+/* ===================================== recipes ===================================== */
+
+/* A recipe is one YAML file that says everything a run needs. One table of key descriptors
+ * (finetune/recipe-schema.c) drives parsing, defaults, validation, --set overrides, the
+ * canonical dump and docs/recipes.md, which lists every key with its default. */
+
+typedef enum mt_recipe_method { MT_RECIPE_METHOD_SFT } mt_recipe_method;
+typedef enum mt_recipe_adapter { MT_RECIPE_ADAPTER_LORA, MT_RECIPE_ADAPTER_NONE } mt_recipe_adapter;
+/* PEFT's init_lora_weights: true (A kaiming-uniform, B zero) or "gaussian" (A normal, std 1/r) */
+typedef enum mt_recipe_lora_init { MT_RECIPE_LORA_INIT_DEFAULT, MT_RECIPE_LORA_INIT_GAUSSIAN } mt_recipe_lora_init;
+typedef enum mt_recipe_format {
+    MT_RECIPE_FORMAT_AUTO,
+    MT_RECIPE_FORMAT_TEXT,              /* JSONL {"text"} */
+    MT_RECIPE_FORMAT_PROMPT_COMPLETION, /* JSONL {"prompt","completion"} */
+    MT_RECIPE_FORMAT_MESSAGES,          /* JSONL {"messages":[{"role","content"}...]} */
+    MT_RECIPE_FORMAT_PLAIN              /* plain text files, one document each */
+} mt_recipe_format;
+typedef enum mt_recipe_schedule {
+    MT_RECIPE_SCHEDULE_COSINE,
+    MT_RECIPE_SCHEDULE_LINEAR,
+    MT_RECIPE_SCHEDULE_CONSTANT
+} mt_recipe_schedule;
+typedef enum mt_recipe_device { MT_RECIPE_DEVICE_CPU, MT_RECIPE_DEVICE_CUDA } mt_recipe_device;
+
+/* An optional number that was not given (train.steps when epochs are used, the unused one of
+ * train.warmup_steps / train.warmup_ratio). Every optional number has a range that excludes it. */
+#define MT_RECIPE_UNSET (-1)
+/* "auto": decided at run time (thresholds.dap from the data, train.router_aux_coef from the
+ * model's config.json). */
+#define MT_RECIPE_AUTO (-1.0)
+
+typedef struct mt_recipe_list {
+    size_t n;
+    char **items; /* [n] owned strings */
+} mt_recipe_list;
+
+/* PEFT rank_pattern / alpha_pattern: a module-name pattern → a value. Ranks are validated to be
+ * whole numbers; both maps hold doubles so that one type serves both. */
+typedef struct mt_recipe_map {
+    size_t n;
+    char **patterns; /* [n] owned strings, in file order */
+    double *values;  /* [n] */
+} mt_recipe_map;
+
+/* The effective configuration: every field holds its value after defaults, the file and the
+ * --set overrides. Paths are absolute (relative ones resolve against the recipe's folder,
+ * --set ones against the current folder). Strings and lists are owned: mt_recipe_free. */
+typedef struct mt_recipe {
+    char *name; /* run name; default: the recipe file's name without .yaml */
+    mt_recipe_method method;
+    struct {
+        char *path;      /* base model folder (config.json + safetensors) */
+        char *tokenizer; /* folder with tokenizer.json; default model.path */
+    } model;
+    struct {
+        mt_recipe_adapter type; /* NONE = full fine-tuning */
+        int r;
+        double alpha;
+        double dropout;
+        bool use_rslora;          /* scale alpha/sqrt(r) instead of alpha/r */
+        mt_recipe_lora_init init;
+        mt_recipe_list targets;   /* module names, globs, "re:<regex>", or the one item "all-linear" */
+        mt_recipe_list exclude;   /* same syntax; wins over targets */
+        mt_recipe_map rank_pattern;
+        mt_recipe_map alpha_pattern;
+    } adapter;
+    struct {
+        mt_recipe_list train; /* files or folders */
+        mt_recipe_list eval;  /* empty: none, or eval_split of train */
+        mt_recipe_format format;
+        int max_seq_len;
+        bool packing;
+        bool mask_prompt;     /* loss only on completions / assistant turns */
+        bool shuffle;
+        double eval_split;    /* [0, 1): fraction of train documents held out when eval is empty */
+        char *cache_dir;      /* tokenized data cache; default <output.dir>/cache */
+    } data;
+    struct {
+        int seed;
+        int steps;            /* optimizer steps, or MT_RECIPE_UNSET when epochs are given */
+        double epochs;        /* or MT_RECIPE_UNSET when steps are given */
+        int micro_batch;      /* sequences per forward/backward */
+        int grad_accum;       /* micro-batches per optimizer step */
+        double lr;            /* peak learning rate */
+        mt_recipe_schedule schedule;
+        int warmup_steps;     /* or MT_RECIPE_UNSET when warmup_ratio is given */
+        double warmup_ratio;  /* or MT_RECIPE_UNSET when warmup_steps is given */
+        double min_lr_ratio;  /* final lr = lr * min_lr_ratio (cosine, linear) */
+        double weight_decay;  /* AdamW, decoupled */
+        double beta1, beta2, eps;
+        double clip_norm;     /* global gradient norm clip; 0 = off */
+        double router_aux_coef; /* load-balancing loss weight, or MT_RECIPE_AUTO */
+        double router_noise;  /* router jitter ε while training; 0 = off */
+        int max_nan_skips;    /* non-finite steps skipped before the run fails */
+        int eval_every, save_every, log_every; /* in optimizer steps; 0 = never (eval/save: at the end) */
+        int save_total_limit; /* checkpoints kept; 0 = all */
+        bool resume;          /* continue from the newest checkpoint in output.dir */
+        int threads;          /* 0 = all cores */
+        mt_recipe_device device;
+    } train;
+    struct {
+        double dap;           /* attention-pruning threshold, or MT_RECIPE_AUTO (from the data) */
+        double base;          /* threshold = base * (1 - min(H, max_entropy) / max_entropy) */
+        double max_entropy;   /* bits */
+    } thresholds;
+    struct {
+        char *dir;     /* run folder: checkpoints, logs; default <recipe folder>/runs/<name> */
+        char *adapter; /* export folder (PEFT adapter, or the full model); default <dir>/adapter */
+        char *store;   /* SQLite run store; default moetune.db beside output.dir */
+    } output;
+} mt_recipe;
+
+typedef struct mt_recipe_load_opts {
+    /* Also check the file system: model.path holds config.json, model.tokenizer holds
+     * tokenizer.json, every data.train / data.eval path exists. Off for `recipe check` so a
+     * recipe can be checked where the data is not (`--strict` turns it on). */
+    bool check_paths;
+} mt_recipe_load_opts;
+
+/* Every problem found in one load, in the order found, each a line ready to print:
+ * "recipes/legal.yaml:12:5: train.learnig_rate: unknown key (did you mean 'lr'?)". */
+typedef struct mt_recipe_diags {
+    size_t n;
+    char **msgs; /* [n] owned */
+} mt_recipe_diags;
+
+/* Loads `path`, applies the overrides ("train.lr=3e-4", "adapter.targets=[q_proj,v_proj]";
+ * the value is YAML) and validates. On failure *out is untouched and err holds the problems
+ * (the first, then as many more as fit). */
+mt_status mt_recipe_load(const char *path, const char *const *overrides, size_t n_overrides, mt_recipe *out,
+                         mt_error *err);
+/* The same, collecting every problem into *diags (may be NULL; overwritten, so free it first
+ * when reusing it; free it with mt_recipe_diags_free, also on success, where it is empty).
+ * opts may be NULL. */
+mt_status mt_recipe_validate(const char *path, const char *const *overrides, size_t n_overrides,
+                             const mt_recipe_load_opts *opts, mt_recipe *out, mt_recipe_diags *diags,
+                             mt_error *err);
+void mt_recipe_diags_free(mt_recipe_diags *d);
+void mt_recipe_free(mt_recipe *r);
+
+/* The canonical YAML: every key in table order with its effective value, so that it re-loads
+ * to the same recipe; stored with each run. Returns a malloc'ed NUL-terminated string. */
+char *mt_recipe_dump_yaml(const mt_recipe *r, size_t *len);
+/* The effective recipe as a compact JSON object (the canonical dump's keys and typed values),
+ * as the run store keeps it for comparisons. malloc'ed. */
+char *mt_recipe_to_json(const mt_recipe *r);
+/* Lowercase hex SHA-256 of the canonical dump. */
+void mt_recipe_hash(const mt_recipe *r, char out[65]);
+/* docs/recipes.md, generated from the key table (malloc'ed). */
+char *mt_recipe_docs_markdown(size_t *len);
+
+/* ============================ corpora and thresholds ============================ */
+
+/* Domain corpora built from text every Debian machine carries (docs/data.md): the license
+ * texts and package copyright files (legal), GCIDE dictionary entries tagged (Med.), (Anat.),
+ * (Pathol.), (Physiol.), (Surg.) (medical), and other dictionary and documentation prose
+ * (general, for pretraining the tiny base). Output is JSONL, one {"text","source","id"} object
+ * per document, train and held-out eval in two files, byte-identical run to run. */
+
+typedef enum mt_corpus_kind {
+    MT_CORPUS_KIND_LEGAL = 0,
+    MT_CORPUS_KIND_MEDICAL,
+    MT_CORPUS_KIND_GENERAL,
+    MT_CORPUS_KIND_COUNT
+} mt_corpus_kind;
+
+/* The GCIDE field tags that make an entry medical, in the order of mt_corpus_stats.tag_docs. */
+typedef enum mt_corpus_tag {
+    MT_CORPUS_TAG_MED = 0,
+    MT_CORPUS_TAG_ANAT,
+    MT_CORPUS_TAG_PATHOL,
+    MT_CORPUS_TAG_PHYSIOL,
+    MT_CORPUS_TAG_SURG,
+    MT_CORPUS_TAG_COUNT
+} mt_corpus_tag;
+
+/* The general corpus's default size cap: enough prose to pretrain the tiny base, bounded so
+ * that its data and tokenization stay small. */
+#define MT_CORPUS_GENERAL_MAX_BYTES ((uint64_t)8 << 20)
+/* max_bytes value that means "no cap" for every kind. */
+#define MT_CORPUS_NO_CAP UINT64_MAX
+
+typedef struct mt_corpus_opts {
+    const char *root;     /* prefix the /usr/share paths are read under; NULL or "" = "/" */
+    double eval_fraction; /* held-out share of documents, in [0, 0.5]; default 0.05 */
+    uint64_t max_bytes;   /* cap on the text bytes kept (train + eval); 0 = the kind's default
+                           * (MT_CORPUS_GENERAL_MAX_BYTES for general, none for legal/medical) */
+    uint64_t seed;        /* mixed into the split and sampling hashes; default 0 */
+} mt_corpus_opts;
+
+typedef struct mt_corpus_stats {
+    uint64_t files_read;           /* files opened and decoded as text (decompressed when gzip) */
+    uint64_t files_skipped;        /* binary, unreadable, empty, outside the root, or a second
+                                    * path (symlink) to a file already read */
+    uint64_t files_repaired;       /* held bytes that were not UTF-8, re-decoded as Windows-1252 */
+    uint64_t bytes_read;           /* decoded bytes of the files read */
+    uint64_t entries_read;         /* GCIDE entries examined (medical, general) */
+    uint64_t docs_seen;            /* candidate documents */
+    uint64_t docs_duplicate;       /* dropped: same whitespace-normalised text as an earlier one */
+    uint64_t docs_empty;           /* dropped: too little left after paragraph dedup/filtering */
+    uint64_t docs_capped;          /* dropped by max_bytes */
+    uint64_t paragraphs_seen;      /* paragraphs examined by the paragraph-level dedup */
+    uint64_t paragraphs_duplicate; /* dropped: seen before (normalised) in this corpus */
+    uint64_t paragraphs_legal;     /* general: dropped as legal text (licenses, copyright) */
+    uint64_t docs_train, docs_eval;
+    uint64_t bytes_train, bytes_eval;          /* UTF-8 bytes of the "text" values written */
+    uint64_t tag_docs[MT_CORPUS_TAG_COUNT];    /* medical: kept documents carrying each tag */
+} mt_corpus_stats;
+
+void mt_corpus_opts_default(mt_corpus_opts *opts);
+/* "legal", "medical", "general"; an unknown name gets MT_ERR_INVALID with a suggestion. */
+mt_status mt_corpus_kind_parse(const char *name, mt_corpus_kind *out, mt_error *err);
+const char *mt_corpus_kind_name(mt_corpus_kind kind);
+const char *mt_corpus_tag_name(mt_corpus_tag tag); /* "Med.", "Anat.", ... */
+/* The held-out file beside `out_path`: "x.jsonl" → "x.eval.jsonl", any other name → name +
+ * ".eval.jsonl". Returns false when it does not fit in `cap`. */
+bool mt_corpus_eval_path(const char *out_path, char *dst, size_t cap);
+
+/* Builds the corpus of `kind`: reads the sources under opts->root in sorted order, drops
+ * duplicate documents and paragraphs, caps the size, splits documents into train (out_path)
+ * and held-out eval (mt_corpus_eval_path) by a hash of their text, and writes both files
+ * atomically. opts may be NULL (defaults); stats may be NULL. Fails with MT_ERR_NOT_FOUND when
+ * the sources are missing or give no document. */
+mt_status mt_corpus_build(mt_corpus_kind kind, const char *out_path, const mt_corpus_opts *opts,
+                          mt_corpus_stats *stats, mt_error *err);
+
+/* Domain-adaptive thresholds (docs/data.md, "Thresholds"). The token entropy at a position is
+ * the entropy in bits of the base model's predicted distribution for the next token,
+ * H_t = −Σ_v p_v·log2 p_v with p = softmax(logits_t); a sequence's entropy is the mean of H_t
+ * over its positions that have a target, and over the sampled domain sequences
+ *     threshold = base · (1 − min(mean H, max_entropy) / max_entropy)   ∈ [0, base].
+ * A domain the base already predicts confidently gets a higher (more aggressive) attention-
+ * pruning threshold than one it finds surprising. */
+
+#define MT_DAP_DEFAULT_BASE 0.5
+#define MT_DAP_DEFAULT_MAX_ENTROPY 4.5
+
+typedef struct mt_dap_stats {
+    double sum_entropy; /* Σ of sequence entropies added, bits */
+    uint64_t n_seqs;
+} mt_dap_stats;
+
+void mt_dap_stats_init(mt_dap_stats *s);
+/* H of softmax(logits[0..V)) in bits, computed stably in double precision. */
+double mt_dap_token_entropy(const float *logits, int V);
+/* Adds one sequence from its logits [T, V] and targets [T]: positions whose target is negative
+ * (ignored) do not count. Returns false, adding nothing, when no position counts. */
+bool mt_dap_stats_add_sequence(mt_dap_stats *s, const float *logits, const int32_t *targets, int T, int V);
+/* threshold and mean entropy over the sequences added (any out-pointer may be NULL). Fails with
+ * MT_ERR_INVALID when no sequence was added, base is negative or max_entropy is not > 0, and
+ * MT_ERR_NUMERIC when either is not finite. */
+mt_status mt_dap_stats_result(const mt_dap_stats *s, double base, double max_entropy, double *threshold,
+                              double *mean_entropy, uint64_t *n_seqs, mt_error *err);
+
+#endif

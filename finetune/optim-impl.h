@@ -1,0 +1,46 @@
+/* optim-impl.h — AdamW over the trainable tensors of a run (LoRA factors or every base weight),
+ * the learning-rate schedule, and global-norm clipping. Moments live beside each tensor so
+ * that checkpoints can save and restore them exactly. */
+#ifndef MT_FINETUNE_OPTIM_IMPL_H
+#define MT_FINETUNE_OPTIM_IMPL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "finetune.h"
+#include "kernels/kernels.h"
+
+typedef struct mt_trainable {
+    const char *name; /* as saved in checkpoints: the adapter's or the model's tensor name */
+    float *data;      /* [numel] */
+    float *grad;      /* [numel] */
+    float *m, *v;     /* [numel] AdamW moments, owned by the optimiser */
+    int64_t numel;
+    bool decay;       /* weight decay applies (matrices; not norms, biases or vectors) */
+} mt_trainable;
+
+typedef struct mt_optim {
+    mt_backend *be;
+    mt_trainable *t; /* [n] */
+    int n;
+    int64_t n_params;
+    int64_t step;    /* optimizer updates applied so far */
+} mt_optim;
+
+/* Takes the list (names are borrowed), allocating zeroed moments for each tensor. */
+mt_status mt_optim_init(mt_optim *o, mt_backend *be, const mt_trainable *t, int n, mt_error *err);
+void mt_optim_free(mt_optim *o);
+void mt_optim_zero_grad(mt_optim *o);
+/* √Σ g² over every trainable tensor, in double precision. */
+double mt_optim_grad_norm(const mt_optim *o);
+/* Scales every gradient by s (clipping). */
+void mt_optim_scale_grad(mt_optim *o, float s);
+/* One AdamW update with learning rate lr; increments o->step first (1-based bias correction). */
+void mt_optim_step(mt_optim *o, const mt_recipe *r, double lr);
+
+/* Learning rate at optimizer step `step` (0-based, the update about to be applied) of
+ * `total`: linear warmup from lr/warmup to lr over warmup steps (as transformers'
+ * get_*_schedule_with_warmup do), then cosine or linear decay to lr·min_lr_ratio, or constant. */
+double mt_schedule_lr(const mt_recipe *r, int64_t step, int64_t total, int64_t warmup);
+
+#endif

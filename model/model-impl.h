@@ -1,0 +1,337 @@
+/* model-impl.h — the decoder's private structures, shared by weights.c, rope_tables.c,
+ * attention.c, moe.c, forward.c, backward.c, kvcache.c and generate.c: the model (parameters,
+ * linears, layers), the per-layer activation buffers, the workspace and the KV cache. */
+#ifndef MT_MODEL_IMPL_H
+#define MT_MODEL_IMPL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+/* ---- layers ---- */
+
+/* What one decoder layer holds. Pointers are NULL for what the family or layer lacks. */
+typedef struct mt_layer {
+    int index;
+    bool moe;
+    mt_param *attn_norm, *ffn_norm;  /* input_layernorm, post_attention_layernorm [H] */
+
+    /* attention; MLA without q_lora_rank uses q (q_proj [nh·qk_hd, H]) */
+    mt_linear *q, *k, *v, *o;        /* q [nh·hd, H], k/v [nkv·hd, H], o [H, nh·vh] */
+    mt_param *q_norm, *k_norm;       /* Qwen3 [hd]; OLMoE [nh·hd] and [nkv·hd] */
+    mt_linear *q_a, *q_b;            /* MLA: q_a [ql, H], q_b [nh·qk_hd, ql] */
+    mt_param *q_a_norm;              /* [ql] */
+    mt_linear *kv_a, *kv_b;          /* kv_a [kvl+rope, H], kv_b [nh·(nope+vh), kvl] */
+    mt_param *kv_a_norm;             /* [kvl] */
+
+    /* dense SwiGLU MLP */
+    mt_linear *gate, *up, *down;     /* gate/up [I, H], down [H, I] */
+
+    /* mixture of experts */
+    mt_linear *router;               /* [E, H] */
+    mt_param *router_bias;           /* e_score_correction_bias [E] (noaux_tc) */
+    mt_linear **exp_gate, **exp_up, **exp_down; /* [E] each: gate/up [Im, H], down [H, Im] */
+    mt_linear *sh_gate, *sh_up, *sh_down;       /* shared expert(s): gate/up [Is, H], down [H, Is] */
+    mt_linear *sh_expert_gate;       /* Qwen2-MoE scalar gate [1, H] */
+} mt_layer;
+
+/* Where a parameter's memory lives: inside the model's block, straight in the read-only
+ * safetensors mapping, or in a block of its own (a mapped tensor made writable). */
+typedef enum mt_param_home {
+    MT_PARAM_HOME_BLOCK = 0,
+    MT_PARAM_HOME_MMAP,
+    MT_PARAM_HOME_OWN,
+} mt_param_home;
+
+/* How mt_model_init_random fills a parameter (as transformers' _init_weights does). */
+typedef enum mt_param_init {
+    MT_PARAM_INIT_NORMAL = 0, /* normal(0, initializer_range): linears, embeddings */
+    MT_PARAM_INIT_ONE,        /* RMSNorm weights */
+    MT_PARAM_INIT_ZERO,       /* biases, e_score_correction_bias */
+} mt_param_init;
+
+typedef struct mt_name_index {
+    int *slots; /* open addressing, −1 empty; holds indices into the named array */
+    size_t cap;
+} mt_name_index;
+
+struct mt_model {
+    mt_config cfg;
+    mt_backend *be;
+
+    int n_params;
+    mt_param *params;            /* [n_params], in checkpoint-table order */
+    mt_param_home *home;         /* [n_params] */
+    mt_param_init *init;         /* [n_params] */
+    int n_linears;
+    mt_linear *linears;          /* [n_linears] */
+    mt_layer *layers;            /* [n_layers] */
+    mt_linear **expert_ptrs;     /* storage behind the layers' exp_* arrays */
+    char *names;                 /* every name, NUL-separated */
+
+    mt_param *embed;             /* model.embed_tokens.weight [V, H] */
+    mt_param *final_norm;        /* model.norm.weight [H] */
+    mt_linear *lm_head;          /* [V, H]; its weight is embed when tied */
+
+    float *block;                /* backend memory of every BLOCK parameter */
+    mt_safetensors *st;          /* kept open while parameters live in its mapping */
+
+    /* RoPE: cos/sin [rope_len, rot_dim/2] with any YaRN attention factor folded in */
+    int rot_dim, rope_len;
+    float *rope_cos, *rope_sin;
+    float attn_scale;            /* softmax scale, MLA's mscale² included */
+
+    mt_name_index param_index, linear_index;
+};
+
+/* ---- derived sizes ---- */
+
+typedef struct mt_dims {
+    int H, V, L;
+    int nh, nkv, hd;         /* standard attention */
+    int qk_hd, vh;           /* q/k and v head widths (MLA: nope+rope, v_head_dim) */
+    int nope, rope, kvl, ql; /* MLA */
+    int q_dim;               /* nh·qk_hd */
+    int kv_dim;              /* standard: nkv·hd */
+    int o_dim;               /* nh·vh: attention output width, o_proj input */
+    int kvb_dim;             /* MLA: nh·(nope+vh) */
+    int kva_dim;             /* MLA: kvl+rope */
+    int I, E, K, Im, Is;     /* dense width, experts, top-k, expert width, shared width */
+    int ffn_max;             /* widest SwiGLU hidden of any kind */
+    int n_moe;               /* MoE layers */
+} mt_dims;
+
+void mt_model_dims(const mt_config *cfg, mt_dims *d);
+
+/* ---- activations ---- */
+
+/* The buffers one layer's forward writes. In a training workspace every layer has its own
+ * set (backward reads them); in an inference workspace and in the KV cache all layers share
+ * one set. Shapes for N rows (B·T). */
+typedef struct mt_acts {
+    float *x_in, *x_mid;     /* [N, H] layer input; after the attention residual */
+    float *xn1, *rstd1;      /* [N, H] input_layernorm output; [N] */
+    float *q;                /* [N, nh·qk_hd] queries as attention reads them (normed, roped) */
+    float *q_raw, *q_rstd;   /* QK-norm: [N, nh·hd] projection before the norm; [N·nh] or [N] */
+    float *k, *v;            /* standard [N, nkv·hd] each; MLA k [N, nh·qk_hd] (v is in kvb) */
+    float *k_raw, *k_rstd;   /* QK-norm: [N, nkv·hd]; [N·nkv] or [N] */
+    float *qa, *qa_rstd;     /* MLA q_a_proj output [N, ql]; [N] */
+    float *qan;              /* [N, ql] after q_a_layernorm */
+    float *kva;              /* [N, kvl+rope] kv_a_proj_with_mqa output, k_pe part roped */
+    float *c_raw, *c_rstd;   /* [N, kvl] latent before kv_a_layernorm; [N] */
+    float *cn;               /* [N, kvl] normed latent */
+    float *kvb;              /* [N, nh·(nope+vh)] kv_b_proj output: per head [k_nope | v] */
+    float *att;              /* [N, nh·vh] attention output, o_proj input */
+    float *lse;              /* [B·nh·T] */
+    float *xn2, *rstd2;      /* [N, H] post_attention_layernorm output; [N] */
+    float *g, *u;            /* dense MLP pre-activations [N, I] */
+    float *xm;               /* [N, H] MoE input after router jitter (== xn2 without jitter) */
+    float *rlogits, *scores; /* [N, E] */
+    int32_t *idx;            /* [N, K] */
+    float *w;                /* [N, K] */
+    int32_t *offsets;        /* [E+1] device copy written by the permute */
+    int32_t *offsets_host;   /* [E+1] */
+    int32_t *src_tok, *src_slot; /* [N·K] */
+    float *xp;               /* [N·K, H] expert inputs, grouped by expert */
+    float *gp, *up;          /* [N·K, Im] */
+    float *yp;               /* [N·K, H] expert outputs before weighting */
+    float *sg, *su;          /* [N, Is] shared expert pre-activations */
+    float *ys;               /* [N, H] shared expert output (before Qwen2's gate) */
+    float *sz;               /* [N] Qwen2 shared_expert_gate logit */
+} mt_acts;
+
+/* Carves 64-byte aligned pieces from one block; with base NULL it only measures. */
+typedef struct mt_carver {
+    uint8_t *base;
+    size_t off;
+} mt_carver;
+
+void *mt_carve(mt_carver *c, size_t bytes);
+
+typedef struct mt_acts_want {
+    bool expanded; /* whole-sequence attention: K/V (MLA: expanded K and kv_b output) */
+    bool dense;    /* dense MLP buffers */
+    bool moe;      /* MoE buffers */
+    bool jitter;   /* a buffer for the jittered MoE input */
+} mt_acts_want;
+
+/* Carves one activation set for N rows (x_in/x_mid are the caller's); keeps offsets_host. */
+void mt_acts_layout(const mt_model *m, mt_acts *a, size_t N, const mt_acts_want *want, mt_carver *cv);
+/* Floats of the widest SwiGLU hidden any layer needs for N rows. */
+size_t mt_ffn_hidden_floats(const mt_model *m, size_t N);
+
+/* Scratch shared by all layers (never saved). */
+typedef struct mt_scratch {
+    float *h;                /* [N·K or N, ffn_max] SwiGLU output (down_proj input) */
+    float *tmp;              /* [N, H] attention / FFN branch output */
+    float *adapter;          /* adapter scratch */
+    size_t adapter_cap;
+} mt_scratch;
+
+/* Backward buffers (training workspaces only). */
+typedef struct mt_grads {
+    float *dres;             /* [N, H] ∂L/∂(residual stream) */
+    float *dxn;              /* [N, H] ∂L/∂(norm output) */
+    float *dq, *dk, *dv;     /* like q, k, v */
+    float *dq_raw, *dk_raw;  /* QK-norm inputs */
+    float *dqa, *dqan;       /* [N, ql] */
+    float *dkva;             /* [N, kvl+rope] */
+    float *dc, *dcn;         /* [N, kvl] */
+    float *dkvb;             /* [N, nh·(nope+vh)] */
+    float *datt;             /* [N, nh·vh] */
+    float *dh, *dg, *du;     /* [N·K or N, ffn_max] */
+    float *dxm;              /* [N, H] */
+    float *dxp, *dyp;        /* [N·K, H] */
+    float *dw;               /* [N, K] */
+    float *drl;              /* [N, E] ∂L/∂(router logits) */
+    float *dsc;              /* [N, E] ∂L/∂(router scores) from the aux loss (DeepSeek-V2) */
+    float *drl_aux;          /* [N, E] ∂L/∂(router logits) from the aux loss (Switch style) */
+    float *dys;              /* [N, H] */
+    float *dsz;              /* [N] */
+} mt_grads;
+
+/* Runtime switches of one layer pass. */
+typedef struct mt_pass {
+    bool train;
+    uint64_t seed;
+    float noise;             /* router jitter ε (0 = off) */
+} mt_pass;
+
+struct mt_workspace {
+    mt_model *m;
+    int B, T, N;             /* capacity: N = B·T rows */
+    bool train;
+    void *block;             /* backend memory every buffer below is carved from */
+    size_t bytes;
+    int n_sets;
+    mt_acts *acts;           /* [L] (train) or [1] shared by all layers */
+    float *x_final;          /* [N, H] last layer's output */
+    float *xf, *rstdf;       /* [N, H] final norm output; [N] */
+    mt_scratch s;
+    mt_grads g;              /* train only */
+    float *dxf;              /* [N, H] */
+    int32_t *tokens, *targets, *pos, *kv_start; /* [N] device copies of the batch */
+    int chunk;               /* LM-head rows per chunk */
+    float *logits;           /* [chunk, V] */
+    float *chunk_loss;       /* [chunk] */
+    float *token_loss;       /* [N] */
+    /* host side */
+    int32_t *offsets_host;   /* [n_sets, E+1] */
+    int32_t *kv_host;        /* [N] */
+    int32_t *tpe;            /* [n_moe, E] tokens per expert */
+    double *entropy;         /* [n_moe] */
+    double *aux_cnt, *aux_psum; /* [E] Switch-style counts and probability sums over all MoE layers */
+    /* what the last forward did */
+    bool fwd_done;
+    int fB, fT, fN;
+    bool has_targets, has_kv_start;
+    mt_forward_opts opts;
+    int64_t n_tokens;
+    double aux_loss;
+};
+
+/* The KV cache and the buffers of one decode pass (kvcache.c). */
+struct mt_kv_cache {
+    const mt_model *m;
+    int max_seq, len;
+    int chunk;               /* rows per pass */
+    void *block;
+    size_t bytes;
+    float **k, **v;          /* [L] → [max_seq, nkv·hd] (standard attention) */
+    float **ckv;             /* [L] → [max_seq, kvl+rope] rows [c | k_pe] (MLA) */
+    mt_acts a;               /* one activation set for `chunk` rows */
+    int32_t *offsets_host;   /* [E+1] */
+    mt_scratch s;
+    float *x;                /* [chunk, H] residual stream */
+    float *xf, *rstdf;       /* [1, H] final norm of the last row; [1] */
+    float *logits;           /* [V] */
+    int32_t *tokens, *pos, *kv_start; /* [chunk] */
+    int32_t *host_i32;       /* [chunk] */
+    float *qabs;             /* [chunk, nh, kvl+rope] absorbed queries [q_nope·W_UK | q_pe] */
+    float *olat;             /* [chunk, nh, kvl] attention output in latent space */
+    float *eye;              /* [kvl, kvl] identity: an adapter's delta on kv_b_proj is read off it */
+    float *dkvb;             /* [kvl, nh·(nope+vh)] that delta, ΔWᵀ */
+};
+
+/* ---- linears ---- */
+
+typedef struct mt_lin_ctx {
+    mt_backend *be;
+    bool train;
+    uint64_t seed;
+    float *scratch;
+    size_t scratch_cap;
+} mt_lin_ctx;
+
+/* y [n, out] = x [n, in]·Wᵀ + b, then the adapter hook (row0: first row's index in the call's
+ * row space, for dropout masks). */
+void mt_lin_forward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, int n, uint64_t row0,
+                    float *y);
+/* dx [n, in] += dy·W (when dx), dW += dyᵀ·x and db += Σ dy (when the parameters have grads),
+ * adapter backward. */
+void mt_lin_backward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, const float *dy,
+                     int n, uint64_t row0, float *dx);
+int mt_linear_index(const mt_model *m, const mt_linear *L);
+bool mt_hook_active(const mt_linear *L);
+
+/* ---- weights.c ---- */
+
+/* Builds the parameter and linear tables for cfg (no memory for values yet). */
+mt_status mt_model_build(mt_model **out, const mt_config *cfg, mt_backend *be, mt_error *err);
+
+/* ---- rope_tables.c ---- */
+
+/* Fills m->rope_cos/sin/rot_dim/rope_len and m->attn_scale from m->cfg. */
+mt_status mt_rope_init(mt_model *m, mt_error *err);
+
+/* ---- attention.c ---- */
+
+/* Projections of a layer for N rows at positions pos [N]: standard attention fills q (and
+ * q_raw/q_rstd), writes K and V to k_out/v_out (row stride kv_dim); MLA fills q, qa/qan,
+ * kva, c_raw/cn and leaves the roped k_pe in kva. */
+void mt_attn_project(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, int N, const int32_t *pos,
+                     float *k_out, float *v_out);
+/* Training / full-sequence attention over B sequences of T tokens; writes the o_proj output to
+ * out [N, H]. kv_start [N] or NULL. */
+void mt_attn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, int B, int T,
+                     const int32_t *pos, const int32_t *kv_start, float *out);
+/* dout [N, H] = ∂L/∂(o_proj output); accumulates ∂L/∂xn1 into dxn (zeroed by the caller). */
+void mt_attn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, mt_grads *g, int B, int T,
+                      const int32_t *pos, const int32_t *kv_start, const float *dout, float *dxn);
+void mt_attn_args_fill(const mt_model *m, mt_attn_args *aa, int B, int Tq, int Tk, int q_offset,
+                       const int32_t *kv_start);
+
+/* ---- moe.c ---- */
+
+/* The layer's FFN (dense MLP or MoE) on a->xn2; writes out [N, H]. */
+void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const mt_pass *p, mt_acts *a,
+                    mt_scratch *s, int N, float *out);
+/* dout [N, H]; accumulates ∂L/∂xn2 into dxn (zeroed by the caller). dsc: extra gradient on the
+ * router scores (aux loss) or NULL; drl_extra: extra gradient on the router logits or NULL. */
+void mt_ffn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const mt_pass *p, mt_acts *a,
+                     mt_scratch *s, mt_grads *g, int N, const float *dout, const float *dsc, const float *drl_extra,
+                     float *dxn);
+void mt_route_args_fill(const mt_model *m, const mt_layer *ly, int n_tok, mt_route_args *ra);
+/* Router jitter factor for (layer, element): U(1−ε, 1+ε) from a counter-based hash. */
+float mt_jitter(uint64_t seed, int layer, uint64_t i, float eps);
+
+/* ---- forward.c ---- */
+
+/* The linear-layer context of a pass over a workspace. */
+void mt_ws_lin_ctx(mt_workspace *ws, bool train, uint64_t seed, mt_lin_ctx *c);
+/* The aux loss's extra router gradients for one MoE layer of the last forward: on the logits
+ * (Switch style) or on the scores (DeepSeek-V2); both NULL when aux_coef is 0. */
+void mt_aux_backward(mt_workspace *ws, const mt_acts *a, const float **dsc, const float **drl);
+
+/* ---- host helpers (the CPU backend's memory is host memory) ---- */
+
+bool mt_backend_is_host(const mt_backend *be);
+/* Threads for a host loop over `work` elements in model code: the backend's count, or one
+ * when the loop is too small to pay for waking a team. */
+int mt_loop_threads(const mt_backend *be, size_t work);
+mt_status mt_model_check_backend(const mt_model *m, mt_error *err);
+size_t mt_adapter_scratch_floats(const mt_model *m, int rows);
+
+#endif

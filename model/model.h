@@ -1,0 +1,464 @@
+/* model.h — the model room's one public header: Hugging Face config.json, safetensors I/O,
+ * tokenizers, and the Mixture-of-Experts decoder (forward, backward, KV cache, sampling) for
+ * the deepseek_v3, deepseek_v2, qwen3_moe, qwen2_moe, mixtral and olmoe families.
+ * Uses kernels/ for every tensor op; knows nothing of training loops or adapters' formats. */
+#ifndef MT_MODEL_H
+#define MT_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+#include "kernels/kernels.h"
+
+/* =========================================================================================
+ * Configuration (config.json)
+ * ========================================================================================= */
+
+typedef enum mt_family {
+    MT_FAMILY_DEEPSEEK_V3 = 0, /* moetune's default: MLA + sigmoid noaux_tc routing */
+    MT_FAMILY_DEEPSEEK_V2,
+    MT_FAMILY_QWEN3_MOE,
+    MT_FAMILY_QWEN2_MOE,
+    MT_FAMILY_MIXTRAL,
+    MT_FAMILY_OLMOE,
+    MT_FAMILY_COUNT
+} mt_family;
+
+typedef enum mt_qk_norm {
+    MT_QK_NORM_NONE = 0,
+    MT_QK_NORM_HEAD, /* Qwen3: RMSNorm over each head's head_dim, weight [head_dim] */
+    MT_QK_NORM_PROJ, /* OLMoE: RMSNorm over the whole projection, weight [n_heads·head_dim] */
+} mt_qk_norm;
+
+typedef enum mt_rope_scaling {
+    MT_ROPE_SCALING_NONE = 0,
+    MT_ROPE_SCALING_LINEAR,
+    MT_ROPE_SCALING_YARN,
+} mt_rope_scaling;
+
+#define MT_MAX_LAYERS 256
+#define MT_MAX_EOS 8
+
+typedef struct mt_config {
+    mt_family family;
+    int vocab_size;
+    int hidden_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;            /* q/k/v head width for standard attention */
+    int intermediate_size;   /* dense MLP width */
+    float rms_norm_eps;
+    double rope_theta;
+    int max_position_embeddings;
+    int sliding_window;      /* 0 = none */
+    bool tie_word_embeddings;
+    bool attention_bias;     /* q/k/v biases (Qwen2-MoE) */
+    mt_qk_norm qk_norm;
+    mt_rope_style rope_style;
+    float initializer_range;
+
+    /* rope scaling */
+    mt_rope_scaling rope_scaling;
+    double rope_factor;
+    int rope_original_max_pos;
+    double yarn_beta_fast, yarn_beta_slow, yarn_mscale, yarn_mscale_all_dim;
+
+    /* mixture of experts */
+    int n_experts;           /* routed experts; 0 = dense model */
+    int top_k;
+    int moe_intermediate_size;
+    int n_shared_experts;    /* DeepSeek: shared MLP width = moe_intermediate_size·n_shared_experts */
+    int shared_intermediate_size; /* Qwen2-MoE shared expert width; 0 = none */
+    bool shared_expert_gate; /* Qwen2-MoE: σ(x·w) scales the shared expert */
+    mt_route_scoring scoring;
+    mt_route_method route_method;
+    int n_group, topk_group;
+    bool norm_topk_prob;
+    mt_route_norm route_norm; /* derived from family + norm_topk_prob */
+    float routed_scaling_factor;
+    int first_k_dense_replace;
+    int moe_layer_freq;
+    int decoder_sparse_step;
+    bool layer_is_moe[MT_MAX_LAYERS]; /* resolved from the keys above when loading */
+    float router_aux_loss_coef;
+    float router_jitter_noise;
+    bool seq_aux;            /* DeepSeek-V2 sequence-wise aux loss */
+
+    /* Multi-head Latent Attention (DeepSeek) */
+    bool mla;
+    int q_lora_rank;         /* 0 = q_proj directly */
+    int kv_lora_rank;
+    int qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
+
+    int bos_token_id;        /* −1 when absent */
+    int eos_token_ids[MT_MAX_EOS];
+    int n_eos;
+    char torch_dtype[16];    /* as written in config.json ("bfloat16", "float32") */
+} mt_config;
+
+const char *mt_family_name(mt_family f); /* the HF model_type */
+mt_status mt_family_from_name(const char *model_type, mt_family *out, mt_error *err);
+
+/* Parses a Hugging Face config.json. Unknown model_type, a missing required key or a value of
+ * the wrong type is an error naming the file and the key. */
+mt_status mt_config_load(mt_config *cfg, const char *path, mt_error *err);
+/* Serialises to a config.json that transformers loads for this family. Caller frees *json. */
+mt_status mt_config_to_json(const mt_config *cfg, char **json, mt_error *err);
+/* Presets for `moetune init`: "tiny" and "small". vocab_size is set by the caller's tokenizer. */
+mt_status mt_config_preset(mt_config *cfg, mt_family family, const char *preset, int vocab_size, mt_error *err);
+/* Checks internal consistency (head counts divide, k ≤ experts, ...). */
+mt_status mt_config_validate(const mt_config *cfg, const char *origin, mt_error *err);
+/* Attention widths: q/k head width and v head width (differ under MLA). */
+int mt_config_qk_head_dim(const mt_config *cfg);
+int mt_config_v_head_dim(const mt_config *cfg);
+/* Parameters in total and activated per token (routed experts counted k of E). */
+int64_t mt_config_param_count(const mt_config *cfg, int64_t *active);
+/* Forward FLOPs per token at context length T (matmuls 2·m·n·k, attention included). */
+double mt_config_flops_per_token(const mt_config *cfg, int T);
+
+/* =========================================================================================
+ * safetensors
+ * ========================================================================================= */
+
+typedef enum mt_dtype {
+    MT_DTYPE_F32 = 0,
+    MT_DTYPE_F16,
+    MT_DTYPE_BF16,
+    MT_DTYPE_F64,
+    MT_DTYPE_F8_E4M3,
+    MT_DTYPE_F8_E5M2,
+    MT_DTYPE_I64,
+    MT_DTYPE_I32,
+    MT_DTYPE_I16,
+    MT_DTYPE_I8,
+    MT_DTYPE_U64,
+    MT_DTYPE_U32,
+    MT_DTYPE_U16,
+    MT_DTYPE_U8,
+    MT_DTYPE_BOOL,
+    MT_DTYPE_COUNT
+} mt_dtype;
+
+const char *mt_dtype_name(mt_dtype d); /* safetensors spelling: "BF16" */
+size_t mt_dtype_size(mt_dtype d);
+mt_status mt_dtype_from_name(const char *name, mt_dtype *out); /* MT_ERR_UNSUPPORTED if unknown */
+
+float mt_bf16_to_f32(uint16_t h);
+uint16_t mt_f32_to_bf16(float f); /* round to nearest even, NaN preserved */
+float mt_f16_to_f32(uint16_t h);
+uint16_t mt_f32_to_f16(float f);
+
+#define MT_ST_MAX_DIMS 8
+
+typedef struct mt_st_tensor {
+    const char *name;
+    mt_dtype dtype;
+    int ndim;
+    int64_t shape[MT_ST_MAX_DIMS];
+    int64_t numel;
+    const void *data; /* points into the read-only mapping */
+    size_t nbytes;
+    int shard;        /* which file of a sharded checkpoint */
+} mt_st_tensor;
+
+typedef struct mt_safetensors mt_safetensors;
+
+/* `path` is a .safetensors file, a model.safetensors.index.json, or a folder holding either.
+ * Files are mmap'ed read-only; every check the official reader makes is applied (header size
+ * limit, valid JSON, offsets contiguous from 0 without holes or overlaps, sizes that match
+ * dtype × shape with overflow-checked arithmetic, no duplicate names, file size exact). */
+mt_status mt_safetensors_open(mt_safetensors **out, const char *path, mt_error *err);
+void mt_safetensors_close(mt_safetensors *st);
+size_t mt_safetensors_count(const mt_safetensors *st);
+const mt_st_tensor *mt_safetensors_at(const mt_safetensors *st, size_t i);
+const mt_st_tensor *mt_safetensors_find(const mt_safetensors *st, const char *name);
+/* "__metadata__" value of the (first) file, or NULL */
+const char *mt_safetensors_metadata(const mt_safetensors *st, const char *key);
+/* Converts any float dtype (F32, F16, BF16, F64) to f32. dst holds numel floats. */
+mt_status mt_st_tensor_to_f32(const mt_st_tensor *t, float *dst, mt_error *err);
+
+typedef struct mt_st_writer mt_st_writer;
+
+mt_st_writer *mt_st_writer_init(void);
+void mt_st_writer_free(mt_st_writer *w);
+/* Adds an f32 source tensor to be stored as `dtype` (F32, F16 or BF16). The data pointer is
+ * kept, not copied: it must stay valid until save. Names must be unique (asserted). */
+void mt_st_writer_add(mt_st_writer *w, const char *name, mt_dtype dtype, int ndim, const int64_t *shape,
+                      const float *data);
+void mt_st_writer_set_metadata(mt_st_writer *w, const char *key, const char *value);
+/* One file, written atomically (header padded with spaces to a multiple of 8). */
+mt_status mt_st_writer_save(const mt_st_writer *w, const char *path, mt_error *err);
+/* Several files of at most max_shard_bytes plus model.safetensors.index.json in `dir`
+ * (one file named model.safetensors when everything fits). */
+mt_status mt_st_writer_save_sharded(const mt_st_writer *w, const char *dir, size_t max_shard_bytes, mt_error *err);
+
+/* =========================================================================================
+ * Tokenizer (tokenizer.json: byte-level BPE, and SentencePiece-style BPE with byte fallback)
+ * ========================================================================================= */
+
+typedef struct mt_tokenizer mt_tokenizer;
+
+/* `path` is a tokenizer.json or a folder holding it (and optionally tokenizer_config.json,
+ * whose bos/eos tokens and chat_template are read). */
+mt_status mt_tokenizer_load(mt_tokenizer **out, const char *path, mt_error *err);
+void mt_tokenizer_free(mt_tokenizer *tok);
+int mt_tokenizer_vocab_size(const mt_tokenizer *tok); /* highest id + 1, added tokens included */
+/* Encodes like HF `tokenizer.encode(text, add_special_tokens=add_special)`: added tokens
+ * matched first, normalizer, pre-tokenizer, BPE, then the post-processor's BOS when asked.
+ * *ids is malloc'ed. */
+mt_status mt_tokenizer_encode(const mt_tokenizer *tok, const char *text, size_t len, bool add_special, int32_t **ids,
+                              size_t *n_ids, mt_error *err);
+/* Decodes like HF `tokenizer.decode(ids, skip_special_tokens=skip_special)`. *out is malloc'ed,
+ * NUL-terminated, invalid UTF-8 replaced by U+FFFD. */
+mt_status mt_tokenizer_decode(const mt_tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special,
+                              char **out, size_t *len, mt_error *err);
+/* The raw bytes a single token stands for (may be part of a UTF-8 character), for streaming.
+ * Returns the number of bytes written to buf (at most cap). Special tokens give their text. */
+size_t mt_tokenizer_token_bytes(const mt_tokenizer *tok, int32_t id, char *buf, size_t cap);
+const char *mt_tokenizer_id_to_token(const mt_tokenizer *tok, int32_t id); /* NULL if out of range */
+int32_t mt_tokenizer_token_to_id(const mt_tokenizer *tok, const char *token); /* −1 if absent */
+bool mt_tokenizer_is_special(const mt_tokenizer *tok, int32_t id);
+int32_t mt_tokenizer_bos_id(const mt_tokenizer *tok); /* −1 when none */
+int32_t mt_tokenizer_eos_id(const mt_tokenizer *tok);
+const char *mt_tokenizer_chat_template(const mt_tokenizer *tok); /* NULL when none */
+
+/* ---- chat templates (the Jinja2 subset real chat templates use) ---- */
+
+typedef struct mt_chat_message {
+    const char *role;    /* "system", "user", "assistant", ... */
+    const char *content;
+} mt_chat_message;
+
+/* Renders the tokenizer's chat template like transformers'
+ * apply_chat_template(messages, tokenize=False, add_generation_prompt=...), with bos_token and
+ * eos_token defined from the tokenizer. MT_ERR_NOT_FOUND when the tokenizer has no template;
+ * a template error (syntax, raise_exception) names the template line. *out is malloc'ed. */
+mt_status mt_chat_render(const mt_tokenizer *tok, const mt_chat_message *msgs, size_t n_msgs,
+                         bool add_generation_prompt, char **out, size_t *len, mt_error *err);
+
+typedef enum mt_pretok_style {
+    MT_PRETOK_GPT2 = 0,
+    MT_PRETOK_LLAMA3,
+    MT_PRETOK_QWEN2,
+    MT_PRETOK_DEEPSEEK_V3,
+} mt_pretok_style;
+
+typedef struct mt_bpe_train_opts {
+    int vocab_size;                 /* including the 256 byte tokens and special tokens */
+    int min_frequency;              /* pairs seen fewer times are not merged */
+    mt_pretok_style pretok;
+    const char *const *special_tokens; /* added as special tokens after the learnt vocabulary */
+    int n_special;
+    const char *bos_token, *eos_token; /* written into tokenizer_config.json; may be NULL */
+    size_t max_bytes;               /* stop reading input after this many bytes (0 = all) */
+} mt_bpe_train_opts;
+
+/* Learns a byte-level BPE vocabulary from text files and writes `out_dir`/tokenizer.json (and
+ * tokenizer_config.json) that the Hugging Face tokenizers library loads. */
+mt_status mt_tokenizer_train(const char *const *files, int n_files, const mt_bpe_train_opts *opts,
+                             const char *out_dir, mt_error *err);
+
+/* =========================================================================================
+ * The model
+ * ========================================================================================= */
+
+/* A named parameter, named as in the Hugging Face checkpoint. */
+typedef struct mt_param {
+    const char *name;   /* "model.layers.0.self_attn.q_proj.weight" */
+    int ndim;
+    int64_t shape[4];
+    int64_t numel;
+    float *data;        /* backend memory, fp32 */
+    float *grad;        /* NULL unless mt_model_require_grad was called on it */
+} mt_param;
+
+typedef enum mt_linear_kind {
+    MT_LINEAR_ATTN = 0,  /* q/k/v/o and MLA's q_a/q_b/kv_a/kv_b projections */
+    MT_LINEAR_MLP,       /* dense MLP gate/up/down */
+    MT_LINEAR_EXPERT,    /* a routed expert's gate/up/down */
+    MT_LINEAR_SHARED,    /* shared expert(s) gate/up/down and Qwen2's shared_expert_gate */
+    MT_LINEAR_ROUTER,    /* the router (mlp.gate) */
+    MT_LINEAR_LM_HEAD,
+    MT_LINEAR_KIND_COUNT
+} mt_linear_kind;
+
+/* Everything a LoRA (or other) adapter needs during one call on one linear layer. */
+typedef struct mt_adapter_call {
+    mt_backend *be;
+    bool train;          /* dropout active */
+    uint64_t key;        /* per step, per linear: dropout masks regenerate from it */
+    uint64_t row0;       /* first row's index in the call's row space (for the mask counter) */
+    float *scratch;      /* scratch floats for the adapter, at least rows·max_rank·2 */
+    size_t scratch_cap;
+} mt_adapter_call;
+
+/* The hook a linear layer calls after its own GEMM. Implemented by peft/; model/ only knows
+ * that something adds a delta to y and sends gradients back. */
+typedef struct mt_adapter_ops {
+    /* y [n,out] += delta(x [n,in]) */
+    void (*forward)(void *self, const mt_adapter_call *c, const float *x, int n, float *y);
+    /* dx [n,in] += ∂delta/∂x · dy; accumulates the adapter's own parameter gradients */
+    void (*backward)(void *self, const mt_adapter_call *c, const float *x, const float *dy, int n, float *dx);
+} mt_adapter_ops;
+
+typedef struct mt_adapter_hook {
+    const mt_adapter_ops *ops;
+    void *self;
+    int max_rank;        /* for scratch sizing */
+    bool enabled;        /* false: the base alone (DPO's reference model, "without adapter") */
+} mt_adapter_hook;
+
+/* y = x·Wᵀ + b (+ adapter). */
+typedef struct mt_linear {
+    const char *module;  /* HF module path, what PEFT's target_modules match:
+                            "model.layers.0.mlp.experts.3.gate_proj" */
+    mt_linear_kind kind;
+    int layer;           /* −1 for lm_head */
+    int expert;          /* routed expert index, else −1 */
+    int in, out;
+    mt_param *weight;    /* [out, in] */
+    mt_param *bias;      /* [out] or NULL */
+    mt_adapter_hook hook; /* ops NULL when no adapter is attached */
+} mt_linear;
+
+typedef struct mt_model mt_model;
+
+/* Loads config.json and the safetensors weights (f32/bf16/f16) of an HF model folder onto
+ * the backend. Tensors missing or of the wrong shape are errors naming the tensor. */
+mt_status mt_model_load(mt_model **out, const char *dir, mt_backend *be, mt_error *err);
+/* Random initialisation as transformers does (normal(0, initializer_range), norms 1). */
+mt_status mt_model_init_random(mt_model **out, const mt_config *cfg, uint64_t seed, mt_backend *be, mt_error *err);
+void mt_model_free(mt_model *m);
+/* Writes config.json, generation_config.json and model.safetensors (sharded above
+ * max_shard_bytes; 0 = never) in `dir`, weights stored as `dtype`. */
+mt_status mt_model_save(const mt_model *m, const char *dir, mt_dtype dtype, size_t max_shard_bytes, mt_error *err);
+
+const mt_config *mt_model_config(const mt_model *m);
+mt_backend *mt_model_backend(const mt_model *m);
+int mt_model_param_count(const mt_model *m);
+mt_param *mt_model_param(mt_model *m, int i);
+mt_param *mt_model_find_param(mt_model *m, const char *name);
+int mt_model_linear_count(const mt_model *m);
+mt_linear *mt_model_linear(mt_model *m, int i);
+mt_linear *mt_model_find_linear(mt_model *m, const char *module);
+/* Allocates (zeroed) a gradient buffer for the parameter; the backward pass fills it. A
+ * parameter still in the read-only safetensors mapping is first copied (made writable). */
+mt_status mt_model_require_grad(mt_model *m, mt_param *p, mt_error *err);
+/* F32 tensors are used straight from the read-only file mapping: call this before changing a
+ * parameter's values in place (merging an adapter, an optimiser step without a gradient). */
+mt_status mt_model_param_make_writable(mt_model *m, mt_param *p, mt_error *err);
+void mt_model_zero_grad(mt_model *m);
+/* SHA-256 over the parameter names, shapes and fp32 values: identifies a base model whatever
+ * dtype or sharding it was stored with. */
+void mt_model_content_hash(const mt_model *m, char out[65]);
+
+/* ---- one training or evaluation step ---- */
+
+typedef struct mt_batch {
+    int B, T;
+    const int32_t *tokens;   /* [B·T] */
+    const int32_t *targets;  /* [B·T] the next token for each position, or MT_IGNORE_INDEX;
+                                NULL: no loss (logits only) */
+    const int32_t *pos;      /* [B·T] positions; NULL = 0..T−1 in every row */
+    const int32_t *kv_start; /* [B·T] first key each query may see (packed documents); NULL = 0 */
+} mt_batch;
+
+typedef struct mt_forward_opts {
+    bool train;           /* keep activations for backward; dropout and router noise on */
+    uint64_t seed;        /* per step: dropout masks and router noise derive from it */
+    float router_noise;   /* multiplicative jitter ε on router inputs (Mixtral), 0 = off */
+    float aux_coef;       /* weight of the load-balancing loss, 0 = off */
+    float *logits_out;    /* optional [B·T, V]: the full logits (tests, evaluation) */
+} mt_forward_opts;
+
+typedef struct mt_forward_result {
+    double loss_sum;      /* Σ cross-entropy over tokens with a target */
+    int64_t n_tokens;     /* tokens with a target */
+    double aux_loss;      /* load-balancing loss (unweighted), 0 when no MoE layer */
+    const float *token_loss; /* [B·T] −log p(target), 0 where ignored (owned by the workspace) */
+} mt_forward_result;
+
+typedef struct mt_workspace mt_workspace;
+
+/* Activation memory for batches up to B×T, allocated once: forward and backward never
+ * allocate. `train` keeps what backward needs. */
+mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool train, mt_error *err);
+void mt_workspace_free(mt_workspace *ws);
+size_t mt_workspace_bytes(const mt_workspace *ws);
+
+mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch, const mt_forward_opts *opts,
+                           mt_forward_result *res, mt_error *err);
+/* Backpropagates ∂L/∂(token_loss) (dloss [B·T]; NULL = 1/n_tokens on every token with a target,
+ * i.e. the mean) plus aux_coef·aux into every parameter with a gradient buffer and every
+ * enabled adapter. Requires a preceding forward with train = true on the same batch. */
+mt_status mt_model_backward(mt_model *m, mt_workspace *ws, const float *dloss, mt_error *err);
+/* ∂L/∂(input embeddings) [B·T, hidden] after backward (the model's gradient for its inputs). */
+const float *mt_workspace_input_grad(const mt_workspace *ws);
+/* Hidden states of the last forward as transformers' output_hidden_states gives them, each
+ * [B·T, hidden]: i < L is layer i's input (i = 0: the embeddings), i = L the last layer's output
+ * after the final norm. NULL outside [0, L] or for a workspace made without train. */
+const float *mt_workspace_hidden(const mt_workspace *ws, int i);
+
+typedef struct mt_router_stats {
+    int layer;
+    double entropy;          /* mean over tokens of the routing distribution's entropy, nats */
+    const int32_t *tokens_per_expert; /* [n_experts] after the last forward */
+} mt_router_stats;
+
+/* Statistics of the last forward for the i-th MoE layer; returns false past the last one. */
+bool mt_workspace_router_stats(const mt_workspace *ws, int i, mt_router_stats *out);
+
+/* ---- inference with a KV cache ---- */
+
+typedef struct mt_kv_cache mt_kv_cache;
+
+/* For MLA the cache holds the normed latent c [kv_lora_rank] and the roped k_pe per
+ * position (decoding uses the absorbed form); otherwise K and V per KV head. */
+mt_status mt_kv_cache_init(mt_kv_cache **out, const mt_model *m, int max_seq, mt_error *err);
+void mt_kv_cache_free(mt_kv_cache *c);
+void mt_kv_cache_reset(mt_kv_cache *c);
+int mt_kv_cache_len(const mt_kv_cache *c);
+size_t mt_kv_cache_bytes(const mt_kv_cache *c);
+
+/* Runs n tokens (a prompt chunk, or one token) at positions len .. len+n−1, appends them to
+ * the cache, and writes the logits of the last one to logits [V]. */
+mt_status mt_model_decode(mt_model *m, mt_kv_cache *c, const int32_t *tokens, int n, float *logits, mt_error *err);
+
+/* ---- sampling and generation ---- */
+
+typedef struct mt_sample_opts {
+    float temperature;   /* 0 = greedy */
+    int top_k;           /* 0 = off */
+    float top_p;         /* 1 = off */
+    uint64_t seed;
+} mt_sample_opts;
+
+/* Picks a token from logits [V] (modified in place). Deterministic for a given rng state. */
+int32_t mt_sample(const mt_sample_opts *o, float *logits, int V, mt_rng *rng);
+
+typedef struct mt_generate_opts {
+    mt_sample_opts sample;
+    int max_new_tokens;
+    const char *const *stop;  /* stop strings; generation ends when the text ends with one */
+    int n_stop;
+    bool stop_at_eos;
+    /* called with each new piece of text (complete UTF-8); return false to stop early */
+    bool (*on_text)(void *user, const char *text, size_t len);
+    void *user;
+} mt_generate_opts;
+
+typedef struct mt_generate_result {
+    int n_prompt_tokens, n_new_tokens;
+    double prefill_seconds, decode_seconds;
+    char *text;         /* generated text without the prompt, stop string removed; malloc'ed */
+    const char *finish; /* "stop", "length" or "eos" */
+} mt_generate_result;
+
+mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, mt_kv_cache *cache, const char *prompt,
+                      const mt_generate_opts *o, mt_generate_result *res, mt_error *err);
+void mt_generate_result_free(mt_generate_result *r);
+
+#endif

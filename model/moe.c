@@ -1,0 +1,192 @@
+/* moe.c — the feed-forward half of a decoder layer: the dense SwiGLU MLP, and the mixture of
+ * experts (router jitter, routing, grouping tokens by expert so each expert is one GEMM over
+ * its rows, weighted scatter back, shared expert(s) with Qwen2's sigmoid gate). Forward and
+ * backward. */
+#include <string.h>
+
+#include "model-impl.h"
+
+static void zero(mt_backend *be, void *p, size_t bytes) { mt_backend_memset0(be, p, bytes); }
+
+void mt_route_args_fill(const mt_model *m, const mt_layer *ly, int n_tok, mt_route_args *ra) {
+    const mt_config *cfg = &m->cfg;
+    memset(ra, 0, sizeof *ra);
+    ra->n_tok = n_tok;
+    ra->n_expert = cfg->n_experts;
+    ra->top_k = cfg->top_k;
+    ra->scoring = cfg->scoring;
+    ra->method = cfg->route_method;
+    ra->n_group = cfg->n_group > 0 ? cfg->n_group : 1;
+    ra->topk_group = cfg->topk_group > 0 ? cfg->topk_group : ra->n_group;
+    ra->bias = ly->router_bias ? ly->router_bias->data : NULL;
+    ra->norm = cfg->route_norm;
+    ra->scale = cfg->routed_scaling_factor != 0 ? cfg->routed_scaling_factor : 1.0f;
+}
+
+/* Mixtral's jitter (MixtralSparseMoeBlock): the MoE block's input is multiplied in place by
+ * U(1−ε, 1+ε) before the router, so the experts (and here the shared expert too) see the
+ * jittered input as well. A counter-based hash makes the factors reproducible in backward. */
+float mt_jitter(uint64_t seed, int layer, uint64_t i, float eps) {
+    uint64_t key = mt_hash_u64(seed ^ 0x6a09e667f3bcc909ULL, (uint64_t)layer);
+    return 1.0f - eps + 2.0f * eps * mt_hash_float(key, i);
+}
+
+static bool jitter_on(const mt_pass *p) { return p->train && p->noise > 0; }
+
+static void apply_jitter(const mt_backend *be, const mt_pass *p, int layer, const float *x, float *xj, size_t n) {
+    long long nn = (long long)n;
+    int nt = mt_loop_threads(be, n);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (long long i = 0; i < nn; i++) xj[i] = x[i] * mt_jitter(p->seed, layer, (uint64_t)i, p->noise);
+}
+
+static void jitter_backward(const mt_backend *be, const mt_pass *p, int layer, const float *dxj, float *dx,
+                            size_t n) {
+    long long nn = (long long)n;
+    int nt = mt_loop_threads(be, n);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (long long i = 0; i < nn; i++) dx[i] += dxj[i] * mt_jitter(p->seed, layer, (uint64_t)i, p->noise);
+}
+
+/* SwiGLU MLP on rows x [n, in]: h = silu(gate(x)) ⊙ up(x); out = down(h). */
+static void mlp_forward(mt_model *m, const mt_linear *gate, const mt_linear *up, const mt_linear *down,
+                        const mt_lin_ctx *c, const float *x, int n, float *g, float *u, float *h, float *out) {
+    int w = gate->out;
+    mt_lin_forward(m, gate, c, x, n, 0, g);
+    mt_lin_forward(m, up, c, x, n, 0, u);
+    mt_swiglu_forward(m->be, g, u, h, (size_t)n * w);
+    mt_lin_forward(m, down, c, h, n, 0, out);
+}
+
+static void mlp_backward(mt_model *m, const mt_linear *gate, const mt_linear *up, const mt_linear *down,
+                         const mt_lin_ctx *c, const float *x, int n, const float *g, const float *u, float *h,
+                         const float *dout, mt_grads *gr, float *dx) {
+    mt_backend *be = m->be;
+    size_t nw = (size_t)n * gate->out;
+    mt_swiglu_forward(be, g, u, h, nw); /* recomputed: cheaper than keeping it */
+    zero(be, gr->dh, nw * sizeof(float));
+    mt_lin_backward(m, down, c, h, dout, n, 0, gr->dh);
+    zero(be, gr->dg, nw * sizeof(float));
+    zero(be, gr->du, nw * sizeof(float));
+    mt_swiglu_backward(be, gr->dh, g, u, gr->dg, gr->du, nw);
+    mt_lin_backward(m, gate, c, x, gr->dg, n, 0, dx);
+    mt_lin_backward(m, up, c, x, gr->du, n, 0, dx);
+}
+
+void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const mt_pass *p, mt_acts *a,
+                    mt_scratch *s, int N, float *out) {
+    mt_backend *be = m->be;
+    mt_dims d;
+    mt_model_dims(&m->cfg, &d);
+    if (!ly->moe) {
+        mlp_forward(m, ly->gate, ly->up, ly->down, c, a->xn2, N, a->g, a->u, s->h, out);
+        return;
+    }
+    const float *x = a->xn2;
+    if (jitter_on(p)) {
+        apply_jitter(be, p, ly->index, a->xn2, a->xm, (size_t)N * d.H);
+        x = a->xm;
+    }
+    int NK = N * d.K;
+    mt_lin_forward(m, ly->router, c, x, N, 0, a->rlogits);
+    mt_route_args ra;
+    mt_route_args_fill(m, ly, N, &ra);
+    mt_route_forward(be, &ra, a->rlogits, a->scores, a->idx, a->w);
+    mt_moe_permute(be, a->idx, N, d.K, d.E, a->offsets, a->src_tok, a->src_slot);
+    mt_backend_download(be, a->offsets_host, a->offsets, (size_t)(d.E + 1) * sizeof(int32_t));
+    mt_gather_rows(be, x, a->src_tok, NK, d.H, a->xp);
+    const int32_t *off = a->offsets_host;
+    /* one GEMM per expert over its rows; the row index in the permuted space keys dropout */
+    for (int e = 0; e < d.E; e++) {
+        int r0 = off[e], n = off[e + 1] - off[e];
+        if (n <= 0) continue;
+        mt_lin_forward(m, ly->exp_gate[e], c, a->xp + (size_t)r0 * d.H, n, (uint64_t)r0, a->gp + (size_t)r0 * d.Im);
+        mt_lin_forward(m, ly->exp_up[e], c, a->xp + (size_t)r0 * d.H, n, (uint64_t)r0, a->up + (size_t)r0 * d.Im);
+    }
+    mt_swiglu_forward(be, a->gp, a->up, s->h, (size_t)NK * d.Im);
+    for (int e = 0; e < d.E; e++) {
+        int r0 = off[e], n = off[e + 1] - off[e];
+        if (n <= 0) continue;
+        mt_lin_forward(m, ly->exp_down[e], c, s->h + (size_t)r0 * d.Im, n, (uint64_t)r0, a->yp + (size_t)r0 * d.H);
+    }
+    zero(be, out, (size_t)N * d.H * sizeof(float));
+    mt_moe_unpermute(be, a->yp, a->src_tok, a->src_slot, a->w, NK, d.H, out);
+    if (ly->sh_gate) {
+        mlp_forward(m, ly->sh_gate, ly->sh_up, ly->sh_down, c, x, N, a->sg, a->su, s->h, a->ys);
+        if (ly->sh_expert_gate) {
+            mt_lin_forward(m, ly->sh_expert_gate, c, x, N, 0, a->sz);
+            mt_sigmoid_gate_forward(be, a->sz, a->ys, out, N, d.H);
+        } else {
+            mt_add(be, out, a->ys, 1.0f, (size_t)N * d.H);
+        }
+    }
+}
+
+void mt_ffn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const mt_pass *p, mt_acts *a,
+                     mt_scratch *s, mt_grads *g, int N, const float *dout, const float *dsc, const float *drl_extra,
+                     float *dxn) {
+    mt_backend *be = m->be;
+    mt_dims d;
+    mt_model_dims(&m->cfg, &d);
+    if (!ly->moe) {
+        mlp_backward(m, ly->gate, ly->up, ly->down, c, a->xn2, N, a->g, a->u, s->h, dout, g, dxn);
+        return;
+    }
+    bool jit = jitter_on(p);
+    const float *x = jit ? a->xm : a->xn2;
+    /* without jitter ∂L/∂x is ∂L/∂xn2: accumulate straight into dxn */
+    float *dx = dxn;
+    if (jit) {
+        dx = g->dxm;
+        zero(be, dx, (size_t)N * d.H * sizeof(float));
+    }
+    int NK = N * d.K;
+    const int32_t *off = a->offsets_host;
+
+    if (ly->sh_gate) {
+        const float *dys = dout;
+        if (ly->sh_expert_gate) {
+            zero(be, g->dsz, (size_t)N * sizeof(float));
+            zero(be, g->dys, (size_t)N * d.H * sizeof(float));
+            mt_sigmoid_gate_backward(be, a->sz, a->ys, dout, g->dsz, g->dys, N, d.H);
+            mt_lin_backward(m, ly->sh_expert_gate, c, x, g->dsz, N, 0, dx);
+            dys = g->dys;
+        }
+        mlp_backward(m, ly->sh_gate, ly->sh_up, ly->sh_down, c, x, N, a->sg, a->su, s->h, dys, g, dx);
+    }
+
+    zero(be, g->dyp, (size_t)NK * d.H * sizeof(float));
+    zero(be, g->dw, (size_t)NK * sizeof(float));
+    mt_moe_unpermute_backward(be, dout, a->yp, a->src_tok, a->src_slot, a->w, NK, d.H, g->dyp, g->dw);
+    size_t nh = (size_t)NK * d.Im;
+    mt_swiglu_forward(be, a->gp, a->up, s->h, nh);
+    zero(be, g->dh, nh * sizeof(float));
+    for (int e = 0; e < d.E; e++) {
+        int r0 = off[e], n = off[e + 1] - off[e];
+        if (n <= 0) continue;
+        mt_lin_backward(m, ly->exp_down[e], c, s->h + (size_t)r0 * d.Im, g->dyp + (size_t)r0 * d.H, n, (uint64_t)r0,
+                        g->dh + (size_t)r0 * d.Im);
+    }
+    zero(be, g->dg, nh * sizeof(float));
+    zero(be, g->du, nh * sizeof(float));
+    mt_swiglu_backward(be, g->dh, a->gp, a->up, g->dg, g->du, nh);
+    zero(be, g->dxp, (size_t)NK * d.H * sizeof(float));
+    for (int e = 0; e < d.E; e++) {
+        int r0 = off[e], n = off[e + 1] - off[e];
+        if (n <= 0) continue;
+        const float *xp = a->xp + (size_t)r0 * d.H;
+        float *dxp = g->dxp + (size_t)r0 * d.H;
+        mt_lin_backward(m, ly->exp_gate[e], c, xp, g->dg + (size_t)r0 * d.Im, n, (uint64_t)r0, dxp);
+        mt_lin_backward(m, ly->exp_up[e], c, xp, g->du + (size_t)r0 * d.Im, n, (uint64_t)r0, dxp);
+    }
+    mt_gather_rows_backward(be, g->dxp, a->src_tok, NK, d.H, dx);
+
+    zero(be, g->drl, (size_t)N * d.E * sizeof(float));
+    mt_route_args ra;
+    mt_route_args_fill(m, ly, N, &ra);
+    mt_route_backward(be, &ra, a->scores, a->idx, g->dw, dsc, g->drl);
+    if (drl_extra) mt_add(be, g->drl, drl_extra, 1.0f, (size_t)N * d.E);
+    mt_lin_backward(m, ly->router, c, x, g->drl, N, 0, dx);
+
+    if (jit) jitter_backward(be, p, ly->index, dx, dxn, (size_t)N * d.H);
+}

@@ -1,0 +1,49 @@
+/* store-impl.h — what the store's files share and nobody else sees: the handle, SQLite error
+ * translation, transactions, binding and column helpers, and the migration list. */
+#ifndef MT_STORE_IMPL_H
+#define MT_STORE_IMPL_H
+
+#include <sqlite3.h>
+
+#include "store/store.h"
+
+struct mt_store {
+    sqlite3 *db;
+    char *path;     /* as given to mt_store_open, for messages */
+    char host[256]; /* this machine's name: a run's liveness can only be judged on its own host */
+    /* the statements a training loop runs every step, prepared once rather than parsed again on
+     * every call */
+    sqlite3_stmt *touch_run;
+    sqlite3_stmt *put_metric;
+};
+
+/* The schema, one SQL script per version step: migrations[i] takes user_version i to i + 1. */
+extern const char *const mt_st_migrations[];
+extern const size_t mt_st_n_migrations;
+
+/* "<path>: <what>: <sqlite message>" with a status chosen from the SQLite code. Returns it. */
+mt_status mt_st_db_error(mt_store *s, mt_error *err, int rc, const char *what);
+mt_status mt_st_prepare(mt_store *s, const char *sql, sqlite3_stmt **st, mt_error *err);
+/* Prepares into *slot on first use and keeps it (finalised by mt_store_close); resets it and
+ * clears its bindings on every later use. */
+mt_status mt_st_prepare_kept(mt_store *s, const char *sql, sqlite3_stmt **slot, mt_error *err);
+/* BEGIN IMMEDIATE: takes the write lock up front, so the busy timeout applies and a deferred
+ * transaction can never fail half-way when it upgrades from reading to writing. */
+mt_status mt_st_begin(mt_store *s, mt_error *err);
+mt_status mt_st_commit(mt_store *s, mt_error *err);
+void mt_st_rollback(mt_store *s);
+/* Step a statement that returns no rows (or whose rows are ignored). */
+mt_status mt_st_step_done(mt_store *s, sqlite3_stmt *st, const char *what, mt_error *err);
+
+void mt_st_bind_text(sqlite3_stmt *st, int i, const char *v); /* NULL binds SQL NULL */
+void mt_st_bind_count(sqlite3_stmt *st, int i, int64_t v);    /* negative binds NULL (unknown) */
+char *mt_st_col_text(sqlite3_stmt *st, int i);                /* malloc'ed copy, NULL for NULL */
+int64_t mt_st_col_count(sqlite3_stmt *st, int i);             /* NULL reads as -1 */
+double mt_st_col_real(sqlite3_stmt *st, int i);               /* NULL reads as NaN */
+
+/* Unix time in seconds with sub-second precision. */
+double mt_st_now(void);
+/* MT_ERR_NOT_FOUND unless the run exists. */
+mt_status mt_st_check_run(mt_store *s, int64_t run_id, mt_error *err);
+
+#endif

@@ -1,0 +1,319 @@
+/* store.h — the store room's one public header: the SQLite run store (runs, metrics, events,
+ * datasets, adapters, preference pairs) with versioned migrations, and a small SVG plotter that
+ * draws the series it is given. The store knows nothing of training: it keeps what it is told. */
+#ifndef MT_STORE_H
+#define MT_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+
+/* The schema version this binary writes (PRAGMA user_version). A store with a higher version is
+ * refused: an older binary must not write into tables whose meaning it does not know. */
+#define MT_STORE_SCHEMA_VERSION 1
+
+typedef struct mt_store mt_store;
+
+/* ====================================== open / close ====================================== */
+
+/* Opens the store at `path`, migrating it to MT_STORE_SCHEMA_VERSION in one transaction.
+ * create: make the parent folder and the file when missing; when false a missing file is
+ * MT_ERR_NOT_FOUND (a reader such as `moetune runs` must not leave empty stores behind).
+ * Errors name the path and carry SQLite's message: MT_ERR_IO (cannot open/create),
+ * MT_ERR_FORMAT (not an SQLite database, or not a moetune store), MT_ERR_UNSUPPORTED (schema
+ * newer than this binary), MT_ERR_DB (anything else SQLite reports). One handle per thread;
+ * close it before fork() and open a new one in the child (SQLite's rule for connections). */
+mt_status mt_store_open(mt_store **out, const char *path, bool create, mt_error *err);
+void mt_store_close(mt_store *s); /* NULL is fine */
+const char *mt_store_path(const mt_store *s);
+
+/* ========================================= runs ========================================= */
+
+typedef enum mt_run_status {
+    MT_RUN_RUNNING = 0,
+    MT_RUN_COMPLETED,
+    MT_RUN_FAILED,
+    MT_RUN_INTERRUPTED,
+    MT_RUN_STATUS_COUNT
+} mt_run_status;
+
+const char *mt_run_status_name(mt_run_status s); /* "running", "completed", ... */
+
+/* What a run is, fixed when it begins. Strings may be NULL (stored as NULL) except name and
+ * method. The process id and host name of the caller are recorded by mt_store_run_begin. */
+typedef struct mt_store_run_info {
+    const char *name;          /* a person's label, e.g. "legal-lora" */
+    const char *method;        /* "sft", "dpo", "reward", "ppo", "grpo", ... */
+    const char *recipe_text;   /* the YAML as written */
+    const char *recipe_sha256; /* hex */
+    const char *base_path;     /* base model folder */
+    const char *base_hash;     /* content hash of the base weights */
+    const char *git_revision;  /* NULL when unknown */
+    const char *version;       /* moetune version; NULL means MT_VERSION */
+    uint64_t seed;
+    const char *config_json; /* validated config as a JSON object; NULL means "{}" */
+} mt_store_run_info;
+
+/* Inserts a run with status "running" and returns its id. */
+mt_status mt_store_run_begin(mt_store *s, const mt_store_run_info *info, int64_t *run_id, mt_error *err);
+/* Sets the status; any status other than running also sets the end time (now). `message` (may
+ * be NULL) says why, e.g. the error text of a failed run. */
+mt_status mt_store_run_set_status(mt_store *s, int64_t run_id, mt_run_status status, const char *message,
+                                  mt_error *err);
+
+/* A run as read back. Strings are owned by the record (free with mt_store_run_free); absent
+ * values are NULL. Times are Unix seconds (UTC). */
+typedef struct mt_store_run {
+    int64_t id;
+    char *name, *method, *recipe_text, *recipe_sha256, *base_path, *base_hash, *git_revision, *version;
+    char *config_json;
+    char *status_message;
+    char *host;
+    int64_t pid;
+    uint64_t seed;
+    /* Effective status: a "running" run whose process is gone (same host, pid dead or reused)
+     * reads as MT_RUN_INTERRUPTED with stale = true; the stored row is left untouched. */
+    mt_run_status status;
+    bool stale;
+    double started;
+    double ended;     /* 0 while running and for stale runs */
+    double updated;   /* last write of a metric or event (heartbeat); = started before any */
+    double duration;  /* seconds: ended, now (alive), or last heartbeat (stale) minus started */
+    int64_t last_step;  /* highest step with a metric; -1 when none */
+    bool has_loss;      /* a metric named "loss" exists */
+    double last_loss;   /* its value at its highest step (NaN when that value was NaN) */
+} mt_store_run;
+
+typedef struct mt_store_run_list {
+    mt_store_run *items; /* [n], by id */
+    size_t n;
+} mt_store_run_list;
+
+/* All runs, oldest first; recipe_text and config_json are left NULL (use mt_store_run_get). */
+mt_status mt_store_run_list_all(mt_store *s, mt_store_run_list *out, mt_error *err);
+/* One run with every field; MT_ERR_NOT_FOUND when there is no such id. */
+mt_status mt_store_run_get(mt_store *s, int64_t run_id, mt_store_run *out, mt_error *err);
+void mt_store_run_free(mt_store_run *r);
+void mt_store_run_list_free(mt_store_run_list *l);
+
+/* ======================================== metrics ======================================== */
+
+typedef struct mt_metric {
+    const char *name;
+    double value; /* NaN is kept (stored as SQL NULL); ±inf are stored as they are */
+} mt_metric;
+
+/* Writes n metrics of one step in ONE transaction: a reader sees all of them or none. Logging a
+ * (name, step) again replaces the value (a resumed run re-logs the steps after its checkpoint). */
+mt_status mt_store_log_metrics(mt_store *s, int64_t run_id, int64_t step, const mt_metric *m, size_t n,
+                               mt_error *err);
+
+typedef struct mt_store_series {
+    int64_t *steps; /* [n], increasing */
+    double *values; /* [n], NaN where a NaN was logged */
+    size_t n;
+} mt_store_series;
+
+/* The series of metric `name` of a run in step order (n = 0 when it has none). */
+mt_status mt_store_metric_series(mt_store *s, int64_t run_id, const char *name, mt_store_series *out,
+                                 mt_error *err);
+void mt_store_series_free(mt_store_series *sr);
+
+/* One metric of a run, summarised: its name and where it ended and peaked. min/max ignore NaN
+ * (and are NaN when every value is). */
+typedef struct mt_store_metric_summary {
+    char *name;
+    int64_t count;
+    int64_t last_step;
+    double last;
+    double min, max;
+    int64_t min_step, max_step;
+} mt_store_metric_summary;
+
+typedef struct mt_store_metric_list {
+    mt_store_metric_summary *items; /* [n], by name */
+    size_t n;
+} mt_store_metric_list;
+
+/* The metric names of a run with their summaries. */
+mt_status mt_store_metric_names(mt_store *s, int64_t run_id, mt_store_metric_list *out, mt_error *err);
+void mt_store_metric_list_free(mt_store_metric_list *l);
+
+/* ========================================= events ========================================= */
+
+/* kind: "checkpoint", "resume", "nan_skip", "error", ...; step < 0 means "no step" (NULL);
+ * detail_json: a JSON value or NULL. Invalid JSON is MT_ERR_INVALID. */
+mt_status mt_store_log_event(mt_store *s, int64_t run_id, int64_t step, const char *kind, const char *detail_json,
+                             mt_error *err);
+
+typedef struct mt_store_event {
+    int64_t id;
+    int64_t step; /* -1 when none */
+    double time;
+    char *kind;
+    char *detail_json; /* NULL when none */
+} mt_store_event;
+
+typedef struct mt_store_event_list {
+    mt_store_event *items; /* [n], in the order they were logged */
+    size_t n;
+} mt_store_event_list;
+
+mt_status mt_store_events(mt_store *s, int64_t run_id, mt_store_event_list *out, mt_error *err);
+void mt_store_event_list_free(mt_store_event_list *l);
+
+/* ======================================== datasets ======================================== */
+
+/* A data file as a run used it. A dataset is identified by (path, sha256, format): adding it
+ * again returns the same id and refreshes the counts (when given, i.e. >= 0). With run_id > 0
+ * the dataset is also linked to that run under `split` ("train", "eval", ...; NULL = "train"). */
+typedef struct mt_store_dataset_info {
+    const char *path;
+    const char *sha256;
+    const char *format; /* "text", "prompt_completion", "preference", "messages", "folder", ... */
+    int64_t n_docs;     /* -1 when unknown */
+    int64_t n_tokens;   /* -1 when unknown */
+    int64_t run_id;     /* 0: do not link */
+    const char *split;
+} mt_store_dataset_info;
+
+mt_status mt_store_dataset_add(mt_store *s, const mt_store_dataset_info *info, int64_t *dataset_id, mt_error *err);
+
+typedef struct mt_store_dataset {
+    int64_t id;
+    char *path, *sha256, *format;
+    int64_t n_docs, n_tokens; /* -1 when unknown */
+    char *split;              /* the link's split when listed for a run, else NULL */
+    double added;
+} mt_store_dataset;
+
+typedef struct mt_store_dataset_list {
+    mt_store_dataset *items; /* [n] */
+    size_t n;
+} mt_store_dataset_list;
+
+/* Datasets linked to a run (run_id > 0; one entry per split), or every dataset (run_id == 0). */
+mt_status mt_store_datasets(mt_store *s, int64_t run_id, mt_store_dataset_list *out, mt_error *err);
+void mt_store_dataset_list_free(mt_store_dataset_list *l);
+
+/* ======================================== adapters ======================================== */
+
+typedef struct mt_store_adapter_info {
+    const char *path;      /* export folder */
+    int64_t run_id;        /* 0: not made by a recorded run */
+    const char *base_hash; /* the base the adapter was trained on */
+    int rank;
+    double alpha;
+    const char *targets_json;    /* e.g. ["q_proj","v_proj"]; NULL = null */
+    const char *thresholds_json; /* e.g. {"dap_threshold":0.31}; NULL = null */
+    const char *eval_json;       /* e.g. {"eval_loss":1.82}; NULL = null */
+} mt_store_adapter_info;
+
+mt_status mt_store_adapter_add(mt_store *s, const mt_store_adapter_info *info, int64_t *adapter_id, mt_error *err);
+
+typedef struct mt_store_adapter {
+    int64_t id;
+    int64_t run_id; /* 0 when none */
+    char *path, *base_hash;
+    int rank;
+    double alpha;
+    char *targets_json, *thresholds_json, *eval_json; /* NULL when null */
+    double created;
+} mt_store_adapter;
+
+typedef struct mt_store_adapter_list {
+    mt_store_adapter *items; /* [n], oldest first */
+    size_t n;
+} mt_store_adapter_list;
+
+/* Adapters of a run (run_id > 0) or all adapters (run_id == 0). */
+mt_status mt_store_adapters(mt_store *s, int64_t run_id, mt_store_adapter_list *out, mt_error *err);
+void mt_store_adapter_list_free(mt_store_adapter_list *l);
+
+/* ==================================== preference pairs ==================================== */
+
+typedef struct mt_store_pair {
+    int64_t id; /* filled when read back; ignored on insert */
+    const char *prompt;
+    const char *chosen;
+    const char *rejected;
+    const char *source;     /* where it came from, e.g. "gcide:(Med.)"; may be NULL */
+    const char *label_json; /* label metadata as JSON; may be NULL */
+} mt_store_pair;
+
+/* Inserts a batch into dataset `dataset_id` in one transaction. A pair whose (prompt, chosen,
+ * rejected) is already in that dataset — or earlier in the same batch — is skipped and counted
+ * in *n_duplicates. Both counts may be NULL. */
+mt_status mt_store_pairs_add(mt_store *s, int64_t dataset_id, const mt_store_pair *pairs, size_t n,
+                             size_t *n_added, size_t *n_duplicates, mt_error *err);
+mt_status mt_store_pairs_count(mt_store *s, int64_t dataset_id, int64_t *count, mt_error *err);
+
+typedef struct mt_store_pair_list {
+    mt_store_pair *items; /* [n], by id; the strings are owned by the list */
+    size_t n;
+} mt_store_pair_list;
+
+/* Pairs of a dataset in insertion order, from `offset`, at most `limit` (limit < 0: all). */
+mt_status mt_store_pairs_get(mt_store *s, int64_t dataset_id, int64_t offset, int64_t limit,
+                             mt_store_pair_list *out, mt_error *err);
+void mt_store_pair_list_free(mt_store_pair_list *l);
+/* The dedup key: lowercase hex SHA-256 over the three texts, each prefixed by its length as a
+ * little-endian u64 (so ("ab","c") and ("a","bc") differ). */
+void mt_store_pair_hash(const char *prompt, const char *chosen, const char *rejected, char out[65]);
+
+/* ===================================== comparisons ===================================== */
+
+/* One leaf of two runs' config JSON that differs. Values are JSON text; NULL when the key is
+ * absent from that run's config. */
+typedef struct mt_store_config_diff {
+    char *key; /* JSON path, e.g. "$.lora.rank" */
+    char *a, *b;
+} mt_store_config_diff;
+
+typedef struct mt_store_diff_list {
+    mt_store_config_diff *items; /* [n], by key */
+    size_t n;
+} mt_store_diff_list;
+
+mt_status mt_store_config_diff_runs(mt_store *s, int64_t run_a, int64_t run_b, mt_store_diff_list *out,
+                                    mt_error *err);
+void mt_store_diff_list_free(mt_store_diff_list *l);
+
+/* ========================================= plots ========================================= */
+
+typedef enum mt_plot_style {
+    MT_PLOT_LINE = 0, /* a solid line (train curves) */
+    MT_PLOT_POINTS,   /* markers joined by a thin dashed line (eval curves, sparse) */
+} mt_plot_style;
+
+typedef struct mt_plot_series {
+    const char *label; /* legend text */
+    const double *x;   /* [n], increasing */
+    const double *y;   /* [n]; a non-finite value breaks the line there */
+    size_t n;
+    mt_plot_style style;
+    bool smooth; /* with opts.ema > 0: the EMA on top, the raw curve faint behind it */
+} mt_plot_series;
+
+typedef struct mt_plot_opts {
+    const char *title;
+    const char *x_label; /* with units, e.g. "step (optimizer updates)" */
+    const char *y_label; /* with units, e.g. "loss (nats/token)" */
+    int width, height;   /* pixels; 0 means 960 x 560 */
+    bool log_y;          /* every plotted y must then be > 0 */
+    double ema;          /* smoothing weight in [0, 1); 0 = off */
+} mt_plot_opts;
+
+/* Renders the series as a standalone SVG document (malloc'ed, NUL-terminated): title, axes
+ * with 1-2-5 ticks and a grid, one colour per series, a legend. MT_ERR_INVALID when there is
+ * nothing finite to draw, or a non-positive y on a log axis. */
+mt_status mt_plot_svg(const mt_plot_opts *opts, const mt_plot_series *series, size_t n_series, char **svg,
+                      mt_error *err);
+
+/* "Nice" tick values covering [lo, hi]: multiples of 1, 2 or 5 x 10^k, about `target` of them.
+ * Writes at most cap values and returns how many it wrote. */
+size_t mt_plot_ticks(double lo, double hi, int target, double *ticks, size_t cap);
+
+#endif

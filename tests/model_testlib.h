@@ -1,0 +1,128 @@
+/* model_testlib.h — helpers the model tests share (header-only, static): a toy LoRA-style
+ * adapter behind the linear-layer hook, fixture paths, and random token batches. */
+#ifndef MT_MODEL_TESTLIB_H
+#define MT_MODEL_TESTLIB_H
+
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+
+/* y += s·(x·Aᵀ)·Bᵀ with A [r, in], B [out, r]; gradients into dA, dB. Naive loops: it is the
+ * reference the hook plumbing is checked against, not a fast adapter. */
+typedef struct toy_adapter {
+    int in, out, r;
+    float s;
+    float *A, *Bm, *dA, *dB;
+} toy_adapter;
+
+static inline void toy_forward(void *self, const mt_adapter_call *c, const float *x, int n, float *y) {
+    toy_adapter *a = self;
+    float *h = c->scratch;
+    assert_true((size_t)n * a->r * 2 <= c->scratch_cap);
+    for (int t = 0; t < n; t++)
+        for (int k = 0; k < a->r; k++) {
+            double acc = 0;
+            for (int i = 0; i < a->in; i++) acc += (double)x[(size_t)t * a->in + i] * a->A[(size_t)k * a->in + i];
+            h[(size_t)t * a->r + k] = (float)acc;
+        }
+    for (int t = 0; t < n; t++)
+        for (int o = 0; o < a->out; o++) {
+            double acc = 0;
+            for (int k = 0; k < a->r; k++) acc += (double)h[(size_t)t * a->r + k] * a->Bm[(size_t)o * a->r + k];
+            y[(size_t)t * a->out + o] += a->s * (float)acc;
+        }
+}
+
+static inline void toy_backward(void *self, const mt_adapter_call *c, const float *x, const float *dy, int n, float *dx) {
+    toy_adapter *a = self;
+    float *h = c->scratch, *dh = c->scratch + (size_t)n * a->r;
+    for (int t = 0; t < n; t++)
+        for (int k = 0; k < a->r; k++) {
+            double acc = 0, dacc = 0;
+            for (int i = 0; i < a->in; i++) acc += (double)x[(size_t)t * a->in + i] * a->A[(size_t)k * a->in + i];
+            for (int o = 0; o < a->out; o++) dacc += (double)dy[(size_t)t * a->out + o] * a->Bm[(size_t)o * a->r + k];
+            h[(size_t)t * a->r + k] = (float)acc;
+            dh[(size_t)t * a->r + k] = a->s * (float)dacc;
+        }
+    for (int o = 0; o < a->out; o++)
+        for (int k = 0; k < a->r; k++) {
+            double acc = 0;
+            for (int t = 0; t < n; t++) acc += (double)dy[(size_t)t * a->out + o] * h[(size_t)t * a->r + k];
+            a->dB[(size_t)o * a->r + k] += a->s * (float)acc;
+        }
+    for (int k = 0; k < a->r; k++)
+        for (int i = 0; i < a->in; i++) {
+            double acc = 0;
+            for (int t = 0; t < n; t++) acc += (double)dh[(size_t)t * a->r + k] * x[(size_t)t * a->in + i];
+            a->dA[(size_t)k * a->in + i] += (float)acc;
+        }
+    if (dx)
+        for (int t = 0; t < n; t++)
+            for (int i = 0; i < a->in; i++) {
+                double acc = 0;
+                for (int k = 0; k < a->r; k++) acc += (double)dh[(size_t)t * a->r + k] * a->A[(size_t)k * a->in + i];
+                dx[(size_t)t * a->in + i] += (float)acc;
+            }
+}
+
+static inline toy_adapter *toy_attach(mt_linear *L, int r, uint64_t seed) {
+    static const mt_adapter_ops toy_ops = {toy_forward, toy_backward};
+    toy_adapter *a = mt_xcalloc(1, sizeof *a);
+    a->in = L->in;
+    a->out = L->out;
+    a->r = r;
+    a->s = 0.5f;
+    a->A = mt_xmalloc((size_t)r * L->in * sizeof(float));
+    a->Bm = mt_xmalloc((size_t)L->out * r * sizeof(float));
+    a->dA = mt_xcalloc((size_t)r * L->in, sizeof(float));
+    a->dB = mt_xcalloc((size_t)L->out * r, sizeof(float));
+    mt_test_fill_uniform(a->A, (size_t)r * L->in, -0.3f, 0.3f, seed);
+    mt_test_fill_uniform(a->Bm, (size_t)L->out * r, -0.3f, 0.3f, seed + 1);
+    L->hook.ops = &toy_ops;
+    L->hook.self = a;
+    L->hook.max_rank = r;
+    L->hook.enabled = true;
+    return a;
+}
+
+static inline void toy_free(toy_adapter *a) {
+    if (!a) return;
+    free(a->A);
+    free(a->Bm);
+    free(a->dA);
+    free(a->dB);
+    free(a);
+}
+
+static inline const char *model_fixture(const char *variant) {
+    static char dir[512];
+    snprintf(dir, sizeof dir, "%s/models/%s", MT_FIXTURES_DIR, variant);
+    return dir;
+}
+
+static inline mt_model *load_fixture(mt_backend *be, const char *variant) {
+    mt_error err = {0};
+    mt_model *m = NULL;
+    if (mt_model_load(&m, model_fixture(variant), be, &err) != MT_OK) fail_msg("%s", err.msg);
+    return m;
+}
+
+static inline void random_tokens(int32_t *t, int n, int V, uint64_t seed) {
+    mt_rng r;
+    mt_rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) t[i] = (int32_t)mt_rng_below(&r, (uint64_t)V);
+}
+
+/* Every fixture folder: one per family and variant. */
+#define N_VARIANTS 7
+static inline const char *variant_name(int i) {
+    static const char *const names[N_VARIANTS] = {"deepseek_v3", "deepseek_v3_noq", "deepseek_v2", "qwen3_moe",
+                                                  "qwen2_moe",   "mixtral",         "olmoe"};
+    return names[i];
+}
+
+#endif
