@@ -13,6 +13,7 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: moetune bench model --model DIR [--batch B] [--seq T] [--steps N] [--threads N]\n"
+            "       moetune bench train --recipe RECIPE.yaml [--steps N]   (see bench train --help)\n"
             "\n"
             "Times forward, forward+backward with a frozen base (gradients for activations only, what\n"
             "LoRA training runs) and forward+backward of full fine-tuning (every weight gradient) on\n"
@@ -23,28 +24,6 @@ static void usage(FILE *f) {
             "  --seq T       tokens per sequence (default 256)\n"
             "  --steps N     timed steps (default 5)\n"
             "  --threads N   CPU threads (default: all cores)\n");
-}
-
-static const char *value_of(const char *name, int argc, char **argv, int *i) {
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n)) return NULL;
-    if (argv[*i][n] == '=') return argv[*i] + n + 1;
-    if (argv[*i][n] || *i + 1 >= argc) return NULL;
-    return argv[++*i];
-}
-
-static bool is_flag(const char *a, const char *name) {
-    size_t n = strlen(name);
-    return !strncmp(a, name, n) && (a[n] == '\0' || a[n] == '=');
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi) return false;
-    *out = v;
-    return true;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -79,8 +58,9 @@ int mt_cmd_bench(int argc, char **argv) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "train")) return mt_cmd_bench_train(argc, argv);
     if (strcmp(argv[1], "model")) {
-        fprintf(stderr, "moetune bench: unknown benchmark '%s' (model)\n", argv[1]);
+        fprintf(stderr, "moetune bench: unknown benchmark '%s' (model, train)\n", argv[1]);
         return 2;
     }
     const char *model_dir = NULL;
@@ -90,16 +70,16 @@ int mt_cmd_bench(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
-        } else if (is_flag(a, "--model")) {
-            if (!(model_dir = value_of("--model", argc, argv, &i))) goto bad;
-        } else if (is_flag(a, "--batch")) {
-            if (!(v = value_of("--batch", argc, argv, &i)) || !parse_long(v, 1, 1 << 16, &batch)) goto bad;
-        } else if (is_flag(a, "--seq")) {
-            if (!(v = value_of("--seq", argc, argv, &i)) || !parse_long(v, 1, 1 << 20, &seq)) goto bad;
-        } else if (is_flag(a, "--steps")) {
-            if (!(v = value_of("--steps", argc, argv, &i)) || !parse_long(v, 1, 10000, &steps)) goto bad;
-        } else if (is_flag(a, "--threads")) {
-            if (!(v = value_of("--threads", argc, argv, &i)) || !parse_long(v, 0, 4096, &threads)) goto bad;
+        } else if (mt_cli_is_flag(a, "--model")) {
+            if (!(model_dir = mt_cli_value("--model", argc, argv, &i))) goto bad;
+        } else if (mt_cli_is_flag(a, "--batch")) {
+            if (!(v = mt_cli_value("--batch", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 1 << 16, &batch)) goto bad;
+        } else if (mt_cli_is_flag(a, "--seq")) {
+            if (!(v = mt_cli_value("--seq", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 1 << 20, &seq)) goto bad;
+        } else if (mt_cli_is_flag(a, "--steps")) {
+            if (!(v = mt_cli_value("--steps", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 10000, &steps)) goto bad;
+        } else if (mt_cli_is_flag(a, "--threads")) {
+            if (!(v = mt_cli_value("--threads", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 4096, &threads)) goto bad;
         } else {
             fprintf(stderr, "moetune bench model: unknown argument '%s'\n", a);
             usage(stderr);

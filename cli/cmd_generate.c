@@ -7,16 +7,18 @@
 
 #include "cli.h"
 #include "model/model.h"
+#include "peft/lora.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: moetune generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T]\n"
+            "usage: moetune generate --model DIR --prompt TEXT [--adapter DIR] [--max-tokens N] [--temperature T]\n"
             "                        [--top-k K] [--top-p P] [--seed S] [--stop STR]... [--no-eos]\n"
             "                        [--threads N]\n"
             "\n"
             "Streams the generated text to stdout; prompt and decode tokens/s go to stderr.\n"
             "  --model DIR       a Hugging Face model folder with tokenizer.json\n"
             "  --prompt TEXT     the prompt (BOS added as the tokenizer's post-processor says)\n"
+            "  --adapter DIR     a PEFT LoRA adapter for this base, merged before generating\n"
             "  --max-tokens N    new tokens at most (default 128)\n"
             "  --temperature T   0 = greedy (default 0.8)\n"
             "  --top-k K         keep the K most likely tokens, 0 = off (default 40)\n"
@@ -27,37 +29,6 @@ static void usage(FILE *f) {
             "  --threads N       CPU threads (default: all cores)\n");
 }
 
-static const char *value_of(const char *name, int argc, char **argv, int *i) {
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n)) return NULL;
-    if (argv[*i][n] == '=') return argv[*i] + n + 1;
-    if (argv[*i][n] || *i + 1 >= argc) return NULL;
-    return argv[++*i];
-}
-
-static bool is_flag(const char *a, const char *name) {
-    size_t n = strlen(name);
-    return !strncmp(a, name, n) && (a[n] == '\0' || a[n] == '=');
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_double(const char *s, double lo, double hi, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end || errno || !(v >= lo && v <= hi)) return false;
-    *out = v;
-    return true;
-}
-
 static bool print_text(void *user, const char *text, size_t len) {
     (void)user;
     fwrite(text, 1, len, stdout);
@@ -66,7 +37,7 @@ static bool print_text(void *user, const char *text, size_t len) {
 }
 
 int mt_cmd_generate(int argc, char **argv) {
-    const char *model_dir = NULL, *prompt = NULL;
+    const char *model_dir = NULL, *prompt = NULL, *adapter_dir = NULL;
     long max_tokens = 128, top_k = 40, threads = 0, seed = 0;
     double temperature = 0.8, top_p = 0.95;
     bool stop_at_eos = true;
@@ -78,27 +49,29 @@ int mt_cmd_generate(int argc, char **argv) {
             usage(stdout);
             free(stops);
             return 0;
-        } else if (is_flag(a, "--model")) {
-            if (!(model_dir = value_of("--model", argc, argv, &i))) goto bad;
-        } else if (is_flag(a, "--prompt")) {
-            if (!(prompt = value_of("--prompt", argc, argv, &i))) goto bad;
-        } else if (is_flag(a, "--max-tokens")) {
-            if (!(v = value_of("--max-tokens", argc, argv, &i)) || !parse_long(v, 0, 1 << 24, &max_tokens)) goto bad;
-        } else if (is_flag(a, "--temperature")) {
-            if (!(v = value_of("--temperature", argc, argv, &i)) || !parse_double(v, 0, 100, &temperature)) goto bad;
-        } else if (is_flag(a, "--top-k")) {
-            if (!(v = value_of("--top-k", argc, argv, &i)) || !parse_long(v, 0, 1 << 30, &top_k)) goto bad;
-        } else if (is_flag(a, "--top-p")) {
-            if (!(v = value_of("--top-p", argc, argv, &i)) || !parse_double(v, 0, 1, &top_p)) goto bad;
-        } else if (is_flag(a, "--seed")) {
-            if (!(v = value_of("--seed", argc, argv, &i)) || !parse_long(v, 0, 0x7fffffffL, &seed)) goto bad;
-        } else if (is_flag(a, "--stop")) {
-            if (!(v = value_of("--stop", argc, argv, &i)) || !*v) goto bad;
+        } else if (mt_cli_is_flag(a, "--model")) {
+            if (!(model_dir = mt_cli_value("--model", argc, argv, &i))) goto bad;
+        } else if (mt_cli_is_flag(a, "--adapter")) {
+            if (!(adapter_dir = mt_cli_value("--adapter", argc, argv, &i))) goto bad;
+        } else if (mt_cli_is_flag(a, "--prompt")) {
+            if (!(prompt = mt_cli_value("--prompt", argc, argv, &i))) goto bad;
+        } else if (mt_cli_is_flag(a, "--max-tokens")) {
+            if (!(v = mt_cli_value("--max-tokens", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 1 << 24, &max_tokens)) goto bad;
+        } else if (mt_cli_is_flag(a, "--temperature")) {
+            if (!(v = mt_cli_value("--temperature", argc, argv, &i)) || !mt_cli_parse_double(v, 0, 100, &temperature)) goto bad;
+        } else if (mt_cli_is_flag(a, "--top-k")) {
+            if (!(v = mt_cli_value("--top-k", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 1 << 30, &top_k)) goto bad;
+        } else if (mt_cli_is_flag(a, "--top-p")) {
+            if (!(v = mt_cli_value("--top-p", argc, argv, &i)) || !mt_cli_parse_double(v, 0, 1, &top_p)) goto bad;
+        } else if (mt_cli_is_flag(a, "--seed")) {
+            if (!(v = mt_cli_value("--seed", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 0x7fffffffL, &seed)) goto bad;
+        } else if (mt_cli_is_flag(a, "--stop")) {
+            if (!(v = mt_cli_value("--stop", argc, argv, &i)) || !*v) goto bad;
             stops[n_stop++] = v;
         } else if (!strcmp(a, "--no-eos")) {
             stop_at_eos = false;
-        } else if (is_flag(a, "--threads")) {
-            if (!(v = value_of("--threads", argc, argv, &i)) || !parse_long(v, 0, 4096, &threads)) goto bad;
+        } else if (mt_cli_is_flag(a, "--threads")) {
+            if (!(v = mt_cli_value("--threads", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 4096, &threads)) goto bad;
         } else {
             fprintf(stderr, "moetune generate: unknown argument '%s'\n", a);
             usage(stderr);
@@ -130,7 +103,11 @@ int mt_cmd_generate(int argc, char **argv) {
     mt_generate_result res = {0};
     int32_t *ids = NULL;
     size_t n_ids = 0;
+    mt_lora *lora = NULL;
     mt_status st = mt_model_load(&m, model_dir, be, &err);
+    /* merged into the weights: every decode path (MLA's absorbed one included) then sees it */
+    if (!st && adapter_dir) st = mt_lora_load_peft(&lora, m, adapter_dir, NULL, &err);
+    if (!st && lora) st = mt_lora_merge(lora, &err);
     if (!st) st = mt_tokenizer_load(&tok, model_dir, &err);
     if (!st) st = mt_tokenizer_encode(tok, prompt, strlen(prompt), true, &ids, &n_ids, &err);
     if (!st) {
@@ -164,6 +141,7 @@ int mt_cmd_generate(int argc, char **argv) {
     free(ids);
     mt_kv_cache_free(cache);
     mt_tokenizer_free(tok);
+    mt_lora_free(lora);
     mt_model_free(m);
     mt_backend_free(be);
     free(stops);

@@ -26,19 +26,6 @@ static void usage(FILE *f) {
             "                  a byte-level BPE with the 256 byte tokens, no merges, <|bos|> and <|eos|>\n");
 }
 
-static const char *value_of(const char *name, int argc, char **argv, int *i) {
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n)) return NULL;
-    if (argv[*i][n] == '=') return argv[*i] + n + 1;
-    if (argv[*i][n] || *i + 1 >= argc) return NULL;
-    return argv[++*i];
-}
-
-static bool is_flag(const char *a, const char *name) {
-    size_t n = strlen(name);
-    return !strncmp(a, name, n) && (a[n] == '\0' || a[n] == '=');
-}
-
 static bool parse_u64(const char *s, uint64_t *out) {
     char *end;
     errno = 0;
@@ -178,18 +165,18 @@ int mt_cmd_init(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
-        } else if (is_flag(a, "--preset")) {
-            if (!(preset = value_of("--preset", argc, argv, &i))) goto bad;
-        } else if (is_flag(a, "--family")) {
-            if (!(family_name = value_of("--family", argc, argv, &i))) goto bad;
-        } else if (is_flag(a, "--dtype")) {
-            if (!(dtype_name = value_of("--dtype", argc, argv, &i))) goto bad;
-        } else if (is_flag(a, "--tokenizer")) {
-            if (!(tok_path = value_of("--tokenizer", argc, argv, &i))) goto bad;
-        } else if (is_flag(a, "--seed")) {
-            if (!(v = value_of("--seed", argc, argv, &i)) || !parse_u64(v, &seed)) goto bad;
-        } else if (is_flag(a, "--threads")) {
-            if (!(v = value_of("--threads", argc, argv, &i)) || !parse_u64(v, &threads) || threads > 4096) goto bad;
+        } else if (mt_cli_is_flag(a, "--preset")) {
+            if (!(preset = mt_cli_value("--preset", argc, argv, &i))) goto bad;
+        } else if (mt_cli_is_flag(a, "--family")) {
+            if (!(family_name = mt_cli_value("--family", argc, argv, &i))) goto bad;
+        } else if (mt_cli_is_flag(a, "--dtype")) {
+            if (!(dtype_name = mt_cli_value("--dtype", argc, argv, &i))) goto bad;
+        } else if (mt_cli_is_flag(a, "--tokenizer")) {
+            if (!(tok_path = mt_cli_value("--tokenizer", argc, argv, &i))) goto bad;
+        } else if (mt_cli_is_flag(a, "--seed")) {
+            if (!(v = mt_cli_value("--seed", argc, argv, &i)) || !parse_u64(v, &seed)) goto bad;
+        } else if (mt_cli_is_flag(a, "--threads")) {
+            if (!(v = mt_cli_value("--threads", argc, argv, &i)) || !parse_u64(v, &threads) || threads > 4096) goto bad;
         } else if (a[0] == '-') {
             fprintf(stderr, "moetune init: unknown option '%s'\n", a);
             usage(stderr);

@@ -66,15 +66,6 @@ static bool is_option(const char *a, const char *name) {
     return !strncmp(a, name, n) && (a[n] == '\0' || a[n] == '=');
 }
 
-static bool parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
 static int bad_value(const char *cmd, const char *opt, const char *v) {
     fprintf(stderr, "moetune tokenizer %s: bad or missing value for %s%s%s\n", cmd, opt, v ? ": " : "", v ? v : "");
     return 2;
@@ -96,14 +87,14 @@ static int cmd_train(int argc, char **argv) {
         } else if (is_option(a, "--out")) {
             if (!(out = option_value("--out", argc, argv, &i))) goto bad_opt;
         } else if (is_option(a, "--vocab-size")) {
-            if (!(v = option_value("--vocab-size", argc, argv, &i)) || !parse_long(v, 1, 1 << 24, &num)) goto bad_opt;
+            if (!(v = option_value("--vocab-size", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 1 << 24, &num)) goto bad_opt;
             o.vocab_size = (int)num;
         } else if (is_option(a, "--min-frequency")) {
-            if (!(v = option_value("--min-frequency", argc, argv, &i)) || !parse_long(v, 0, 1L << 30, &num))
+            if (!(v = option_value("--min-frequency", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 1L << 30, &num))
                 goto bad_opt;
             o.min_frequency = (int)num;
         } else if (is_option(a, "--max-bytes")) {
-            if (!(v = option_value("--max-bytes", argc, argv, &i)) || !parse_long(v, 1, LONG_MAX, &num)) goto bad_opt;
+            if (!(v = option_value("--max-bytes", argc, argv, &i)) || !mt_cli_parse_long(v, 1, LONG_MAX, &num)) goto bad_opt;
             o.max_bytes = (size_t)num;
         } else if (is_option(a, "--pretok")) {
             static const char *const names[] = {"gpt2", "llama3", "qwen2", "deepseek_v3"};
@@ -214,7 +205,7 @@ static int cmd_encode(int argc, char **argv) {
 
 static bool push_id(const char *s, int32_t **ids, size_t *n, size_t *cap) {
     long v;
-    if (!parse_long(s, 0, INT32_MAX, &v)) return false;
+    if (!mt_cli_parse_long(s, 0, INT32_MAX, &v)) return false;
     if (*n == *cap) *ids = mt_xrealloc(*ids, (*cap = *cap ? *cap * 2 : 64) * sizeof **ids);
     (*ids)[(*n)++] = (int32_t)v;
     return true;

@@ -386,6 +386,29 @@ static mt_status hash_folder(char **files, size_t n, char out[65], mt_error *err
     return MT_OK;
 }
 
+/* The format of a JSONL file's first object, so that the cache can be keyed before reading
+ * it all; AUTO when it cannot tell (reading then reports the problem with its line). */
+static mt_recipe_format peek_format(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return MT_RECIPE_FORMAT_AUTO;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    mt_recipe_format fmt = MT_RECIPE_FORMAT_AUTO;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        size_t k = 0;
+        while (k < (size_t)n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r' || line[k] == '\n')) k++;
+        if (k == (size_t)n) continue;
+        cJSON *obj = cJSON_ParseWithLength(line, (size_t)n);
+        if (cJSON_IsObject(obj)) fmt = format_of_object(obj);
+        cJSON_Delete(obj);
+        break;
+    }
+    free(line);
+    fclose(f);
+    return fmt;
+}
+
 static mt_status load_source(const char *path, mt_recipe_format format, tok_ctx *c, docs_builder *b,
                              const char *tokenizer_hash, const char *cache_dir, mt_data_source *src,
                              mt_error *err) {
@@ -408,6 +431,7 @@ static mt_status load_source(const char *path, mt_recipe_format format, tok_ctx 
             size_t l = strlen(path);
             bool jsonl = (l > 6 && !strcmp(path + l - 6, ".jsonl")) || (l > 5 && !strcmp(path + l - 5, ".json"));
             if (!jsonl) format = MT_RECIPE_FORMAT_PLAIN;
+            else if (st == MT_OK) format = peek_format(path);
         }
     }
 

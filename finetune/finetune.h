@@ -264,4 +264,80 @@ bool mt_dap_stats_add_sequence(mt_dap_stats *s, const float *logits, const int32
 mt_status mt_dap_stats_result(const mt_dap_stats *s, double base, double max_entropy, double *threshold,
                               double *mean_entropy, uint64_t *n_seqs, mt_error *err);
 
+/* ===================================== training ===================================== */
+
+/* One line of progress, after every optimizer step (and after each evaluation). */
+typedef struct mt_train_progress {
+    int64_t step, total_steps; /* steps done (1-based after the first), of total */
+    double loss;               /* mean token loss of this step */
+    double lr, grad_norm, aux_loss;
+    double tokens_per_sec;     /* input tokens, averaged over the run's recent steps */
+    double eta_seconds;
+    bool skipped;              /* non-finite gradients: the update was not applied */
+    bool log_line;             /* a train.log_every step: worth a line in a plain log */
+    bool eval;                 /* this call reports an evaluation (eval_loss, eval_ppl) */
+    double eval_loss, eval_ppl;
+} mt_train_progress;
+
+typedef struct mt_train_opts {
+    bool resume;                          /* continue from the newest checkpoint (or train.resume) */
+    const volatile int *stop_flag;        /* non-zero (e.g. set by SIGINT): checkpoint and stop */
+    void (*on_progress)(void *user, const mt_train_progress *p);
+    void (*on_note)(void *user, const char *line); /* what the run is doing, a line at a time */
+    void *user;
+    const char *recipe_path;              /* its text is stored with the run; NULL: the canonical dump */
+    int64_t max_steps;                    /* stop after this many steps in this process (0 = no limit);
+                                           * the schedule still spans the recipe's steps (benchmarks) */
+    bool no_store, no_export, no_checkpoints; /* benchmarks: measure the loop alone */
+} mt_train_opts;
+
+typedef struct mt_train_result {
+    int64_t run_id;             /* 0 without a store */
+    int64_t steps, total_steps; /* steps done when the run returned, of total */
+    double last_loss;
+    double eval_loss, eval_ppl; /* NaN without held-out data */
+    int64_t eval_tokens;
+    double tokens_per_sec;      /* over this process's steps */
+    double dap_threshold, mean_entropy; /* mean_entropy NaN when the threshold was given */
+    int64_t trainable_params;
+    char adapter_dir[4096];     /* what was exported ("" when nothing) */
+    double seconds;
+    double peak_rss_mb;
+    bool interrupted;           /* stopped by stop_flag after a checkpoint */
+} mt_train_result;
+
+/* Runs the recipe: data, thresholds, adapter (or every weight), the loop with evaluation and
+ * checkpoints, export, and the run's record in the store. MT_ERR_INTERRUPTED when stop_flag
+ * ended it (a checkpoint was written first, so --resume continues it). */
+mt_status mt_train(const mt_recipe *r, const mt_train_opts *opts, mt_train_result *res, mt_error *err);
+
+/* ==================================== evaluation ==================================== */
+
+typedef struct mt_eval_opts {
+    const char *model_dir;
+    const char *tokenizer_dir;   /* NULL: model_dir */
+    const char *adapter_dir;     /* NULL: the base alone */
+    const mt_recipe_list *data;  /* files or folders, as data.train in a recipe */
+    mt_recipe_format format;
+    int max_seq_len;             /* rows are cut to this many tokens (no packing across documents) */
+    int batch;
+    int threads;                 /* 0 = all cores */
+} mt_eval_opts;
+
+typedef struct mt_eval_result {
+    double base_loss, base_ppl;       /* the base model alone */
+    double adapter_loss, adapter_ppl; /* with the adapter (NaN without one) */
+    int64_t n_docs, n_tokens;         /* documents read, tokens scored */
+} mt_eval_result;
+
+/* Held-out loss and perplexity (exp of the mean token cross-entropy) of the base and, when
+ * given, the adapted model over the same tokens. */
+mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err);
+
+/* Writes base + adapter merged (W += scale·B·A) as a Hugging Face model in out_dir, with the
+ * base's tokenizer files. base_dir NULL: the adapter's recorded base. A base whose content hash
+ * differs from the one recorded with the adapter is refused. */
+mt_status mt_export_merged(const char *adapter_dir, const char *base_dir, const char *out_dir, int threads,
+                           mt_error *err);
+
 #endif

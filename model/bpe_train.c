@@ -448,6 +448,53 @@ static mt_status count_file(trainer *t, const mt_tokenizer *pipe, tk_match *m, c
 
 /* ---- writing ---- */
 
+/* JSONL corpora (what `moetune data` writes, what recipes train on) count by the text they
+ * carry: "text", "prompt", "completion", and each message's "content" — not the JSON syntax. */
+static mt_status count_json_strings(trainer *t, const mt_tokenizer *pipe, tk_match *m, const cJSON *v,
+                                    size_t *budget, mt_error *err) {
+    static const char *const keys[] = {"text", "prompt", "completion", "chosen", "rejected"};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(v, keys[k]);
+        if (cJSON_IsString(s) && *budget) {
+            mt_status st = count_file(t, pipe, m, s->valuestring, strlen(s->valuestring), budget, err);
+            if (st) return st;
+        }
+    }
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(v, "messages");
+    const cJSON *msg;
+    cJSON_ArrayForEach(msg, msgs) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(msg, "content");
+        if (cJSON_IsString(c) && *budget) {
+            mt_status st = count_file(t, pipe, m, c->valuestring, strlen(c->valuestring), budget, err);
+            if (st) return st;
+        }
+    }
+    return MT_OK;
+}
+
+static mt_status count_jsonl(trainer *t, const mt_tokenizer *pipe, tk_match *m, const char *text, size_t len,
+                             size_t *budget, mt_error *err) {
+    size_t line = 1;
+    for (size_t off = 0; off < len && *budget; line++) {
+        const char *nl = memchr(text + off, '\n', len - off);
+        size_t end = nl ? (size_t)(nl - text) : len;
+        const char *p = text + off;
+        size_t n = end - off;
+        off = end + 1;
+        while (n && (*p == ' ' || *p == '\t' || *p == '\r')) p++, n--;
+        if (!n) continue;
+        cJSON *v = cJSON_ParseWithLength(p, n);
+        if (!cJSON_IsObject(v)) {
+            cJSON_Delete(v);
+            return mt_error_set(err, MT_ERR_FORMAT, "line %zu: not a JSON object", line);
+        }
+        mt_status st = count_json_strings(t, pipe, m, v, budget, err);
+        cJSON_Delete(v);
+        if (st) return st;
+    }
+    return MT_OK;
+}
+
 static void write_added(tk_buf *o, const char *content, int32_t id, bool last) {
     cJSON *a = cJSON_CreateObject();
     cJSON_AddNumberToObject(a, "id", id);
@@ -651,7 +698,11 @@ mt_status mt_tokenizer_train(const char *const *files, int n_files, const mt_bpe
         size_t len;
         st = mt_read_file(fl.v[i], &text, &len, err);
         if (st) break;
-        st = count_file(&t, pipe, m, text, len, &budget, err);
+        size_t n = strlen(fl.v[i]);
+        if (n > 6 && !strcmp(fl.v[i] + n - 6, ".jsonl"))
+            st = count_jsonl(&t, pipe, m, text, len, &budget, err);
+        else
+            st = count_file(&t, pipe, m, text, len, &budget, err);
         free(text);
         if (st) mt_error_prefix(err, "%s: ", fl.v[i]);
     }

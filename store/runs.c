@@ -115,6 +115,28 @@ mt_status mt_store_run_begin(mt_store *s, const mt_store_run_info *info, int64_t
     return rs;
 }
 
+mt_status mt_store_run_resume(mt_store *s, int64_t run_id, mt_error *err) {
+    sqlite3_stmt *st;
+    mt_status rs = mt_st_prepare(s,
+                                 "UPDATE runs SET status = 'running', status_message = NULL, ended = NULL, host = ?2,"
+                                 " pid = ?3, pid_start = ?4, updated = ?5 WHERE id = ?1",
+                                 &st, err);
+    if (rs != MT_OK) return rs;
+    bool zombie;
+    int64_t pid = (int64_t)getpid();
+    int64_t pid_start = proc_start_time(pid, &zombie);
+    sqlite3_bind_int64(st, 1, run_id);
+    mt_st_bind_text(st, 2, s->host);
+    sqlite3_bind_int64(st, 3, pid);
+    mt_st_bind_count(st, 4, pid_start > 0 ? pid_start : -1);
+    sqlite3_bind_double(st, 5, mt_st_now());
+    rs = mt_st_step_done(s, st, "resuming a run", err);
+    sqlite3_finalize(st);
+    if (rs == MT_OK && sqlite3_changes(s->db) == 0)
+        return mt_error_set(err, MT_ERR_NOT_FOUND, "%s: no run with id %lld", s->path, (long long)run_id);
+    return rs;
+}
+
 mt_status mt_store_run_set_status(mt_store *s, int64_t run_id, mt_run_status status, const char *message,
                                   mt_error *err) {
     if ((unsigned)status >= MT_RUN_STATUS_COUNT)

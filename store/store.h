@@ -63,6 +63,10 @@ mt_status mt_store_run_begin(mt_store *s, const mt_store_run_info *info, int64_t
 mt_status mt_store_run_set_status(mt_store *s, int64_t run_id, mt_run_status status, const char *message,
                                   mt_error *err);
 
+/* A resumed run (same id) is running again in this process: status running, end time and
+ * message cleared, host and pid now this process's. */
+mt_status mt_store_run_resume(mt_store *s, int64_t run_id, mt_error *err);
+
 /* A run as read back. Strings are owned by the record (free with mt_store_run_free); absent
  * values are NULL. Times are Unix seconds (UTC). */
 typedef struct mt_store_run {

@@ -1,0 +1,64 @@
+/* run-impl.h — one training run's state inside finetune/: what mt_run_open sets up (model,
+ * adapter, data rows, optimiser, store record, thresholds) and the loop in train.c consumes. */
+#ifndef MT_FINETUNE_RUN_IMPL_H
+#define MT_FINETUNE_RUN_IMPL_H
+
+#include "checkpoint-impl.h"
+#include "train-impl.h"
+
+#define TRY(expr)                                                                                                      \
+    do {                                                                                                               \
+        mt_status try_status_ = (expr);                                                                                \
+        if (try_status_ != MT_OK) return try_status_;                                                                  \
+    } while (0)
+
+struct mt_store;
+struct mt_lora;
+
+typedef struct mt_run {
+    const mt_recipe *r;
+    const mt_train_opts *opts;
+    mt_backend *be;
+    mt_tokenizer *tok;
+    mt_model *model;
+    struct mt_lora *lora;      /* NULL for full fine-tuning */
+    struct mt_store *store;    /* NULL with no_store */
+    int64_t run_id;
+    char base_hash[65];
+    mt_docs train_docs, eval_docs;
+    mt_rows train_rows, eval_rows;
+    int T;
+    int64_t *order;            /* [train_rows.n_rows] this epoch's row order */
+    int64_t *step_idx;         /* [micro_batch · grad_accum] */
+    int64_t total_steps, warmup;
+    double aux_coef;
+    mt_optim optim;
+    mt_trainable *trainables;
+    mt_ckpt_state st;
+    mt_workspace *ws, *eval_ws;
+    mt_batch_buf buf, eval_buf;
+    char thresholds_json[512];
+} mt_run;
+
+/* Sets everything up, resuming from the newest checkpoint when asked. On failure the run is
+ * closed (and recorded as failed when its store row was made). */
+mt_status mt_run_open(mt_run *run, const mt_recipe *r, const mt_train_opts *opts, mt_train_result *res,
+                      mt_error *err);
+void mt_run_close(mt_run *run);
+/* Writes output.adapter (PEFT adapter, or the full model) and records it. */
+mt_status mt_run_export(mt_run *run, mt_train_result *res, mt_error *err);
+
+/* DAP threshold of the base model (adapters, if any, disabled by the caller) over up to
+ * `max_rows` rows spread evenly over `rows`. */
+mt_status mt_dap_from_model(mt_model *m, const mt_rows *rows, int max_rows, double base, double max_entropy,
+                            double *threshold, double *mean_entropy, int64_t *n_seqs, mt_error *err);
+
+/* Copies tokenizer.json and, when present, tokenizer_config.json and special_tokens_map.json. */
+mt_status mt_copy_tokenizer_files(const char *from_dir, const char *to_dir, mt_error *err);
+/* sha256 of `dir`/tokenizer.json (the data cache's key). */
+mt_status mt_tokenizer_file_hash(const char *dir, char out[65], mt_error *err);
+double mt_peak_rss_mb(void);
+/* A JSON string literal for s (quotes and escapes), malloc'ed. */
+char *mt_json_quote(const char *s);
+
+#endif

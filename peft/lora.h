@@ -1,0 +1,108 @@
+/* lora.h — the peft room's one public header: LoRA adapters on any linear layer of an
+ * mt_model (attention incl. MLA's projections, dense MLPs, routed and shared experts, the
+ * router), attached through the model's adapter hooks; Hugging Face PEFT save/load; merge and
+ * unmerge. The base stays frozen: LoRA owns only its A/B factors and their gradients. */
+#ifndef MT_LORA_H
+#define MT_LORA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+#include "model/model.h"
+
+typedef enum mt_lora_init {
+    MT_LORA_INIT_DEFAULT = 0, /* PEFT init_lora_weights=True: A kaiming-uniform(a=√5), B = 0 */
+    MT_LORA_INIT_GAUSSIAN,    /* PEFT "gaussian": A ~ N(0, std 1/r), B = 0 */
+} mt_lora_init;
+
+/* What to adapt and how. Strings are borrowed for the duration of mt_lora_attach only. */
+typedef struct mt_lora_config {
+    int r;
+    float alpha;
+    float dropout;            /* on the LoRA branch's input, as PEFT's lora_dropout */
+    bool use_rslora;          /* scale alpha/√r instead of alpha/r */
+    mt_lora_init init;
+    uint64_t seed;            /* initialisation of A */
+    /* Module selection. Each target is one of: "all-linear" (every linear except lm_head and
+     * the router, as PEFT), a module-name suffix matched on '.' boundaries as PEFT does
+     * ("q_proj", "mlp.experts.*.gate_proj" with * a glob over one path segment), or
+     * "re:<regex>" fully matching the module path (PCRE2). A target matching nothing is an
+     * error listing the module names. */
+    const char *const *targets;
+    int n_targets;
+    const char *const *exclude; /* same syntax; removes matches */
+    int n_exclude;
+    /* PEFT rank_pattern / alpha_pattern: key (regex, matched as PEFT does against the module
+     * path's end) → rank or alpha for matching modules. */
+    const char *const *rank_keys;
+    const int *rank_values;
+    int n_rank;
+    const char *const *alpha_keys;
+    const float *alpha_values;
+    int n_alpha;
+} mt_lora_config;
+
+/* r = 8, alpha = 16, dropout 0, default init, targets none (caller sets them). */
+void mt_lora_config_default(mt_lora_config *c);
+
+typedef struct mt_lora mt_lora;
+
+/* Creates A/B for every selected linear and installs the hooks. Fails (nothing attached) if
+ * a target matches nothing, a linear already has an adapter, or r < 1. */
+mt_status mt_lora_attach(mt_lora **out, mt_model *m, const mt_lora_config *c, mt_error *err);
+/* Removes the hooks (unmerging first if merged) and frees everything. NULL is fine. */
+void mt_lora_free(mt_lora *l);
+/* false: every hook is off and the model computes the base alone (a merged adapter is
+ * unmerged first, as PEFT's disable_adapter does). */
+void mt_lora_set_enabled(mt_lora *l, bool on);
+
+/* One trainable tensor, named with its PEFT key
+ * ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"). */
+typedef struct mt_lora_tensor {
+    const char *name;
+    int64_t shape[2];  /* A: [r, in]; B: [out, r] */
+    int64_t numel;
+    float *data;
+    float *grad;       /* accumulated by backward; zero with mt_lora_zero_grad */
+} mt_lora_tensor;
+
+int mt_lora_tensor_count(const mt_lora *l);
+mt_lora_tensor *mt_lora_tensor_at(mt_lora *l, int i);
+void mt_lora_zero_grad(mt_lora *l);
+
+/* What was adapted, by kind of linear. */
+typedef struct mt_lora_summary {
+    int modules[MT_LINEAR_KIND_COUNT];
+    int64_t params[MT_LINEAR_KIND_COUNT];
+    int n_modules;
+    int64_t n_params;
+    int64_t base_params;   /* the model's own parameter count, for the ratio */
+} mt_lora_summary;
+
+void mt_lora_get_summary(const mt_lora *l, mt_lora_summary *s);
+const char *mt_linear_kind_name(mt_linear_kind k); /* "attention", "mlp", "expert", ... */
+
+/* moetune's own metadata, carried in a way PEFT ignores (moetune.json beside the adapter and
+ * the safetensors __metadata__). Strings may be NULL / empty. */
+typedef struct mt_lora_meta {
+    char base_model[4096];  /* path the adapter was trained on */
+    char base_hash[65];     /* mt_model_content_hash of the base */
+    int64_t run_id;         /* store run, 0 = none */
+    char *thresholds_json;  /* e.g. {"dap":0.31,"base":0.5,...}; malloc'ed by load */
+} mt_lora_meta;
+
+/* Writes `dir`/adapter_config.json and adapter_model.safetensors exactly as PEFT's
+ * save_pretrained does (keys without the adapter name, F32), plus moetune.json. The files are
+ * replaced atomically. */
+mt_status mt_lora_save_peft(const mt_lora *l, const char *dir, const mt_lora_meta *meta, mt_error *err);
+/* Reads a PEFT LoRA folder (made by moetune or by PEFT) and attaches it to m. meta may be
+ * NULL; when given it is filled from moetune.json if present (free thresholds_json). */
+mt_status mt_lora_load_peft(mt_lora **out, mt_model *m, const char *dir, mt_lora_meta *meta, mt_error *err);
+
+/* W += scale·B·A for every adapted linear (hooks then disabled); unmerge subtracts it back. */
+mt_status mt_lora_merge(mt_lora *l, mt_error *err);
+mt_status mt_lora_unmerge(mt_lora *l, mt_error *err);
+
+#endif
