@@ -27,20 +27,31 @@ static void usage(FILE *f) {
     for (size_t i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
 }
 
-/* OpenBLAS picks its kernels when the library loads, before main() runs, and 0.3.21 does not
- * know AMD Zen 4/5: it falls back to AVX2 kernels although its AVX-512 (SkylakeX) ones are
- * about 1.7x faster there. When the kernels room advises a core type, set it and start again
- * (once: the variable is then set, so the check declines). docs/performance.md. */
-static void choose_blas_kernels(char **argv) {
+/* Two runtime choices are made when a library loads, before main() runs, so they are set
+ * here and the process starts again (once: the variables are then set, so nothing changes).
+ * - OpenBLAS 0.3.21 does not know AMD Zen 4/5: it falls back to AVX2 kernels although its
+ *   AVX-512 (SkylakeX) ones are about 1.7x faster there; the kernels room advises a core type.
+ * - libgomp's threads spin while they wait. On a machine with anything else running, a
+ *   spinning thread holds the core its descheduled partner needs: a 2-thread training step
+ *   measured 3x slower (747 vs 2197 tokens/s, bench train beside one busy process) than with
+ *   waiting threads that sleep. A user's own OMP_WAIT_POLICY stands. docs/performance.md. */
+static void choose_runtime(char **argv) {
+    bool again = false;
     const char *core = mt_backend_preferred_coretype();
-    if (!core) return;
-    setenv("OPENBLAS_CORETYPE", core, 1);
-    execv("/proc/self/exe", argv);
-    /* exec failed: carry on with the kernels already loaded */
+    if (core) {
+        setenv("OPENBLAS_CORETYPE", core, 1);
+        again = true;
+    }
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+        again = true;
+    }
+    if (again) execv("/proc/self/exe", argv);
+    /* exec failed: carry on with what is already loaded */
 }
 
 int main(int argc, char **argv) {
-    choose_blas_kernels(argv);
+    choose_runtime(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;
