@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 start=$SECONDS
-scripts/setup.sh build
+MOETUNE_TARGET=moetune scripts/setup.sh build
 mt=build/moetune
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -37,12 +37,12 @@ step "4. held-out legal perplexity, base vs adapted (same tokens)"
 $mt eval --model models/tiny-base --adapter adapters/legal-lora --data data/legal.eval.jsonl
 
 prompt="Permission is hereby granted"
-step "5. generation, greedy: \"$prompt\""
+sampling=(--temperature 0.7 --top-k 40 --seed 1 --max-tokens 60)
+step "5. generation (temperature 0.7, top-k 40, seed 1): \"$prompt\""
 echo "-- base:"
-$mt generate --model models/tiny-base --prompt "$prompt" --temperature 0 --max-tokens 48 2>/dev/null
+$mt generate --model models/tiny-base --prompt "$prompt" "${sampling[@]}" 2>/dev/null
 echo "-- base + adapters/legal-lora:"
-$mt generate --model models/tiny-base --adapter adapters/legal-lora --prompt "$prompt" --temperature 0 \
-    --max-tokens 48 2>/dev/null
+$mt generate --model models/tiny-base --adapter adapters/legal-lora --prompt "$prompt" "${sampling[@]}" 2>/dev/null
 
 step "done in $((SECONDS - start)) s"
 echo "runs are recorded in runs/moetune.db:  $mt runs --store runs/moetune.db list"

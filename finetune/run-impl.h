@@ -38,10 +38,11 @@ typedef struct mt_run {
     mt_workspace *ws, *eval_ws;
     mt_batch_buf buf, eval_buf;
     char thresholds_json[512];
+    char trained_json[1024];   /* what trains, by kind of linear (the "adapter" event) */
 } mt_run;
 
-/* Sets everything up, resuming from the newest checkpoint when asked. On failure the run is
- * closed (and recorded as failed when its store row was made). */
+/* Sets everything up, resuming from the newest checkpoint when asked. Whatever it set up, on
+ * success or failure, is released by mt_run_close (the caller records a failed run first). */
 mt_status mt_run_open(mt_run *run, const mt_recipe *r, const mt_train_opts *opts, mt_train_result *res,
                       mt_error *err);
 void mt_run_close(mt_run *run);

@@ -207,6 +207,19 @@ static mt_status attach_lora(mt_run *run, mt_error *err) {
     note(run->opts, "LoRA r=%d alpha=%g%s on %d modules: %s; %lld trainable parameters = %.3f%% of %lld", c.r,
          (double)c.alpha, c.use_rslora ? " (rsLoRA)" : "", s.n_modules, by_kind, (long long)s.n_params,
          100.0 * (double)s.n_params / (double)(s.base_params ? s.base_params : 1), (long long)s.base_params);
+    off = (size_t)snprintf(run->trained_json, sizeof run->trained_json,
+                           "{\"type\":\"lora\",\"r\":%d,\"alpha\":%g,\"rslora\":%s,\"modules\":%d,\"params\":%lld,"
+                           "\"base_params\":%lld,\"by_kind\":{",
+                           c.r, (double)c.alpha, c.use_rslora ? "true" : "false", s.n_modules, (long long)s.n_params,
+                           (long long)s.base_params);
+    for (int k = 0, first = 1; k < MT_LINEAR_KIND_COUNT && off < sizeof run->trained_json; k++)
+        if (s.modules[k]) {
+            off += (size_t)snprintf(run->trained_json + off, sizeof run->trained_json - off,
+                                    "%s\"%s\":{\"modules\":%d,\"params\":%lld}", first ? "" : ",",
+                                    mt_linear_kind_name((mt_linear_kind)k), s.modules[k], (long long)s.params[k]);
+            first = 0;
+        }
+    if (off < sizeof run->trained_json) snprintf(run->trained_json + off, sizeof run->trained_json - off, "}}");
     int n = mt_lora_tensor_count(run->lora);
     run->trainables = mt_xcalloc((size_t)n, sizeof *run->trainables);
     for (int i = 0; i < n; i++) {
@@ -230,6 +243,8 @@ static mt_status require_all(mt_run *run, mt_error *err) {
     }
     TRY(mt_optim_init(&run->optim, run->be, run->trainables, k, err));
     note(run->opts, "full fine-tuning: %d tensors, %lld parameters", k, (long long)run->optim.n_params);
+    snprintf(run->trained_json, sizeof run->trained_json, "{\"type\":\"full\",\"tensors\":%d,\"params\":%lld}", k,
+             (long long)run->optim.n_params);
     return MT_OK;
 }
 
@@ -396,6 +411,7 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     run->st.run_id = run->run_id;
     if (run->store && !resuming) {
         TRY(mt_store_log_event(run->store, run->run_id, 0, "thresholds", run->thresholds_json, err));
+        TRY(mt_store_log_event(run->store, run->run_id, 0, "trainable", run->trained_json, err));
         mt_metric m[] = {{"dap_threshold", run->st.dap_threshold}};
         TRY(mt_store_log_metrics(run->store, run->run_id, 0, m, 1, err));
     }

@@ -21,4 +21,5 @@ fi
 build=${1:-build}
 shift || true
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
-cmake --build "$build" -j "$(nproc)"
+# MOETUNE_TARGET: build one target (the quickstart needs only `moetune`), default everything
+cmake --build "$build" -j "$(nproc)" --target "${MOETUNE_TARGET:-all}"

@@ -141,6 +141,15 @@ static void test_lora_lowers_loss_and_exports(void **state) {
     assert_int_equal(al.n, 1);
     assert_non_null(strstr(al.items[0].thresholds_json, "dap_threshold"));
     mt_store_adapter_list_free(&al);
+    mt_store_event_list ev;
+    assert_int_equal(mt_store_events(s, res.run_id, &ev, &err), MT_OK);
+    bool reported = false;
+    for (size_t i = 0; i < ev.n; i++)
+        if (!strcmp(ev.items[i].kind, "trainable"))
+            reported = strstr(ev.items[i].detail_json, "\"expert\":{\"modules\":") &&
+                       strstr(ev.items[i].detail_json, "\"attention\"");
+    assert_true(reported);
+    mt_store_event_list_free(&ev);
     mt_store_close(s);
 
     /* held-out: the adapter beats the base on the same tokens */
