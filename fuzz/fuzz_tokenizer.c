@@ -13,9 +13,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Byte-level fixtures whose normalizers change nothing, so the round trip is exact. */
-static const char *const fixtures[] = {"llama3", "gpt2", "deepseek_v3"};
-#define N_FIXTURES (sizeof fixtures / sizeof fixtures[0])
-static mt_tokenizer *loaded[N_FIXTURES];
+static const char *const tok_fixtures[] = {"llama3", "gpt2", "deepseek_v3"};
+#define TOK_N_FIXTURES (sizeof tok_fixtures / sizeof tok_fixtures[0])
+static mt_tokenizer *tok_loaded[TOK_N_FIXTURES];
 
 /* Loaded once before the first input, so that libFuzzer's leak check does not count them. */
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
@@ -34,11 +34,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         else
             snprintf(root, sizeof root, "../tests/fixtures/tokenizers");
     }
-    for (size_t i = 0; i < N_FIXTURES; i++) {
+    for (size_t i = 0; i < TOK_N_FIXTURES; i++) {
         char path[4300];
-        snprintf(path, sizeof path, "%s/%s/tokenizer.json", root, fixtures[i]);
+        snprintf(path, sizeof path, "%s/%s/tokenizer.json", root, tok_fixtures[i]);
         mt_error err = {0};
-        if (mt_tokenizer_load(&loaded[i], path, &err) != MT_OK) {
+        if (mt_tokenizer_load(&tok_loaded[i], path, &err) != MT_OK) {
             fprintf(stderr, "fuzz_tokenizer: %s\n", err.msg);
             abort();
         }
@@ -46,7 +46,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     return 0;
 }
 
-static void exercise(const mt_tokenizer *tok, const char *text, size_t len, bool special, bool check_round_trip) {
+static void tok_exercise(const mt_tokenizer *tok, const char *text, size_t len, bool special, bool check_round_trip) {
     int32_t *ids;
     size_t n;
     mt_error err = {0};
@@ -87,14 +87,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             return 0;
         }
         static const char sample[] = "Hello, world! It's 12345 \xE4\xB8\xAD\xE6\x96\x87 \xF0\x9F\x98\x80  \n\tend";
-        exercise(tok, sample, sizeof sample - 1, (mode >> 1) & 1, false);
+        tok_exercise(tok, sample, sizeof sample - 1, (mode >> 1) & 1, false);
         mt_tokenizer_free(tok);
         return 0;
     }
     tk_buf text = {0};
     tk_utf8_lossy(&text, rest, n);
-    const mt_tokenizer *tok = loaded[(mode >> 1) % N_FIXTURES];
-    exercise(tok, text.p ? text.p : "", text.len, (mode >> 3) & 1, true);
+    const mt_tokenizer *tok = tok_loaded[(mode >> 1) % TOK_N_FIXTURES];
+    tok_exercise(tok, text.p ? text.p : "", text.len, (mode >> 3) & 1, true);
     tk_buf_free(&text);
     return 0;
 }

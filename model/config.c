@@ -3,6 +3,7 @@
  * DeepSeek's remote code reads), consistency checks, serialisation back to a config.json
  * transformers loads, presets for `moetune init`, and parameter / FLOP counts. */
 #define _GNU_SOURCE
+#include "model/config-impl.h"
 #include "model/model.h"
 
 #include <cjson/cJSON.h>
@@ -581,6 +582,28 @@ static int line_of(const char *text, size_t off) {
     return line;
 }
 
+mt_status mt_config_parse(mt_config *cfg, const char *text, size_t len, const char *origin, mt_error *err) {
+    const char *end = NULL;
+    mt_status s;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
+    if (!root) {
+        size_t off = end && end >= text && (size_t)(end - text) <= len ? (size_t)(end - text) : 0;
+        s = mt_error_set(err, MT_ERR_FORMAT, "%s:%d: not valid JSON", origin, line_of(text, off));
+    } else if (!cJSON_IsObject(root)) {
+        s = mt_error_set(err, MT_ERR_FORMAT, "%s: must hold a JSON object", origin);
+    } else {
+        /* Filled in a copy: on any error the caller's config stays as it was. */
+        mt_config *c = mt_xcalloc(1, sizeof *c);
+        cfg_reader r = {.file = origin, .root = root, .err = err};
+        s = read_config(&r, c);
+        if (s == MT_OK) s = mt_config_validate(c, origin, err);
+        if (s == MT_OK) *cfg = *c;
+        free(c);
+    }
+    cJSON_Delete(root);
+    return s;
+}
+
 mt_status mt_config_load(mt_config *cfg, const char *path, mt_error *err) {
     char *file = NULL;
     if (mt_is_dir(path)) {
@@ -592,27 +615,7 @@ mt_status mt_config_load(mt_config *cfg, const char *path, mt_error *err) {
     char *text = NULL;
     size_t len = 0;
     mt_status s = mt_read_file(path, &text, &len, err);
-    if (s != MT_OK) {
-        free(file);
-        return s;
-    }
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
-    if (!root) {
-        size_t off = end ? (size_t)(end - text) : 0;
-        s = mt_error_set(err, MT_ERR_FORMAT, "%s:%d: not valid JSON", path, line_of(text, off));
-    } else if (!cJSON_IsObject(root)) {
-        s = mt_error_set(err, MT_ERR_FORMAT, "%s: must hold a JSON object", path);
-    } else {
-        /* Filled in a copy: on any error the caller's config stays as it was. */
-        mt_config *c = mt_xcalloc(1, sizeof *c);
-        cfg_reader r = {.file = path, .root = root, .err = err};
-        s = read_config(&r, c);
-        if (s == MT_OK) s = mt_config_validate(c, path, err);
-        if (s == MT_OK) *cfg = *c;
-        free(c);
-    }
-    cJSON_Delete(root);
+    if (s == MT_OK) s = mt_config_parse(cfg, text, len, path, err);
     free(text);
     free(file);
     return s;
@@ -621,6 +624,8 @@ mt_status mt_config_load(mt_config *cfg, const char *path, mt_error *err) {
 /* =========================================================================================
  * Validation
  * ========================================================================================= */
+
+static double count_params(const mt_config *c, double *inactive_out);
 
 mt_status mt_config_validate(const mt_config *c, const char *origin, mt_error *err) {
     const char *o = origin ? origin : "config";
@@ -640,6 +645,10 @@ mt_status mt_config_validate(const mt_config *c, const char *origin, mt_error *e
     if (!(c->initializer_range >= 0) || !isfinite(c->initializer_range)) BAD("%s: initializer_range must be >= 0", o);
     if (c->n_eos < 0 || c->n_eos > MT_MAX_EOS) BAD("%s: %d eos ids (at most %d)", o, c->n_eos, MT_MAX_EOS);
     if (memchr(c->torch_dtype, '\0', sizeof c->torch_dtype) == NULL) BAD("%s: torch_dtype is not terminated", o);
+    /* a torch dtype's name ("bfloat16", "torch.float16"): it is written back unescaped */
+    for (const char *p = c->torch_dtype; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '.'))
+            BAD("%s: dtype \"%s\" is not a torch dtype name", o, c->torch_dtype);
 
     bool ds = is_deepseek(c->family);
     if (c->mla != ds) BAD("%s: Multi-head Latent Attention is DeepSeek's, not %s's", o, mt_family_name(c->family));
@@ -718,6 +727,10 @@ mt_status mt_config_validate(const mt_config *c, const char *origin, mt_error *e
         BAD("%s: shared_expert_intermediate_size is Qwen2-MoE's", o);
     if (c->shared_expert_gate != (c->shared_intermediate_size > 0))
         BAD("%s: Qwen2-MoE's shared expert always has its sigmoid gate (and only it does)", o);
+    /* Sizes multiply into element counts and byte sizes held in 64 bits; 2^50 parameters is
+     * thousands of times any published model, and keeps every such product exact. */
+    double inactive, params = count_params(c, &inactive);
+    if (!(params <= 0x1p50)) BAD("%s: the sizes give %.3g parameters (at most 2^50)", o, params);
 
     /* Routing must be what the family's transformers class computes, or the exported
      * config.json would describe a different model. */
@@ -1129,56 +1142,68 @@ mt_status mt_config_preset(mt_config *cfg, mt_family family, const char *preset,
  * Sizes and costs
  * ========================================================================================= */
 
+/* Counts are computed in doubles: exact while below 2^53, which mt_config_validate demands of
+ * the total (every term here is a part of it), and free of overflow for any config at all. */
+
 /* Weights of one attention block that take part in matmuls (no norms, no biases). */
-static int64_t attn_matmul_params(const mt_config *c) {
-    int64_t H = c->hidden_size, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
+static double attn_matmul_params(const mt_config *c) {
+    double H = c->hidden_size, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
     if (!c->mla) return H * nh * hd * 2 + H * nkv * hd * 2;
-    int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim, ql = c->q_lora_rank, kvl = c->kv_lora_rank;
-    int64_t q = ql > 0 ? H * ql + ql * nh * qk : H * nh * qk;
-    int64_t kv = H * (kvl + c->qk_rope_head_dim) + kvl * nh * (c->qk_nope_head_dim + c->v_head_dim);
+    double qk = (double)c->qk_nope_head_dim + c->qk_rope_head_dim, ql = c->q_lora_rank, kvl = c->kv_lora_rank;
+    double q = ql > 0 ? H * ql + ql * nh * qk : H * nh * qk;
+    double kv = H * (kvl + c->qk_rope_head_dim) + kvl * nh * ((double)c->qk_nope_head_dim + c->v_head_dim);
     return q + kv + nh * c->v_head_dim * H;
 }
 
 /* The rest of an attention block: biases and norm weights. */
-static int64_t attn_other_params(const mt_config *c) {
-    int64_t nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
-    int64_t n = 0;
-    if (c->mla) return (c->q_lora_rank > 0 ? c->q_lora_rank : 0) + c->kv_lora_rank; /* q_a/kv_a layernorms */
+static double attn_other_params(const mt_config *c) {
+    double nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
+    double n = 0;
+    if (c->mla) return (c->q_lora_rank > 0 ? c->q_lora_rank : 0) + (double)c->kv_lora_rank; /* q_a/kv_a layernorms */
     if (c->attention_bias) n += nh * hd + 2 * nkv * hd;
     if (c->qk_norm == MT_QK_NORM_HEAD) n += 2 * hd;
     if (c->qk_norm == MT_QK_NORM_PROJ) n += nh * hd + nkv * hd;
     return n;
 }
 
-static int64_t expert_params(const mt_config *c) { return 3 * (int64_t)c->hidden_size * c->moe_intermediate_size; }
+static double expert_params(const mt_config *c) { return 3.0 * c->hidden_size * (double)c->moe_intermediate_size; }
 
 /* Matmul weights of the always-active part of an MoE block: router and shared expert(s). */
-static int64_t moe_fixed_matmul_params(const mt_config *c) {
-    int64_t H = c->hidden_size;
-    int64_t n = (int64_t)c->n_experts * H;
-    n += 3 * H * (int64_t)c->moe_intermediate_size * c->n_shared_experts;
+static double moe_fixed_matmul_params(const mt_config *c) {
+    double H = c->hidden_size;
+    double n = (double)c->n_experts * H;
+    n += 3 * H * (double)c->moe_intermediate_size * c->n_shared_experts;
     if (c->shared_intermediate_size > 0) n += 3 * H * c->shared_intermediate_size;
     if (c->shared_expert_gate) n += H;
     return n;
 }
 
-int64_t mt_config_param_count(const mt_config *c, int64_t *active) {
-    int64_t H = c->hidden_size, V = c->vocab_size;
-    int64_t total = V * H + (c->tie_word_embeddings ? 0 : V * H) + H; /* embeddings, lm_head, final norm */
-    int64_t inactive = 0;
-    for (int i = 0; i < c->n_layers; i++) {
+static double count_params(const mt_config *c, double *inactive_out) {
+    double H = c->hidden_size, V = c->vocab_size;
+    double total = V * H + (c->tie_word_embeddings ? 0 : V * H) + H; /* embeddings, lm_head, final norm */
+    double inactive = 0;
+    int layers = c->n_layers < MT_MAX_LAYERS ? c->n_layers : MT_MAX_LAYERS;
+    for (int i = 0; i < layers; i++) {
         total += 2 * H + attn_matmul_params(c) + attn_other_params(c);
         if (c->layer_is_moe[i]) {
-            total += moe_fixed_matmul_params(c) + (int64_t)c->n_experts * expert_params(c);
+            total += moe_fixed_matmul_params(c) + (double)c->n_experts * expert_params(c);
             /* DeepSeek-V3's e_score_correction_bias: a buffer, but stored with the weights */
             if (c->route_method == MT_ROUTE_METHOD_NOAUX_TC) total += c->n_experts;
-            inactive += (int64_t)(c->n_experts - c->top_k) * expert_params(c);
+            inactive += ((double)c->n_experts - c->top_k) * expert_params(c);
         } else {
-            total += 3 * H * (int64_t)c->intermediate_size;
+            total += 3 * H * (double)c->intermediate_size;
         }
     }
-    if (active) *active = total - inactive;
+    *inactive_out = inactive;
     return total;
+}
+
+static int64_t count_to_int(double x) { return x < 0x1p63 ? (int64_t)x : INT64_MAX; }
+
+int64_t mt_config_param_count(const mt_config *c, int64_t *active) {
+    double inactive, total = count_params(c, &inactive);
+    if (active) *active = count_to_int(total - inactive);
+    return count_to_int(total);
 }
 
 double mt_config_flops_per_token(const mt_config *c, int T) {
@@ -1191,9 +1216,9 @@ double mt_config_flops_per_token(const mt_config *c, int T) {
     double macs = (double)V * H; /* lm_head; the embedding is a lookup */
     double attn = keys * c->n_heads * (double)(mt_config_qk_head_dim(c) + mt_config_v_head_dim(c));
     for (int i = 0; i < c->n_layers; i++) {
-        macs += (double)attn_matmul_params(c) + attn;
+        macs += attn_matmul_params(c) + attn;
         if (c->layer_is_moe[i])
-            macs += (double)moe_fixed_matmul_params(c) + (double)c->top_k * (double)expert_params(c);
+            macs += moe_fixed_matmul_params(c) + (double)c->top_k * expert_params(c);
         else
             macs += 3.0 * (double)H * c->intermediate_size;
     }

@@ -31,7 +31,9 @@ typedef struct jj_ctx {
     jj_arena arena;
     mt_status code;
     char msg[900];
-    int depth; /* current nesting, against JJ_MAX_DEPTH */
+    int depth;        /* current nesting, against JJ_MAX_DEPTH */
+    long max_steps;   /* JJ_MAX_STEPS unless the caller asks for less (the fuzzer does) */
+    size_t max_arena; /* JJ_MAX_ARENA unless the caller asks for less */
 } jj_ctx;
 
 _Noreturn void jj_fail(jj_ctx *c, mt_status code, int line, const char *fmt, ...)
@@ -101,15 +103,19 @@ typedef struct jv {
     };
 } jv;
 
+/* depth: 1 + the deepest list or dict inside, held under JJ_MAX_DEPTH as items go in, so that
+ * ==, ordering and printing, which recurse, stay within the stack. */
 struct jlist {
     jv *v; /* [n] */
     size_t n, cap;
     bool tuple;
+    int depth;
 };
 /* Insertion-ordered, linear lookup: chat messages have a handful of keys. */
 struct jdict {
     jv *k, *v; /* [n] each */
     size_t n, cap;
+    int depth;
 };
 struct jloop {
     jlist *items;
@@ -309,8 +315,24 @@ jv jj_call_method(jj_eval *e, int line, jv self, const char *name, const jv *arg
 jv jj_call_func(jj_eval *e, int line, int fn, const jv *args, size_t n_args, const jstr *kw_names,
                 const jv *kw_vals, size_t n_kw);
 bool jj_has_method(jv self, jstr name);
+/* What the sandbox refuses: underscore attributes, and the methods that change a list or dict. */
+bool jj_is_unsafe_attr(jv self, jstr name);
 
 /* Renders the parsed template with `vars`; the result is in the arena. */
 jstr jj_render(jj_ctx *c, const jnode *root, jdict *vars);
+
+/* ---- entry points (chat_template.c) ---- */
+
+typedef struct jj_limits {
+    long max_steps;   /* 0: JJ_MAX_STEPS */
+    size_t max_arena; /* 0: JJ_MAX_ARENA */
+} jj_limits;
+
+/* Renders template text with variables given as a JSON object (each key a template variable),
+ * with transformers' globals (raise_exception, strftime_now, namespace, dict, range). The
+ * in-memory entry behind mt_chat_render, and what the tests and the fuzzer drive directly.
+ * *out is malloc'ed and NUL-terminated. lim may be NULL. */
+mt_status mt_jinja_render(const char *tmpl, size_t tmpl_len, const char *vars_json, size_t vars_len,
+                          const jj_limits *lim, char **out, size_t *out_len, mt_error *err);
 
 #endif

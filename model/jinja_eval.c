@@ -13,8 +13,8 @@ struct jj_frame {
 };
 
 static void step(jj_eval *e, int line) {
-    if (++e->steps > JJ_MAX_STEPS)
-        jj_fail(e->c, MT_ERR_INVALID, line, "rendering took more than %d steps", JJ_MAX_STEPS);
+    long limit = e->c->max_steps ? e->c->max_steps : JJ_MAX_STEPS;
+    if (++e->steps > limit) jj_fail(e->c, MT_ERR_INVALID, line, "rendering took more than %ld steps", limit);
 }
 
 static jv undef_msg(jj_eval *e, const char *fmt, jstr name, jv obj) {
@@ -83,6 +83,12 @@ jv jj_getattr(jj_eval *e, int line, jv obj, jstr name) {
     case JV_DICT:
     case JV_STR:
     case JV_LIST:
+        if (jj_is_unsafe_attr(obj, name)) {
+            jbuf b = {0};
+            jj_buf_printf(e->c, &b, "access to attribute '%.*s' of '%s' object is unsafe.",
+                          (int)(name.n < 80 ? name.n : 80), name.p, jj_type_name(obj));
+            return jv_undef(b.p);
+        }
         if (jj_has_method(obj, name)) {
             jmethod *m = jj_alloc(e->c, sizeof *m);
             m->self = obj;
@@ -604,11 +610,16 @@ static jj_frame *push_frame(jj_eval *e) {
 static void exec_for(jj_eval *e, const jnode *n) {
     jlist *items = jj_iterate(e, n->line, jj_eval_expr(e, n->b));
     jj_frame *outer = e->frame;
+    /* One frame serves every iteration, emptied in between: each iteration is a fresh scope,
+     * and a long loop does not grow the arena by a scope per item. */
+    jj_frame *f = push_frame(e);
+    e->frame = outer;
     if (n->c) {
         /* `for x in xs if cond` filters before looping, so loop.length counts what is kept */
         jlist *kept = jj_list_new(e->c, 0);
         for (size_t i = 0; i < items->n; i++) {
-            push_frame(e);
+            f->vars->n = 0;
+            e->frame = f;
             assign(e, n->a, items->v[i]);
             bool keep = jj_truthy(jj_eval_expr(e, n->c));
             e->frame = outer;
@@ -625,8 +636,10 @@ static void exec_for(jj_eval *e, const jnode *n) {
     jv loopv = {.t = JV_LOOP};
     loopv.loop = loop;
     for (size_t i = 0; i < items->n; i++) {
+        step(e, n->line); /* an iteration is work even when its body is empty */
         loop->index0 = i;
-        jj_frame *f = push_frame(e);
+        f->vars->n = 0;
+        e->frame = f;
         jj_dict_set(e->c, f->vars, jv_str(jj_cstr("loop")), loopv);
         assign(e, n->a, items->v[i]);
         exec_body(e, n->args);

@@ -136,6 +136,16 @@ static void enter(parser *p) {
 }
 static void leave(parser *p) { p->c->depth--; }
 
+/* Chains like a.b.c, x|f|g or 1+2+3 parse in a loop but build a tree as deep as they are long,
+ * which evaluation then recurses through: each link counts as a level of nesting. */
+static void deeper(parser *p, int *links) {
+    enter(p);
+    (*links)++;
+}
+static void shallower(parser *p, int links) {
+    while (links-- > 0) leave(p);
+}
+
 /* ---- expressions ---- */
 
 static jnode *parse_expression(parser *p, bool with_condexpr);
@@ -250,13 +260,18 @@ static jnode *parse_call(parser *p, jnode *fn) {
 }
 
 static jnode *parse_postfix(parser *p, jnode *n) {
+    int links = 0;
     for (;;) {
-        if (is_op(cur(p), OP_DOT) || is_op(cur(p), OP_LBRACKET))
+        if (is_op(cur(p), OP_DOT) || is_op(cur(p), OP_LBRACKET)) {
+            deeper(p, &links);
             n = parse_subscript(p, n);
-        else if (is_op(cur(p), OP_LPAREN))
+        } else if (is_op(cur(p), OP_LPAREN)) {
+            deeper(p, &links);
             n = parse_call(p, n);
-        else
+        } else {
+            shallower(p, links);
             return n;
+        }
     }
 }
 
@@ -276,7 +291,9 @@ static jstr dotted_name(parser *p) {
 }
 
 static jnode *parse_filter(parser *p, jnode *n, bool start_inline) {
+    int links = 0;
     while (is_op(cur(p), OP_PIPE) || start_inline) {
+        deeper(p, &links);
         if (!start_inline) advance(p);
         int line = cur(p)->line;
         jstr name = dotted_name(p);
@@ -297,6 +314,7 @@ static jnode *parse_filter(parser *p, jnode *n, bool start_inline) {
         n = f;
         start_inline = false;
     }
+    shallower(p, links);
     return n;
 }
 
@@ -340,15 +358,19 @@ static jnode *parse_test(parser *p, jnode *n) {
 }
 
 static jnode *parse_filter_expr(parser *p, jnode *n) {
+    int links = 0;
     for (;;) {
+        deeper(p, &links);
         if (is_op(cur(p), OP_PIPE))
             n = parse_filter(p, n, false);
         else if (is_name(cur(p), "is"))
             n = parse_test(p, n);
         else if (is_op(cur(p), OP_LPAREN))
             n = parse_call(p, n);
-        else
+        else {
+            shallower(p, links);
             return n;
+        }
     }
 }
 
@@ -461,24 +483,28 @@ static jnode *binop(parser *p, int op, jnode *a, jnode *b, int line) {
 }
 
 static jnode *parse_pow(parser *p) {
-    int line = cur(p)->line;
+    int line = cur(p)->line, links = 0;
     jnode *left = parse_unary(p, true);
     while (is_op(cur(p), OP_POW)) {
+        deeper(p, &links);
         advance(p);
         left = binop(p, OP_POW, left, parse_unary(p, true), line);
         line = cur(p)->line;
     }
+    shallower(p, links);
     return left;
 }
 
 static jnode *parse_math2(parser *p) {
-    int line = cur(p)->line;
+    int line = cur(p)->line, links = 0;
     jnode *left = parse_pow(p);
     while (is_op(cur(p), OP_MUL) || is_op(cur(p), OP_DIV) || is_op(cur(p), OP_FLOORDIV) || is_op(cur(p), OP_MOD)) {
+        deeper(p, &links);
         int op = advance(p)->op;
         left = binop(p, op, left, parse_pow(p), line);
         line = cur(p)->line;
     }
+    shallower(p, links);
     return left;
 }
 
@@ -498,13 +524,15 @@ static jnode *parse_concat(parser *p) {
 }
 
 static jnode *parse_math1(parser *p) {
-    int line = cur(p)->line;
+    int line = cur(p)->line, links = 0;
     jnode *left = parse_concat(p);
     while (is_op(cur(p), OP_ADD) || is_op(cur(p), OP_SUB)) {
+        deeper(p, &links);
         int op = advance(p)->op;
         left = binop(p, op, left, parse_concat(p), line);
         line = cur(p)->line;
     }
+    shallower(p, links);
     return left;
 }
 
@@ -552,9 +580,10 @@ static jnode *parse_not(parser *p) {
 }
 
 static jnode *parse_and(parser *p) {
-    int line = cur(p)->line;
+    int line = cur(p)->line, links = 0;
     jnode *left = parse_not(p);
     while (is_name(cur(p), "and")) {
+        deeper(p, &links);
         advance(p);
         jnode *n = node(p, JN_AND, line);
         n->a = left;
@@ -562,13 +591,15 @@ static jnode *parse_and(parser *p) {
         left = n;
         line = cur(p)->line;
     }
+    shallower(p, links);
     return left;
 }
 
 static jnode *parse_or(parser *p) {
-    int line = cur(p)->line;
+    int line = cur(p)->line, links = 0;
     jnode *left = parse_and(p);
     while (is_name(cur(p), "or")) {
+        deeper(p, &links);
         advance(p);
         jnode *n = node(p, JN_OR, line);
         n->a = left;
@@ -576,13 +607,15 @@ static jnode *parse_or(parser *p) {
         left = n;
         line = cur(p)->line;
     }
+    shallower(p, links);
     return left;
 }
 
 static jnode *parse_condexpr(parser *p) {
-    int line = cur(p)->line;
+    int line = cur(p)->line, links = 0;
     jnode *expr = parse_or(p);
     while (is_name(cur(p), "if")) {
+        deeper(p, &links);
         advance(p);
         jnode *n = node(p, JN_CONDEXPR, line);
         n->b = expr;
@@ -594,6 +627,7 @@ static jnode *parse_condexpr(parser *p) {
         expr = n;
         line = cur(p)->line;
     }
+    shallower(p, links);
     return expr;
 }
 

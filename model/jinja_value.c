@@ -38,8 +38,9 @@ void *jj_alloc(jj_ctx *c, size_t n) {
     jj_chunk *h = c->arena.head;
     if (!h || h->cap - h->used < n) {
         size_t cap = n > ((size_t)1 << 20) ? n : ((size_t)1 << 20);
-        if (c->arena.total + cap > JJ_MAX_ARENA)
-            jj_fail(c, MT_ERR_NOMEM, 0, "rendering needs more than %zu MiB", JJ_MAX_ARENA >> 20);
+        size_t limit = c->max_arena ? c->max_arena : JJ_MAX_ARENA;
+        if (cap > limit || c->arena.total > limit - cap)
+            jj_fail(c, MT_ERR_NOMEM, 0, "rendering needs more than %zu MiB", limit >> 20);
         h = malloc(sizeof *h + cap);
         if (!h) jj_fail(c, MT_ERR_NOMEM, 0, "out of memory");
         h->cap = cap;
@@ -172,7 +173,22 @@ jlist *jj_list_new(jj_ctx *c, size_t cap) {
     return l;
 }
 
+/* A namespace counts as a leaf: == compares it by identity, and it never nests in JSON. */
+static int value_depth(jv v) { return v.t == JV_LIST ? v.l->depth : v.t == JV_DICT ? v.d->depth : 0; }
+
+/* Twice the parser's limit: scopes and namespaces holding the deepest JSON value must fit. */
+#define JJ_MAX_VALUE_DEPTH (2 * JJ_MAX_DEPTH)
+
+static int deepen(jj_ctx *c, int depth, jv v) {
+    int d = value_depth(v) + 1;
+    if (d <= depth) return depth;
+    if (d > JJ_MAX_VALUE_DEPTH)
+        jj_fail(c, MT_ERR_INVALID, 0, "a value is nested more than %d levels deep", JJ_MAX_VALUE_DEPTH);
+    return d;
+}
+
 void jj_list_push(jj_ctx *c, jlist *l, jv v) {
+    l->depth = deepen(c, l->depth, v);
     if (l->n == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 4;
         jv *nv = jj_alloc(c, cap * sizeof(jv));
@@ -199,6 +215,7 @@ jv *jj_dict_find_str(const jdict *d, const char *key) {
 }
 
 void jj_dict_set(jj_ctx *c, jdict *d, jv key, jv val) {
+    d->depth = deepen(c, deepen(c, d->depth, key), val);
     jv *slot = jj_dict_find(d, key);
     if (slot) {
         *slot = val;

@@ -224,6 +224,10 @@ struct mt_tokenizer {
     /* tokenizer_config.json */
     int32_t bos_id, eos_id;
     char *chat_template;
+    /* The special tokens it names, as transformers' special_tokens_map hands them to chat
+     * templates: bos_token ... mask_token, other "*_token" strings, extra_special_tokens {...}. */
+    char **chat_token_keys, **chat_token_vals; /* [n_chat_tokens] */
+    int n_chat_tokens;
 };
 
 /* Parses tokenizer.json text (len bytes, need not be NUL-terminated); `origin` names it in

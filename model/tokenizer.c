@@ -827,6 +827,12 @@ void mt_tokenizer_free(mt_tokenizer *t) {
     free(t->prefix_ids);
     free(t->suffix_ids);
     free(t->chat_template);
+    for (int i = 0; i < t->n_chat_tokens; i++) {
+        free(t->chat_token_keys[i]);
+        free(t->chat_token_vals[i]);
+    }
+    free(t->chat_token_keys);
+    free(t->chat_token_vals);
     free(t);
 }
 
@@ -897,6 +903,60 @@ static mt_status config_token(jctx *c, const mt_tokenizer *t, const cJSON *root,
     return MT_OK;
 }
 
+/* A special token's text: a string, or an object's "content" (only a serialised AddedToken,
+ * {"__type": "AddedToken", ...}, when added_token_only). */
+static const char *special_text(const cJSON *v, bool added_token_only) {
+    if (cJSON_IsString(v)) return v->valuestring;
+    if (!cJSON_IsObject(v)) return NULL;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(v, "__type");
+    if (added_token_only && !(cJSON_IsString(type) && !strcmp(type->valuestring, "AddedToken"))) return NULL;
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(v, "content");
+    return cJSON_IsString(content) ? content->valuestring : NULL;
+}
+
+static void add_chat_token(mt_tokenizer *t, const char *key, const char *val) {
+    for (int i = 0; i < t->n_chat_tokens; i++)
+        if (!strcmp(t->chat_token_keys[i], key)) {
+            free(t->chat_token_vals[i]);
+            t->chat_token_vals[i] = mt_xstrdup(val);
+            return;
+        }
+    t->chat_token_keys = mt_xrealloc(t->chat_token_keys, (size_t)(t->n_chat_tokens + 1) * sizeof(char *));
+    t->chat_token_vals = mt_xrealloc(t->chat_token_vals, (size_t)(t->n_chat_tokens + 1) * sizeof(char *));
+    t->chat_token_keys[t->n_chat_tokens] = mt_xstrdup(key);
+    t->chat_token_vals[t->n_chat_tokens++] = mt_xstrdup(val);
+}
+
+/* The variables transformers (5.x, tokenization_utils_base.py) derives from the config for
+ * chat templates: the seven named special tokens (strings or AddedToken objects), any other
+ * top-level "*_token" key holding a string or a serialised AddedToken, and the entries of a
+ * dict-valued extra_special_tokens (additional_special_tokens when that is empty). */
+static void collect_chat_tokens(mt_tokenizer *t, const cJSON *root) {
+    static const char *const named[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                                        "pad_token", "cls_token", "mask_token"};
+    for (size_t i = 0; i < sizeof named / sizeof *named; i++) {
+        const char *v = special_text(cJSON_GetObjectItemCaseSensitive(root, named[i]), false);
+        if (v) add_chat_token(t, named[i], v);
+    }
+    for (const cJSON *e = root->child; e; e = e->next) {
+        size_t n = strlen(e->string);
+        bool is_named = false;
+        for (size_t i = 0; i < sizeof named / sizeof *named; i++) is_named |= !strcmp(e->string, named[i]);
+        const char *v = is_named || n < 6 || strcmp(e->string + n - 6, "_token") ? NULL : special_text(e, true);
+        if (v) add_chat_token(t, e->string, v);
+    }
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(root, "extra_special_tokens");
+    const cJSON *legacy = cJSON_GetObjectItemCaseSensitive(root, "additional_special_tokens");
+    bool extra_empty = !extra || cJSON_IsNull(extra) || (cJSON_IsArray(extra) && !extra->child) ||
+                       (cJSON_IsObject(extra) && !extra->child);
+    if (extra_empty && legacy) extra = legacy;
+    if (cJSON_IsObject(extra))
+        for (const cJSON *e = extra->child; e; e = e->next) {
+            const char *v = special_text(e, true);
+            if (v) add_chat_token(t, e->string, v);
+        }
+}
+
 static mt_status load_config(mt_tokenizer *t, const char *path, mt_error *err) {
     char *text;
     size_t len;
@@ -935,6 +995,7 @@ static mt_status load_config(mt_tokenizer *t, const char *path, mt_error *err) {
     if (!st) {
         if (has_bos) t->bos_id = bos;
         if (has_eos) t->eos_id = eos;
+        collect_chat_tokens(t, root);
     }
     cJSON_Delete(root);
     return st;

@@ -731,6 +731,35 @@ static void test_errors(void **state) {
     assert_non_null(strstr(err.msg, "route_norm"));
 }
 
+/* Inputs fuzz/fuzz_config.c found (kept in fuzz/regressions/fuzz_config/): each loaded, then
+ * broke mt_config_to_json or mt_config_param_count. */
+static void test_fuzz_regressions(void **state) {
+    (void)state;
+    char json[2048];
+    /* a dtype is written back into config.json unescaped: one that is not a dtype name (here
+     * with a quote, and with a non-ASCII letter) tripped an assertion there */
+    snprintf(json, sizeof json, "%s, \"torch_dtype\": \"bflo\\\"at16\"}", MIX);
+    expect_error(json, MT_ERR_INVALID, "is not a torch dtype name");
+    snprintf(json, sizeof json, "%s, \"dtype\": \"float\u00e916\"}", MIX);
+    expect_error(json, MT_ERR_INVALID, "is not a torch dtype name");
+    snprintf(json, sizeof json, "%s, \"dtype\": \"torch.bfloat16\"}", MIX);
+    mt_config c;
+    mt_error err = {0};
+    assert_int_equal(load_text(json, &c, &err), MT_OK);
+    /* sizes whose parameter count overflowed int64 (signed overflow, undefined behaviour) */
+    expect_error("{\"model_type\": \"qwen2_moe\", \"vocab_size\": 151936, \"hidden_size\": 337855176, "
+                 "\"intermediate_size\": 5632, \"num_hidden_layers\": 96, \"num_attention_heads\": 16, "
+                 "\"num_experts\": 64, \"num_experts_per_tok\": 4, \"moe_intermediate_size\": 1408, "
+                 "\"shared_expert_intermediate_size\": 5632}",
+                 MT_ERR_INVALID, "parameters (at most 2^50)");
+    /* the bound is far above real models: DeepSeek-V3's 671 billion count exactly */
+    mt_config v3;
+    load_fixture("configs/published/deepseek-v3.json", &v3);
+    int64_t active, total = mt_config_param_count(&v3, &active);
+    assert_true(total > 600000000000LL && total < 700000000000LL);
+    assert_true(active > 30000000000LL && active < 45000000000LL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transformers_facts), cmocka_unit_test(test_resaved_equals_published),
@@ -738,6 +767,7 @@ int main(void) {
         cmocka_unit_test(test_presets),            cmocka_unit_test(test_routing_resolution),
         cmocka_unit_test(test_null_vs_absent),     cmocka_unit_test(test_flops_and_sizes),
         cmocka_unit_test(test_family_names),       cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_fuzz_regressions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
