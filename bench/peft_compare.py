@@ -13,9 +13,10 @@ Needs torch, transformers, peft and tokenizers (not needed by moetune or its tes
         --data data/legal.jsonl --moetune build/moetune
 
 Routed experts: transformers 5 stores a MoE layer's experts as fused 3-D parameters that PEFT
-reaches only through `target_parameters`, not as nn.Linear modules, so the default targets are
-the modules both sides hold as linear layers: attention projections (MLA's included), the dense
-MLP and the shared experts (docs/adapters.md).
+reaches only through `target_parameters`, and PEFT 0.21 maps MLP projection names of MoE models
+onto those fused parameters (dropping shared-expert and dense-MLP LoRA, refusing dropout), so
+the side by side adapts what both hold as the same linear layers: the attention projections
+(MLA's included). The trainable parameter counts printed must agree (docs/adapters.md).
 """
 
 import argparse
@@ -28,8 +29,7 @@ import sys
 import tempfile
 import time
 
-TARGETS = (r".*\.self_attn\.(q_a_proj|q_b_proj|q_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)"
-           r"|.*\.mlp\.(shared_experts\.)?(gate|up|down)_proj")
+TARGETS = r".*\.self_attn\.(q_a_proj|q_b_proj|q_proj|k_proj|v_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)"
 
 
 def peft_side(args):

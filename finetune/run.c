@@ -412,8 +412,8 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     if (run->store && !resuming) {
         TRY(mt_store_log_event(run->store, run->run_id, 0, "thresholds", run->thresholds_json, err));
         TRY(mt_store_log_event(run->store, run->run_id, 0, "trainable", run->trained_json, err));
-        mt_metric m[] = {{"dap_threshold", run->st.dap_threshold}};
-        TRY(mt_store_log_metrics(run->store, run->run_id, 0, m, 1, err));
+        mt_metric m[] = {{"dap_threshold", run->st.dap_threshold}, {"data_mean_entropy", run->st.mean_entropy}};
+        TRY(mt_store_log_metrics(run->store, run->run_id, 0, m, run->st.mean_entropy >= 0 ? 2 : 1, err));
     }
 
     TRY(mt_workspace_init(&run->ws, run->model, r->train.micro_batch, run->T, true, err));
