@@ -17,7 +17,8 @@ static int setup(void **state) {
     mt_error err = {0};
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer.json", mt_test_fixture("tokenizers/deepseek_v3"));
-    if (mt_tokenizer_load(&tok, path, &err) != MT_OK) return -1;
+    /* the folder, so that tokenizer_config.json's chat template comes with it */
+    if (mt_tokenizer_load(&tok, mt_test_fixture("tokenizers/deepseek_v3"), &err) != MT_OK) return -1;
     return mt_sha256_file_hex(path, tok_hash, &err) == MT_OK ? 0 : -1;
 }
 
@@ -259,11 +260,68 @@ static void test_errors_name_file_and_line(void **state) {
     mt_docs_free(&d);
 }
 
+/* Conversations render through the tokenizer's chat template; only what the assistant wrote
+ * (and the template's end of its turn) is learnt. */
+static void test_messages_learn_only_assistant_turns(void **state) {
+    (void)state;
+    const char *dir = mt_test_tmpdir("data_messages");
+    char path[4200];
+    snprintf(path, sizeof path, "%s",
+             write_file(dir, "m.jsonl",
+                        "{\"messages\": [{\"role\": \"system\", \"content\": \"You are a careful lawyer.\"}, "
+                        "{\"role\": \"user\", \"content\": \"What is a tort?\"}, "
+                        "{\"role\": \"assistant\", \"content\": \"A civil wrong.\"}, "
+                        "{\"role\": \"user\", \"content\": \"And a crime?\"}, "
+                        "{\"role\": \"assistant\", \"content\": \"A public wrong.\"}]}\n"));
+    mt_docs d;
+    mt_data_source src;
+    mt_error err = {0};
+    if (load(path, MT_RECIPE_FORMAT_AUTO, true, NULL, &d, &src, &err) != MT_OK) fail_msg("%s", err.msg);
+    assert_int_equal(src.format, MT_RECIPE_FORMAT_MESSAGES);
+    assert_int_equal(d.n_docs, 1);
+    /* the tokens are the whole rendered conversation */
+    mt_chat_message msgs[] = {{"system", "You are a careful lawyer."}, {"user", "What is a tort?"},
+                              {"assistant", "A civil wrong."}, {"user", "And a crime?"},
+                              {"assistant", "A public wrong."}};
+    char *full, *text;
+    size_t full_len, text_len;
+    assert_int_equal(mt_chat_render(tok, msgs, 5, false, &full, &full_len, &err), MT_OK);
+    assert_int_equal(mt_tokenizer_decode(tok, d.ids, (size_t)d.n_tokens, false, &text, &text_len, &err), MT_OK);
+    assert_string_equal(text, full);
+    free(text);
+    /* what is learnt, decoded run by run, is the two answers and what ends their turns */
+    int32_t *learnt = mt_xcalloc((size_t)d.n_tokens, sizeof(int32_t));
+    int32_t *context = mt_xcalloc((size_t)d.n_tokens, sizeof(int32_t));
+    size_t nl = 0, nc = 0;
+    for (int64_t i = 0; i < d.n_tokens; i++) {
+        if (d.learn[i])
+            learnt[nl++] = d.ids[i];
+        else
+            context[nc++] = d.ids[i];
+    }
+    assert_int_equal(mt_tokenizer_decode(tok, learnt, nl, true, &text, &text_len, &err), MT_OK);
+    assert_non_null(strstr(text, "A civil wrong."));
+    assert_non_null(strstr(text, "A public wrong."));
+    assert_null(strstr(text, "tort"));
+    assert_null(strstr(text, "lawyer"));
+    assert_null(strstr(text, "crime"));
+    free(text);
+    assert_int_equal(mt_tokenizer_decode(tok, context, nc, true, &text, &text_len, &err), MT_OK);
+    assert_non_null(strstr(text, "What is a tort?"));
+    assert_non_null(strstr(text, "And a crime?"));
+    assert_null(strstr(text, "civil"));
+    free(text);
+    free(learnt);
+    free(context);
+    free(full);
+    mt_docs_free(&d);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_text_and_cache),       cmocka_unit_test(test_prompt_masking),
         cmocka_unit_test(test_packing),              cmocka_unit_test(test_split_and_order),
-        cmocka_unit_test(test_errors_name_file_and_line),
+        cmocka_unit_test(test_errors_name_file_and_line), cmocka_unit_test(test_messages_learn_only_assistant_turns),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

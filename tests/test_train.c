@@ -264,7 +264,35 @@ static void test_kill_and_resume_is_bit_identical(void **state) {
 
     assert_int_equal(wait_exit(spawn_train(b, true)), 0);
 
-    mt_store_series la = loss_series(a, 1), lb = loss_series(b, 1);
+    /* Ctrl-C: the run checkpoints where it is, says so, exits 130; --resume finishes it */
+    char c[4200];
+    snprintf(c, sizeof c, "%s/sigint", root);
+    assert_int_equal(mt_mkdirs(c, &err), MT_OK);
+    write_recipe(c, lora_yaml, steps, NULL);
+    pid = spawn_train(c, false);
+    snprintf(ckpt, sizeof ckpt, "%s/run/checkpoints/step-00000004/trainer_state.json", c);
+    for (int i = 0; i < 60000 && !mt_path_exists(ckpt); i++) usleep(1000);
+    kill(pid, SIGINT);
+    assert_int_equal(wait_exit(pid), 130);
+    char log[4300];
+    snprintf(log, sizeof log, "%s/train.log", c);
+    size_t log_len;
+    char *log_text = file_bytes(log, &log_len);
+    if (!strstr(log_text, "--resume")) fail_msg("no hint to resume in: %s", log_text);
+    free(log_text);
+    snprintf(db, sizeof db, "%s/moetune.db", c);
+    assert_int_equal(mt_store_open(&s, db, false, &err), MT_OK);
+    assert_int_equal(mt_store_run_get(s, 1, &run, &err), MT_OK);
+    assert_int_equal(run.status, MT_RUN_INTERRUPTED);
+    assert_false(run.stale); /* recorded as interrupted, not merely found dead */
+    mt_store_run_free(&run);
+    mt_store_close(s);
+    assert_int_equal(wait_exit(spawn_train(c, true)), 0);
+
+    mt_store_series la = loss_series(a, 1), lb = loss_series(b, 1), lc = loss_series(c, 1);
+    assert_int_equal(lc.n, steps);
+    assert_memory_equal(la.values, lc.values, (size_t)steps * sizeof(double));
+    mt_store_series_free(&lc);
     assert_int_equal(la.n, steps);
     assert_int_equal(lb.n, steps);
     for (size_t i = 0; i < la.n; i++) {
