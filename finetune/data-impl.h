@@ -20,6 +20,8 @@ typedef struct mt_docs {
 } mt_docs;
 
 void mt_docs_free(mt_docs *d);
+/* "text", "prompt_completion", "messages", "plain" or "auto", as the store records formats. */
+const char *mt_data_format_name(mt_recipe_format f);
 
 typedef struct mt_data_source {
     char path[4096];

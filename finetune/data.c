@@ -179,7 +179,7 @@ static mt_status doc_messages(docs_builder *b, const tok_ctx *c, const cJSON *me
 
 /* ---- formats ---- */
 
-static const char *format_name(mt_recipe_format f) {
+const char *mt_data_format_name(mt_recipe_format f) {
     switch (f) {
     case MT_RECIPE_FORMAT_TEXT: return "text";
     case MT_RECIPE_FORMAT_PROMPT_COMPLETION: return "prompt_completion";
@@ -438,7 +438,7 @@ static mt_status load_source(const char *path, mt_recipe_format format, tok_ctx 
     char cache_path[4096] = "";
     if (st == MT_OK && cache_dir && format != MT_RECIPE_FORMAT_AUTO) {
         char key_src[512], key[65];
-        snprintf(key_src, sizeof key_src, "%s|%s|%s|%d|%s", src->sha256, tokenizer_hash, format_name(format),
+        snprintf(key_src, sizeof key_src, "%s|%s|%s|%d|%s", src->sha256, tokenizer_hash, mt_data_format_name(format),
                  c->mask_prompt, CACHE_MAGIC);
         mt_sha256_hex(key_src, strlen(key_src), key);
         char name[80];

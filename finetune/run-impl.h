@@ -59,6 +59,8 @@ mt_status mt_copy_tokenizer_files(const char *from_dir, const char *to_dir, mt_e
 /* sha256 of `dir`/tokenizer.json (the data cache's key). */
 mt_status mt_tokenizer_file_hash(const char *dir, char out[65], mt_error *err);
 double mt_peak_rss_mb(void);
+/* A line of what the run is doing, to opts->on_note when set. */
+void mt_run_note(const mt_train_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A JSON string literal for s (quotes and escapes), malloc'ed. */
 char *mt_json_quote(const char *s);
 

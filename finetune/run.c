@@ -15,8 +15,7 @@
 /* Rows sampled for the thresholds: enough for a stable mean, few enough to cost seconds. */
 #define DAP_MAX_ROWS 64
 
-static void note(const mt_train_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void note(const mt_train_opts *o, const char *fmt, ...) {
+void mt_run_note(const mt_train_opts *o, const char *fmt, ...) {
     if (!o->on_note) return;
     char line[1200];
     va_list ap;
@@ -93,15 +92,6 @@ mt_status mt_dap_from_model(mt_model *m, const mt_rows *rows, int max_rows, doub
 
 /* ---- data ---- */
 
-static const char *format_name(mt_recipe_format f) {
-    switch (f) {
-    case MT_RECIPE_FORMAT_TEXT: return "text";
-    case MT_RECIPE_FORMAT_PROMPT_COMPLETION: return "prompt_completion";
-    case MT_RECIPE_FORMAT_MESSAGES: return "messages";
-    case MT_RECIPE_FORMAT_PLAIN: return "plain";
-    default: return "auto";
-    }
-}
 
 static mt_status record_sources(mt_run *run, const mt_recipe_list *paths, const mt_data_source *src,
                                 const mt_docs *docs, const char *split, mt_error *err) {
@@ -109,7 +99,7 @@ static mt_status record_sources(mt_run *run, const mt_recipe_list *paths, const 
     for (size_t i = 0; i < paths->n; i++) {
         mt_store_dataset_info info = {.path = src[i].path,
                                       .sha256 = src[i].sha256,
-                                      .format = format_name(src[i].format),
+                                      .format = mt_data_format_name(src[i].format),
                                       .n_docs = paths->n == 1 ? docs->n_docs : -1,
                                       .n_tokens = paths->n == 1 ? docs->n_tokens : -1,
                                       .run_id = run->run_id,
@@ -131,7 +121,7 @@ static mt_status load_data(mt_run *run, mt_error *err) {
     if (st == MT_OK) {
         int cached = 0;
         for (size_t i = 0; i < r->data.train.n; i++) cached += src[i].from_cache;
-        note(run->opts, "data: %lld documents, %lld tokens%s", (long long)all.n_docs, (long long)all.n_tokens,
+        mt_run_note(run->opts, "data: %lld documents, %lld tokens%s", (long long)all.n_docs, (long long)all.n_tokens,
              cached ? " (tokenized data from the cache)" : "");
     }
     if (st == MT_OK && r->data.eval.n == 0 && r->data.eval_split > 0) {
@@ -157,7 +147,7 @@ static mt_status load_data(mt_run *run, mt_error *err) {
     TRY(mt_rows_build(&run->train_docs, run->T, r->data.packing, pad, &run->train_rows, err));
     if (run->eval_docs.n_docs > 0)
         TRY(mt_rows_build(&run->eval_docs, run->T, r->data.packing, pad, &run->eval_rows, err));
-    note(run->opts, "rows of %d tokens: %lld train, %lld held out", run->T, (long long)run->train_rows.n_rows,
+    mt_run_note(run->opts, "rows of %d tokens: %lld train, %lld held out", run->T, (long long)run->train_rows.n_rows,
          (long long)run->eval_rows.n_rows);
     return MT_OK;
 }
@@ -204,7 +194,7 @@ static mt_status attach_lora(mt_run *run, mt_error *err) {
         if (s.modules[k] && off < sizeof by_kind)
             off += (size_t)snprintf(by_kind + off, sizeof by_kind - off, "%s%s %d (%lld params)", off ? ", " : "",
                                     mt_linear_kind_name((mt_linear_kind)k), s.modules[k], (long long)s.params[k]);
-    note(run->opts, "LoRA r=%d alpha=%g%s on %d modules: %s; %lld trainable parameters = %.3f%% of %lld", c.r,
+    mt_run_note(run->opts, "LoRA r=%d alpha=%g%s on %d modules: %s; %lld trainable parameters = %.3f%% of %lld", c.r,
          (double)c.alpha, c.use_rslora ? " (rsLoRA)" : "", s.n_modules, by_kind, (long long)s.n_params,
          100.0 * (double)s.n_params / (double)(s.base_params ? s.base_params : 1), (long long)s.base_params);
     off = (size_t)snprintf(run->trained_json, sizeof run->trained_json,
@@ -242,7 +232,7 @@ static mt_status require_all(mt_run *run, mt_error *err) {
                                               .decay = p->ndim >= 2};
     }
     TRY(mt_optim_init(&run->optim, run->be, run->trainables, k, err));
-    note(run->opts, "full fine-tuning: %d tensors, %lld parameters", k, (long long)run->optim.n_params);
+    mt_run_note(run->opts, "full fine-tuning: %d tensors, %lld parameters", k, (long long)run->optim.n_params);
     snprintf(run->trained_json, sizeof run->trained_json, "{\"type\":\"full\",\"tensors\":%d,\"params\":%lld}", k,
              (long long)run->optim.n_params);
     return MT_OK;
@@ -315,7 +305,7 @@ static mt_status thresholds(mt_run *run, mt_error *err) {
                               &thr, &ent, &n, err));
         run->st.dap_threshold = thr;
         run->st.mean_entropy = ent;
-        note(run->opts, "thresholds: mean predictive entropy %.3f bits over %lld rows -> dap_threshold %.4f (%.1fs)",
+        mt_run_note(run->opts, "thresholds: mean predictive entropy %.3f bits over %lld rows -> dap_threshold %.4f (%.1fs)",
              ent, (long long)n, thr, mt_now_seconds() - t0);
     }
     return MT_OK;
@@ -346,7 +336,7 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     mt_model_content_hash(run->model, run->base_hash);
     int64_t active;
     int64_t params = mt_config_param_count(mt_model_config(run->model), &active);
-    note(o, "model: %s (%s, %.2fM parameters, %.2fM active per token) loaded in %.1fs", r->model.path,
+    mt_run_note(o, "model: %s (%s, %.2fM parameters, %.2fM active per token) loaded in %.1fs", r->model.path,
          mt_family_name(mt_model_config(run->model)->family), params / 1e6, active / 1e6, mt_now_seconds() - t0);
     if (mt_tokenizer_vocab_size(run->tok) > mt_model_config(run->model)->vocab_size)
         return mt_error_set(err, MT_ERR_INVALID, "%s: the tokenizer has %d tokens, the model's vocabulary only %d",
@@ -390,13 +380,13 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
         char sha[65];
         mt_recipe_hash(r, sha);
         if (strcmp(sha, run->st.recipe_sha256) != 0)
-            note(o, "warning: the recipe changed since the checkpoint was written; continuing with the new one");
+            mt_run_note(o, "warning: the recipe changed since the checkpoint was written; continuing with the new one");
         if (run->st.threads != mt_backend_threads(run->be))
-            note(o, "warning: checkpoint written with %d threads, resuming with %d: the loss curve will not be "
+            mt_run_note(o, "warning: checkpoint written with %d threads, resuming with %d: the loss curve will not be "
                     "bit-identical to an uninterrupted run",
                  run->st.threads, mt_backend_threads(run->be));
         (void)want;
-        note(o, "resuming from %s (step %lld of %lld)", ckpt, (long long)run->st.step, (long long)run->total_steps);
+        mt_run_note(o, "resuming from %s (step %lld of %lld)", ckpt, (long long)run->st.step, (long long)run->total_steps);
     } else {
         run->st.threads = mt_backend_threads(run->be);
         mt_recipe_hash(r, run->st.recipe_sha256);
@@ -422,7 +412,7 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
         TRY(mt_workspace_init(&run->eval_ws, run->model, r->train.micro_batch, run->T, false, err));
         mt_batch_buf_init(&run->eval_buf, r->train.micro_batch, run->T);
     }
-    note(o, "training: %lld steps of %d x %d rows x %d tokens, lr %g, %s schedule, warmup %lld; activations %.1f MB",
+    mt_run_note(o, "training: %lld steps of %d x %d rows x %d tokens, lr %g, %s schedule, warmup %lld; activations %.1f MB",
          (long long)run->total_steps, r->train.grad_accum, r->train.micro_batch, run->T, r->train.lr,
          r->train.schedule == MT_RECIPE_SCHEDULE_COSINE   ? "cosine"
          : r->train.schedule == MT_RECIPE_SCHEDULE_LINEAR ? "linear"

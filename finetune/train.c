@@ -13,16 +13,6 @@
 #include "run-impl.h"
 #include "store/store.h"
 
-static void note(const mt_train_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void note(const mt_train_opts *o, const char *fmt, ...) {
-    if (!o->on_note) return;
-    char line[1200];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    o->on_note(o->user, line);
-}
 
 double mt_peak_rss_mb(void) {
     struct rusage ru;
@@ -43,7 +33,7 @@ static void event(mt_run *run, int64_t step, const char *kind, const char *fmt, 
     va_end(ap);
     mt_error e = {0};
     if (mt_store_log_event(run->store, run->run_id, step, kind, detail, &e) != MT_OK)
-        note(run->opts, "warning: could not record event %s: %s", kind, e.msg);
+        mt_run_note(run->opts, "warning: could not record event %s: %s", kind, e.msg);
 }
 
 static mt_status metrics(mt_run *run, int64_t step, const mt_metric *m, size_t n, mt_error *err) {
@@ -144,7 +134,7 @@ static mt_status checkpoint(mt_run *run, mt_error *err) {
     char *q = mt_json_quote(path);
     event(run, run->st.step, "checkpoint", "{\"path\":%s}", q);
     free(q);
-    note(run->opts, "checkpoint %s", path);
+    mt_run_note(run->opts, "checkpoint %s", path);
     return MT_OK;
 }
 
@@ -180,7 +170,7 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
             event(run, run->st.step, "nan_skip", "{\"loss\":%s,\"grad_norm\":%s,\"streak\":%lld}",
                   isfinite(so.loss) ? "\"finite\"" : "\"non-finite\"",
                   isfinite(so.grad_norm) ? "\"finite\"" : "\"non-finite\"", (long long)run->st.nan_streak);
-            note(o, "step %lld: non-finite loss or gradients, update skipped (%lld in a row)",
+            mt_run_note(o, "step %lld: non-finite loss or gradients, update skipped (%lld in a row)",
                  (long long)run->st.step, (long long)run->st.nan_streak);
             if (run->st.nan_streak > r->train.max_nan_skips)
                 return mt_error_set(err, MT_ERR_NUMERIC,
