@@ -143,7 +143,6 @@ void jj_list_push(jj_ctx *c, jlist *l, jv v);
 jdict *jj_dict_new(jj_ctx *c);
 void jj_dict_set(jj_ctx *c, jdict *d, jv key, jv val); /* replaces in place when present */
 jv *jj_dict_find(const jdict *d, jv key);              /* NULL when absent */
-jv *jj_dict_find_str(const jdict *d, const char *key);
 
 const char *jj_type_name(jv v); /* Python's type name: 'str', 'dict', 'NoneType', ... */
 bool jj_truthy(jv v);
@@ -309,7 +308,6 @@ jlist *jj_iterate(jj_eval *e, int line, jv v);
 /* builtins (jinja_builtins.c) */
 jv jj_apply_filter(jj_eval *e, const jnode *n, jv val);
 bool jj_apply_test(jj_eval *e, const jnode *n, jv val);
-bool jj_run_test(jj_eval *e, int line, int test, jv val, const jv *args, size_t n_args);
 jv jj_call_method(jj_eval *e, int line, jv self, const char *name, const jv *args, size_t n_args,
                   const jstr *kw_names, const jv *kw_vals, size_t n_kw);
 jv jj_call_func(jj_eval *e, int line, int fn, const jv *args, size_t n_args, const jstr *kw_names,

@@ -345,31 +345,44 @@ static void format_spec(jj_eval *e, int line, jbuf *b, jv v, jstr spec) {
     char align = 0, sign = 0, type = 0;
     size_t k = 0;
     uint32_t first = jj_utf8_next(spec.p, spec.n, &k);
-    if (k < spec.n && strchr("<>^=", spec.p[k])) {
+    if (k < spec.n && spec.p[k] && strchr("<>^=", spec.p[k])) {
         fill = first;
         align = spec.p[k];
         i = k + 1;
-    } else if (strchr("<>^=", spec.p[0])) {
+    } else if (spec.p[0] && strchr("<>^=", spec.p[0])) {
         align = spec.p[0];
         i = 1;
     }
-    if (i < spec.n && strchr("+- ", spec.p[i])) sign = spec.p[i++];
-    if (i < spec.n && spec.p[i] == '0' && !align) {
-        fill = '0';
-        align = '=';
+    if (i < spec.n && spec.p[i] && strchr("+- ", spec.p[i])) sign = spec.p[i++];
+    bool zero = false;
+    if (i < spec.n && spec.p[i] == '0') {
+        zero = true;
         i++;
     }
     long width = 0, prec = -1;
     while (i < spec.n && spec.p[i] >= '0' && spec.p[i] <= '9' && width < 100000) width = width * 10 + (spec.p[i++] - '0');
     if (i < spec.n && spec.p[i] == '.') {
         i++;
+        if (!(i < spec.n && spec.p[i] >= '0' && spec.p[i] <= '9'))
+            jj_fail(e->c, MT_ERR_INVALID, line, "Format specifier missing precision");
         prec = 0;
         while (i < spec.n && spec.p[i] >= '0' && spec.p[i] <= '9' && prec < 1000) prec = prec * 10 + (spec.p[i++] - '0');
     }
-    if (i < spec.n) type = spec.p[i++];
-    if (i != spec.n || (type && !strchr("sdfeg%", type)))
+    bool has_type = i < spec.n;
+    if (has_type) type = spec.p[i++];
+    /* CPython stores "no type" as a NUL, and its float formatter cannot tell the two apart */
+    if (has_type && !type && v.t == JV_FLOAT) has_type = false;
+    if (i != spec.n || (has_type && (!type || !strchr("sdfeg%", type))))
         jj_fail(e->c, MT_ERR_UNSUPPORTED, line, "format spec '%.*s' is not supported", (int)(spec.n < 40 ? spec.n : 40),
                 spec.p);
+    if (v.t == JV_STR && (align == '=' || sign))
+        jj_fail(e->c, MT_ERR_INVALID, line, "%s not allowed in string format specifier",
+                align == '=' ? "'=' alignment" : "Sign");
+    /* a leading 0 pads numbers after their sign with zeros, and strings with zeros on the right */
+    if (zero && !align) {
+        fill = '0';
+        align = v.t == JV_STR ? '<' : '=';
+    }
     jbuf body = {0};
     jj_buf_put(e->c, &body, "", 0);
     bool numeric = v.t == JV_INT || v.t == JV_FLOAT || v.t == JV_BOOL;
@@ -412,7 +425,7 @@ static void format_spec(jj_eval *e, int line, jbuf *b, jv v, jstr spec) {
         jj_buf_puts(e->c, &body, digits);
         if (!align) align = '>';
     } else
-        jj_write_str(e->c, &body, line, v);
+        jj_fail(e->c, MT_ERR_INVALID, line, "unsupported format string passed to %s.__format__", jj_type_name(v));
     size_t len = jj_utf8_len(jj_buf_str(&body));
     size_t pad = (size_t)width > len ? (size_t)width - len : 0;
     size_t left = align == '>' ? pad : align == '^' ? pad / 2 : 0;
@@ -425,6 +438,7 @@ static jv str_format(jj_eval *e, int line, jstr fmt, const jargs *a) {
     jbuf b = {0};
     jj_buf_put(e->c, &b, "", 0);
     size_t auto_idx = 0;
+    int numbering = 0; /* 1 automatic {}, 2 manual {0}: Python refuses a mix */
     for (size_t i = 0; i < fmt.n;) {
         char ch = fmt.p[i];
         if (ch == '}') {
@@ -463,6 +477,11 @@ static jv str_format(jj_eval *e, int line, jstr fmt, const jargs *a) {
             field.n = (size_t)(bang - field.p);
         }
         jv v;
+        bool is_index = !field.n || (field.p[0] >= '0' && field.p[0] <= '9');
+        if (is_index && numbering && numbering != (field.n ? 2 : 1))
+            jj_fail(e->c, MT_ERR_INVALID, line, "cannot switch from %s field specification to %s field numbering",
+                    numbering == 1 ? "automatic" : "manual", numbering == 1 ? "manual" : "automatic");
+        if (is_index) numbering = field.n ? 2 : 1;
         if (!field.n) {
             if (auto_idx >= a->n_pos)
                 jj_fail(e->c, MT_ERR_INVALID, line, "Replacement index %zu out of range for positional args tuple", auto_idx);
@@ -624,7 +643,7 @@ static jv str_method(jj_eval *e, int line, jstr s, const char *name, const jargs
     }
     if (!strcmp(name, "splitlines")) {
         BIND("keepends");
-        return str_splitlines(c, s, g[0] && jj_truthy(v[0]));
+        return str_splitlines(c, s, g[0] && want_int(e, line, v[0], "keepends"));
     }
     if (!strcmp(name, "startswith") || !strcmp(name, "endswith")) {
         BIND_REQ(1, "prefix", "start", "end");
@@ -820,30 +839,48 @@ static int lookup_name(const char *const *names, int count, jv name) {
     return -1;
 }
 
-/* Python's float(str): surrounding whitespace, sign, digits with single underscores, inf/nan. */
+/* The whitespace float() and int() strip from text: str.isspace() but for U+001C..U+001F. */
+static bool num_space(uint32_t cp) { return jj_isspace(cp) && !(cp >= 0x1c && cp <= 0x1f); }
+
+static jstr num_strip(jstr s) {
+    size_t a = 0, b = s.n;
+    while (a < b) {
+        size_t k = a;
+        if (!num_space(jj_utf8_next(s.p, b, &k))) break;
+        a = k;
+    }
+    while (b > a) {
+        size_t k = b - 1;
+        while (k > a && ((unsigned char)s.p[k] & 0xc0) == 0x80) k--;
+        size_t j = k;
+        if (!num_space(jj_utf8_next(s.p, b, &j)) || j != b) break;
+        b = k;
+    }
+    return (jstr){s.p + a, b - a};
+}
+
+static bool is_ascii_digit(char ch) { return ch >= '0' && ch <= '9'; }
+
+/* Python's float(str): surrounding whitespace, sign, digits with single underscores between
+ * digits, inf/infinity/nan in any case. */
 static bool parse_py_float(jstr s, double *out) {
-    jstr t = s;
-    while (t.n && jj_isspace((unsigned char)t.p[0])) t.p++, t.n--;
-    while (t.n && jj_isspace((unsigned char)t.p[t.n - 1])) t.n--;
+    jstr t = num_strip(s);
     if (!t.n || t.n > 300) return false;
     char buf[320];
     size_t k = 0;
     for (size_t i = 0; i < t.n; i++) {
         char ch = t.p[i];
         if (ch == '_') {
-            bool ok = i > 0 && i + 1 < t.n && t.p[i - 1] >= '0' && t.p[i - 1] <= '9' && t.p[i + 1] >= '0' &&
-                      t.p[i + 1] <= '9';
-            if (!ok) return false;
+            if (!(i > 0 && i + 1 < t.n && is_ascii_digit(t.p[i - 1]) && is_ascii_digit(t.p[i + 1]))) return false;
             continue;
         }
-        if (!strchr("0123456789+-.eEinfatyINFATY", ch)) return false;
+        if (!ch || !strchr("0123456789+-.eEinfatyINFATY", ch)) return false;
         buf[k++] = ch;
     }
     buf[k] = 0;
     const char *p = buf;
     if (*p == '+' || *p == '-') p++;
-    bool word = (*p | 32) == 'i' || (*p | 32) == 'n';
-    if (word) {
+    if ((*p | 32) == 'i' || (*p | 32) == 'n') {
         char low[16];
         size_t n = strlen(p);
         if (n >= sizeof low) return false;
@@ -853,17 +890,17 @@ static bool parse_py_float(jstr s, double *out) {
         /* digits and at most one '.', then an optional exponent with digits */
         const char *q = p;
         size_t digits = 0;
-        while (*q >= '0' && *q <= '9') q++, digits++;
+        while (is_ascii_digit(*q)) q++, digits++;
         if (*q == '.') {
             q++;
-            while (*q >= '0' && *q <= '9') q++, digits++;
+            while (is_ascii_digit(*q)) q++, digits++;
         }
         if (!digits) return false;
         if ((*q | 32) == 'e') {
             q++;
             if (*q == '+' || *q == '-') q++;
-            if (!(*q >= '0' && *q <= '9')) return false;
-            while (*q >= '0' && *q <= '9') q++;
+            if (!is_ascii_digit(*q)) return false;
+            while (is_ascii_digit(*q)) q++;
         }
         if (*q) return false;
     }
@@ -872,12 +909,11 @@ static bool parse_py_float(jstr s, double *out) {
     return *end == 0;
 }
 
-/* Python's int(str, base): whitespace, sign, optional base prefix, digits with single underscores.
- * Returns 1 on success, 0 when not a number, -1 when outside int64. */
+/* Python's int(str, base): whitespace, sign, optional base prefix, digits with single
+ * underscores. Returns 1 on success, 0 when the text is not such a number, -1 when it is
+ * one outside int64 (Python would give a big integer). */
 static int parse_py_int(jstr s, int64_t base, int64_t *out) {
-    jstr t = s;
-    while (t.n && jj_isspace((unsigned char)t.p[0])) t.p++, t.n--;
-    while (t.n && jj_isspace((unsigned char)t.p[t.n - 1])) t.n--;
+    jstr t = num_strip(s);
     size_t i = 0;
     bool neg = false;
     if (i < t.n && (t.p[i] == '+' || t.p[i] == '-')) neg = t.p[i++] == '-';
@@ -890,25 +926,32 @@ static int parse_py_int(jstr s, int64_t base, int64_t *out) {
             if (i < t.n && t.p[i] == '_') i++;
         }
     }
-    if (base == 0) base = 10;
-    if (i >= t.n) return 0;
-    uint64_t v = 0;
-    bool prev_us = true, any = false;
-    for (; i < t.n; i++) {
-        char ch = t.p[i];
+    if (base == 0) {
+        /* base 0 reads a decimal literal: no leading zeros unless all zeros */
+        base = 10;
+        size_t j = i;
+        while (j < t.n && (t.p[j] == '0' || t.p[j] == '_')) j++;
+        if (j > i && j < t.n && t.p[i] == '0') return 0;
+    }
+    /* syntax first: a malformed number is "not a number" however long it is */
+    if (i >= t.n || t.p[i] == '_' || t.p[t.n - 1] == '_') return 0;
+    for (size_t j = i; j < t.n; j++) {
+        char ch = t.p[j];
         if (ch == '_') {
-            if (prev_us) return 0;
-            prev_us = true;
+            if (j + 1 < t.n && t.p[j + 1] == '_') return 0;
             continue;
         }
-        int d = ch >= '0' && ch <= '9' ? ch - '0' : (ch | 32) >= 'a' && (ch | 32) <= 'z' ? (ch | 32) - 'a' + 10 : 99;
+        int d = is_ascii_digit(ch) ? ch - '0' : (ch | 32) >= 'a' && (ch | 32) <= 'z' ? (ch | 32) - 'a' + 10 : 99;
         if (d >= base) return 0;
+    }
+    uint64_t v = 0;
+    for (size_t j = i; j < t.n; j++) {
+        char ch = t.p[j];
+        if (ch == '_') continue;
+        int d = is_ascii_digit(ch) ? ch - '0' : (ch | 32) - 'a' + 10;
         if (v > (UINT64_MAX - (uint64_t)d) / (uint64_t)base) return -1;
         v = v * (uint64_t)base + (uint64_t)d;
-        prev_us = false;
-        any = true;
     }
-    if (!any || prev_us) return 0;
     if (neg ? v > (uint64_t)INT64_MAX + 1 : v > (uint64_t)INT64_MAX) return -1;
     *out = neg ? (int64_t)(0 - v) : (int64_t)v;
     return 1;
@@ -952,6 +995,9 @@ static jv filter_tojson(jj_eval *e, int line, jv val, const jargs *a) {
 
 /* select/reject/selectattr/rejectattr */
 static jv filter_select(jj_eval *e, int line, jv val, const jargs *a, bool attr, bool keep_true) {
+    /* jinja checks the arguments only when there is an item to test */
+    jlist *items = jj_iterate(e, line, val), *out = jj_list_new(e->c, 0);
+    if (!items->n) return jv_list(out);
     if (a->n_pos < (attr ? 1u : 0u)) jj_fail(e->c, MT_ERR_INVALID, line, "Missing parameter for attribute name");
     size_t off = attr ? 1 : 0;
     int test = -1;
@@ -965,7 +1011,6 @@ static jv filter_select(jj_eval *e, int line, jv val, const jargs *a, bool attr,
     }
     jargs rest = {a->n_pos > off ? a->pos + off + 1 : NULL, a->n_pos > off ? a->n_pos - off - 1 : 0, a->kw_names,
                   a->kw_vals, a->n_kw};
-    jlist *items = jj_iterate(e, line, val), *out = jj_list_new(e->c, 0);
     for (size_t i = 0; i < items->n; i++) {
         jv x = attr ? get_attr_path(e, line, items->v[i], a->pos[0]) : items->v[i];
         bool r = test >= 0 ? run_test(e, line, test, x, &rest) : jj_truthy(x);
@@ -976,6 +1021,7 @@ static jv filter_select(jj_eval *e, int line, jv val, const jargs *a, bool attr,
 
 static jv filter_map(jj_eval *e, int line, jv val, const jargs *a) {
     jlist *items = jj_iterate(e, line, val), *out = jj_list_new(e->c, items->n);
+    if (!items->n) return jv_list(out); /* jinja checks the arguments only when there are items */
     if (!a->n_pos) {
         jv attr = jv_undef("map() needs a filter name or attribute=");
         jv dflt = jv_none();
@@ -1008,6 +1054,8 @@ static jv filter_map(jj_eval *e, int line, jv val, const jargs *a) {
     return jv_list(out);
 }
 
+static bool title_sep(uint32_t cp) { return jj_isspace(cp) || cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<'; }
+
 /* jinja's title filter: words start after runs of [-\s({[<], each word Capitalised. */
 static jstr filter_title(jj_ctx *c, jstr s) {
     cps d = decode(c, s);
@@ -1015,9 +1063,9 @@ static jstr filter_title(jj_ctx *c, jstr s) {
     jj_buf_put(c, &b, "", 0);
     size_t i = 0;
     while (i < d.n) {
-        bool sep = jj_isspace(d.cp[i]) || (d.cp[i] < 0x80 && strchr("-({[<", (int)d.cp[i]));
+        bool sep = title_sep(d.cp[i]);
         size_t j = i;
-        while (j < d.n && (jj_isspace(d.cp[j]) || (d.cp[j] < 0x80 && strchr("-({[<", (int)d.cp[j]))) == sep) j++;
+        while (j < d.n && title_sep(d.cp[j]) == sep) j++;
         if (sep)
             jj_buf_put(c, &b, s.p + d.offs[i], d.offs[j] - d.offs[i]);
         else {
@@ -1087,7 +1135,8 @@ static jv run_filter(jj_eval *e, int line, int id, jv val, const jargs *a) {
     case FL_INT: {
         FBIND(0, "default", "base");
         jv dflt = g[0] ? v[0] : jv_int(0);
-        int64_t base = g[1] ? want_int(e, line, v[1], "base") : 10;
+        /* a base that is not an integer is a TypeError, which jinja's int filter also catches */
+        int64_t base = !g[1] ? 10 : is_intlike(v[1]) ? as_int(v[1]) : -1;
         int64_t r;
         double f;
         switch (val.t) {
@@ -1100,8 +1149,8 @@ static jv run_filter(jj_eval *e, int line, int id, jv val, const jargs *a) {
                 jj_fail(c, MT_ERR_UNSUPPORTED, line, "integer outside the 64-bit range");
             return jv_int((int64_t)val.f);
         case JV_STR: {
-            if (base != 0 && (base < 2 || base > 36)) return dflt; /* ValueError, then float() of the text */
-            int ok = parse_py_int(val.s, base, &r);
+            /* a bad base is a ValueError too, and then float() of the text decides */
+            int ok = base == 0 || (base >= 2 && base <= 36) ? parse_py_int(val.s, base, &r) : 0;
             if (ok > 0) return jv_int(r);
             if (ok < 0) jj_fail(c, MT_ERR_UNSUPPORTED, line, "integer outside the 64-bit range");
             if (!parse_py_float(val.s, &f) || isnan(f) || isinf(f)) return dflt;
@@ -1185,8 +1234,8 @@ static jv run_filter(jj_eval *e, int line, int id, jv val, const jargs *a) {
 static bool same_object(jv a, jv b) {
     if (a.t != b.t) return false;
     switch (a.t) {
-    case JV_NONE:
-    case JV_UNDEF: return true;
+    case JV_NONE: return true;
+    case JV_UNDEF: return false; /* each lookup makes a new Undefined */
     case JV_BOOL: return a.b == b.b;
     case JV_INT: return a.i == b.i && a.i >= -5 && a.i <= 256;
     case JV_FLOAT: return false;
@@ -1338,17 +1387,13 @@ bool jj_apply_test(jj_eval *e, const jnode *n, jv val) {
     return run_test(e, n->line, n->op, val, &a);
 }
 
-bool jj_run_test(jj_eval *e, int line, int test, jv val, const jv *args, size_t n_args) {
-    jargs a = {args, n_args, NULL, NULL, 0};
-    return run_test(e, line, test, val, &a);
-}
-
 /* dict(...) and namespace(...): a mapping or an iterable of pairs, then keyword arguments. */
 static jdict *dict_from_args(jj_eval *e, int line, const char *fname, const jargs *a) {
     if (a->n_pos > 1) jj_fail(e->c, MT_ERR_INVALID, line, "%s expected at most 1 argument, got %zu", fname, a->n_pos);
     jdict *d = jj_dict_new(e->c);
     if (a->n_pos) {
         jv src = a->pos[0];
+        if (src.t == JV_UNDEF) fail_undef(e, line, src); /* dict() asks it for .keys */
         if (src.t == JV_DICT || src.t == JV_NS) {
             for (size_t i = 0; i < src.d->n; i++) jj_dict_set(e->c, d, src.d->k[i], src.d->v[i]);
         } else {

@@ -168,28 +168,35 @@ jv jj_getitem(jj_eval *e, int line, jv obj, jv key) {
     return missing_item(e, obj, key);
 }
 
-static int64_t slice_arg(jj_eval *e, int line, const jnode *n, bool *given) {
+/* A slice bound: *given says whether there is one; *bad that it is not an integer. */
+static int64_t slice_arg(jj_eval *e, const jnode *n, bool *given, bool *bad) {
     *given = false;
     if (!n) return 0;
     jv v = jj_eval_expr(e, n);
     if (v.t == JV_NONE) return 0;
-    if (v.t == JV_UNDEF) fail_undef(e, line, v);
-    if (v.t != JV_INT && v.t != JV_BOOL)
-        jj_fail(e->c, MT_ERR_INVALID, line, "slice indices must be integers or None, not %s", jj_type_name(v));
+    if (v.t != JV_INT && v.t != JV_BOOL) {
+        *bad = true;
+        return 0;
+    }
     *given = true;
     return v.t == JV_INT ? v.i : v.b;
 }
 
-/* obj[a:b:c] with Python's index adjustment, on lists, tuples and strings (by code point). */
+/* obj[a:b:c] with Python's index adjustment, on lists, tuples and strings (by code point).
+ * jinja compiles a slice to a plain Python subscript, not to the sandbox's getitem, so every
+ * failure is an error rather than an undefined value. */
 static jv eval_slice(jj_eval *e, const jnode *n, jv obj) {
     int line = n->line;
-    bool has_start, has_stop, has_step;
-    int64_t start = slice_arg(e, line, n->a, &has_start), stop = slice_arg(e, line, n->b, &has_stop),
-            stepv = slice_arg(e, line, n->c, &has_step);
+    bool has_start, has_stop, has_step, bad = false;
+    int64_t start = slice_arg(e, n->a, &has_start, &bad), stop = slice_arg(e, n->b, &has_stop, &bad),
+            stepv = slice_arg(e, n->c, &has_step, &bad);
+    if (obj.t == JV_UNDEF) fail_undef(e, line, obj);
+    if (obj.t == JV_DICT) jj_fail(e->c, MT_ERR_INVALID, line, "unhashable type: 'slice'");
+    if (obj.t != JV_LIST && obj.t != JV_STR)
+        jj_fail(e->c, MT_ERR_INVALID, line, "'%s' object is not subscriptable", jj_type_name(obj));
+    if (bad) jj_fail(e->c, MT_ERR_INVALID, line, "slice indices must be integers or None or have an __index__ method");
     if (!has_step) stepv = 1;
     if (stepv == 0) jj_fail(e->c, MT_ERR_INVALID, line, "slice step cannot be zero");
-    if (obj.t == JV_UNDEF) fail_undef(e, line, obj);
-    if (obj.t != JV_LIST && obj.t != JV_STR) return missing_item(e, obj, jv_str(jj_cstr("slice")));
 
     /* strings slice by code point: index their starts first */
     size_t len;

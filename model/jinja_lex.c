@@ -89,11 +89,14 @@ static bool at(const lexer *lx, size_t i, const char *lit) {
 
 /* End of `{%`, `-%}`, `+%}` forms: returns the offset after the match or 0 when none. Block
  * ends swallow one newline (trim_blocks) unless written +%}; -%} swallows all whitespace. */
+static bool at_close(const lexer *lx, size_t i, char kind) {
+    return i + 1 < lx->n && lx->s[i] == kind && lx->s[i + 1] == '}';
+}
+
 static size_t match_close(const lexer *lx, size_t i, char kind) {
-    char two[3] = {kind, '}', 0};
-    if (kind != '}' && lx->s[i] == '+' && at(lx, i + 1, two)) return i + 3;
-    if (lx->s[i] == '-' && at(lx, i + 1, two)) return i + 3 + ws_run(lx->s, lx->n, i + 3);
-    if (at(lx, i, two)) {
+    if (kind != '}' && lx->s[i] == '+' && at_close(lx, i + 1, kind)) return i + 3;
+    if (lx->s[i] == '-' && at_close(lx, i + 1, kind)) return i + 3 + ws_run(lx->s, lx->n, i + 3);
+    if (at_close(lx, i, kind)) {
         size_t e = i + 2;
         if (kind != '}' && e < lx->n && lx->s[e] == '\n') e++;
         return e;
@@ -148,7 +151,7 @@ static size_t match_int(lexer *lx, size_t i, int64_t *val, int line) {
     const char *s = lx->s;
     int base = 10;
     size_t j = i;
-    if (s[i] == '0' && i + 1 < lx->n && strchr("bBoOxX", s[i + 1])) {
+    if (s[i] == '0' && i + 1 < lx->n && s[i + 1] && strchr("bBoOxX", s[i + 1])) {
         char b = (char)(s[i + 1] | 32);
         base = b == 'b' ? 2 : b == 'o' ? 8 : 16;
         j = i + 2;
@@ -295,7 +298,7 @@ static size_t lex_tag(lexer *lx, size_t i, char kind) {
         }
         int op = -1;
         for (int k = 0; k < OP_COUNT && op < 0; k++)
-            if (at(lx, i, jj_op_spelling[k])) op = k;
+            if (jj_op_spelling[k][0] == ch && at(lx, i, jj_op_spelling[k])) op = k;
         if (op < 0) {
             if ((unsigned char)ch < 0x80 && ch >= 0x20)
                 jj_fail(lx->c, MT_ERR_FORMAT, line, "unexpected character '%c'", ch);
@@ -379,6 +382,8 @@ jtok *jj_lex(jj_ctx *c, const char *src, size_t len, size_t *n_tok) {
             size_t r = raw_end, e = 0;
             char rsign = 0;
             while (r < n && !(e = match_endraw(&lx, r, &rsign))) r++;
+            /* jinja's lexer stops quietly when the opening tag took the rest of the input */
+            if (!e && raw_end >= n) break;
             if (!e) jj_fail(c, MT_ERR_FORMAT, line_at(&lx, p), "missing end of raw directive");
             emit_data(&lx, raw_end, r, rsign, true);
             lx.line_starting = s[e - 1] == '\n';
@@ -386,6 +391,7 @@ jtok *jj_lex(jj_ctx *c, const char *src, size_t len, size_t *n_tok) {
         } else if (kind == '#') {
             size_t r = q, e = 0;
             while (r < n && !(e = match_close(&lx, r, '#'))) r++;
+            if (!e && q >= n) break;
             if (!e) jj_fail(c, MT_ERR_FORMAT, line_at(&lx, p), "missing end of comment tag");
             lx.line_starting = s[e - 1] == '\n';
             pos = e;

@@ -75,8 +75,10 @@ jstr jj_str(jj_ctx *c, const char *p, size_t n) {
 jstr jj_cstr(const char *s) { return (jstr){s, strlen(s)}; }
 
 bool jj_str_eq(jstr a, const char *s) {
-    size_t n = strlen(s);
-    return a.n == n && !memcmp(a.p, s, n);
+    /* one pass, stopping at the first difference: the parser and evaluator call this a lot */
+    for (size_t i = 0; i < a.n; i++)
+        if (!s[i] || s[i] != a.p[i]) return false;
+    return !s[a.n];
 }
 
 uint32_t jj_utf8_next(const char *p, size_t n, size_t *i) {
@@ -204,13 +206,6 @@ jdict *jj_dict_new(jj_ctx *c) { return jj_alloc(c, sizeof(jdict)); }
 jv *jj_dict_find(const jdict *d, jv key) {
     for (size_t i = 0; i < d->n; i++)
         if (jj_equal(d->k[i], key)) return &d->v[i];
-    return NULL;
-}
-
-jv *jj_dict_find_str(const jdict *d, const char *key) {
-    size_t n = strlen(key);
-    for (size_t i = 0; i < d->n; i++)
-        if (d->k[i].t == JV_STR && d->k[i].s.n == n && !memcmp(d->k[i].s.p, key, n)) return &d->v[i];
     return NULL;
 }
 
@@ -637,7 +632,7 @@ _Noreturn static void jp_fail(jparse *jp, const char *what) {
 }
 
 static void jp_ws(jparse *jp) {
-    while (jp->i < jp->n && strchr(" \t\r\n", jp->p[jp->i])) jp->i++;
+    while (jp->i < jp->n && jp->p[jp->i] && strchr(" \t\r\n", jp->p[jp->i])) jp->i++;
 }
 
 static bool jp_lit(jparse *jp, const char *lit) {
@@ -779,7 +774,7 @@ static jv jp_value(jparse *jp) {
         size_t start = jp->i;
         bool is_float = false;
         if (jp->p[jp->i] == '-') jp->i++;
-        while (jp->i < jp->n && strchr("0123456789.eE+-", jp->p[jp->i])) {
+        while (jp->i < jp->n && jp->p[jp->i] && strchr("0123456789.eE+-", jp->p[jp->i])) {
             if (strchr(".eE", jp->p[jp->i])) is_float = true;
             jp->i++;
         }

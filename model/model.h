@@ -233,8 +233,8 @@ typedef struct mt_chat_message {
 } mt_chat_message;
 
 /* Renders the tokenizer's chat template like transformers'
- * apply_chat_template(messages, tokenize=False, add_generation_prompt=...), with bos_token and
- * eos_token defined from the tokenizer. MT_ERR_NOT_FOUND when the tokenizer has no template;
+ * apply_chat_template(messages, tokenize=False, add_generation_prompt=...), with the special
+ * tokens of tokenizer_config.json (bos_token, eos_token, ...) defined as transformers passes them. MT_ERR_NOT_FOUND when the tokenizer has no template;
  * a template error (syntax, raise_exception) names the template line. *out is malloc'ed. */
 mt_status mt_chat_render(const mt_tokenizer *tok, const mt_chat_message *msgs, size_t n_msgs,
                          bool add_generation_prompt, char **out, size_t *len, mt_error *err);
