@@ -375,7 +375,6 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     res->trainable_params = run->optim.n_params;
 
     if (resuming) {
-        mt_ckpt_state want = run->st;
         TRY(mt_ckpt_load(ckpt, &run->optim, &run->st, err));
         char sha[65];
         mt_recipe_hash(r, sha);
@@ -385,7 +384,6 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
             mt_run_note(o, "warning: checkpoint written with %d threads, resuming with %d: the loss curve will not be "
                     "bit-identical to an uninterrupted run",
                  run->st.threads, mt_backend_threads(run->be));
-        (void)want;
         mt_run_note(o, "resuming from %s (step %lld of %lld)", ckpt, (long long)run->st.step, (long long)run->total_steps);
     } else {
         run->st.threads = mt_backend_threads(run->be);
