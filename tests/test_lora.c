@@ -9,7 +9,6 @@
 
 #include "peft/lora.h"
 
-enum { NB = 2, NT = 12 };
 
 static mt_backend *g_be;
 
@@ -69,47 +68,6 @@ static int count_hooks(mt_model *m) {
 
 /* ---- finite differences through the whole model ---- */
 
-typedef struct fd_ctx {
-    mt_model *m;
-    mt_workspace *ws;
-    mt_batch b;
-    mt_forward_opts o;
-    int32_t tokens[NB * NT], targets[NB * NT];
-} fd_ctx;
-
-static double loss_of(fd_ctx *c) {
-    mt_error err = {0};
-    mt_forward_result r;
-    if (mt_model_forward(c->m, c->ws, &c->b, &c->o, &r, &err) != MT_OK) fail_msg("%s", err.msg);
-    return r.loss_sum / (double)r.n_tokens;
-}
-
-static double central(fd_ctx *c, float *w, long i, float h) {
-    float w0 = w[i];
-    w[i] = w0 + h;
-    double lp = loss_of(c);
-    w[i] = w0 - h;
-    double lm = loss_of(c);
-    w[i] = w0;
-    return (lp - lm) / (2.0 * (double)h);
-}
-
-/* Central difference against the analytic gradient. The fixtures' routing margins exceed
- * 5e-3, so a step of 1e-3 moves no choice; an entry whose quotient still changes with the
- * step sits near a tie and is counted as skipped, never as a pass. */
-static bool fd_entry(fd_ctx *c, float *w, double an, double scale, const char *what, long i, double *worst) {
-    const float h = 1e-3f;
-    double fd = central(c, w, i, h);
-    double err = fabs(fd - an), tol = 0.03 * fabs(an) + 0.01 * scale + 2e-4;
-    if (!(err <= tol)) {
-        double fd2 = central(c, w, i, h / 2);
-        if (fabs(fd2 - fd) > tol) return false;
-        fail_msg("%s[%ld]: finite difference %.6g, backward %.6g (gradient scale %.3g)", what, i, fd, an, scale);
-    }
-    *worst = fmax(*worst, err / (fabs(an) + scale + 1e-12));
-    return true;
-}
-
 static void fd_tensor(fd_ctx *c, mt_lora_tensor *t, mt_rng *r, double *worst, int *checked, int *skipped) {
     float *g = mt_xmalloc((size_t)t->numel * sizeof(float));
     memcpy(g, t->grad, (size_t)t->numel * sizeof(float));
@@ -156,7 +114,7 @@ static void fd_family(const char *variant, float dropout) {
     c->o = (mt_forward_opts){.train = true, .seed = 9};
 
     mt_lora_zero_grad(l);
-    double loss = loss_of(c);
+    double loss = fd_loss(c);
     if (mt_model_backward(c->m, c->ws, NULL, &err) != MT_OK) fail_msg("%s", err.msg);
     float *din = mt_xmalloc((size_t)NB * NT * H * sizeof(float));
     memcpy(din, mt_workspace_input_grad(c->ws), (size_t)NB * NT * H * sizeof(float));
@@ -166,10 +124,10 @@ static void fd_family(const char *variant, float dropout) {
         /* dropout is on: evaluation gives another loss, and the same seed the same one */
         mt_forward_opts train = c->o;
         c->o.train = false;
-        double eval = loss_of(c);
+        double eval = fd_loss(c);
         c->o = train;
         assert_true(fabs(eval - loss) > 1e-4);
-        assert_true(loss_of(c) == loss);
+        assert_true(fd_loss(c) == loss);
     }
 
     mt_rng r;

@@ -24,49 +24,6 @@ static int teardown(void **state) {
     return 0;
 }
 
-enum { NB = 2, NT = 12 };
-
-typedef struct fd_ctx {
-    mt_model *m;
-    mt_workspace *ws;
-    mt_batch b;
-    mt_forward_opts o;
-    int32_t tokens[NB * NT], targets[NB * NT];
-} fd_ctx;
-
-static double loss_of(fd_ctx *c) {
-    mt_error err = {0};
-    mt_forward_result r;
-    if (mt_model_forward(c->m, c->ws, &c->b, &c->o, &r, &err) != MT_OK) fail_msg("%s", err.msg);
-    return r.loss_sum / (double)r.n_tokens + c->o.aux_coef * r.aux_loss;
-}
-
-static double central(fd_ctx *c, float *w, long i, float h) {
-    float w0 = w[i];
-    w[i] = w0 + h;
-    double lp = loss_of(c);
-    w[i] = w0 - h;
-    double lm = loss_of(c);
-    w[i] = w0;
-    return (lp - lm) / (2.0 * (double)h);
-}
-
-/* Central difference at w[i] against the analytic g[i]. The step is small enough not to move
- * a routing choice of the fixtures without jitter (their margins are > 5e-3 relative); with
- * jitter a choice can sit near a tie, which shows as a difference quotient that changes with
- * the step: such an entry is reported as skipped (false), never as a pass. */
-static bool fd_entry(fd_ctx *c, float *w, double an, double scale, const char *what, long i, double *worst) {
-    const float h = 1e-3f;
-    double fd = central(c, w, i, h);
-    double err = fabs(fd - an), tol = 0.03 * fabs(an) + 0.01 * scale + 2e-4;
-    if (!(err <= tol)) {
-        double fd2 = central(c, w, i, h / 2);
-        if (fabs(fd2 - fd) > tol) return false;
-        fail_msg("%s[%ld]: finite difference %.6g, backward %.6g (gradient scale %.3g)", what, i, fd, an, scale);
-    }
-    if (err / (fabs(an) + scale + 1e-12) > *worst) *worst = err / (fabs(an) + scale + 1e-12);
-    return true;
-}
 
 /* Three entries of w [n]: those with the largest |g| among a few random picks. */
 static void fd_array(fd_ctx *c, float *w, const float *g, long n, const char *what, mt_rng *r, double *worst,
@@ -113,7 +70,7 @@ static void fd_family(const char *variant, float noise, bool adapters) {
     c->o = (mt_forward_opts){.train = true, .seed = 5, .router_noise = noise, .aux_coef = 0.5f};
 
     mt_model_zero_grad(c->m);
-    loss_of(c);
+    fd_loss(c);
     if (mt_model_backward(c->m, c->ws, NULL, &err) != MT_OK) fail_msg("%s", err.msg);
     float *din = mt_xmalloc((size_t)NB * NT * H * sizeof(float));
     memcpy(din, mt_workspace_input_grad(c->ws), (size_t)NB * NT * H * sizeof(float));

@@ -9,8 +9,6 @@
 
 #include "peft/lora.h"
 
-enum { NB = 2, NT = 12 };
-
 static mt_backend *g_be;
 
 static int setup(void **state) {
