@@ -24,6 +24,7 @@ typedef enum mt_status {
     MT_ERR_DB,          /* SQLite reported an error */
     MT_ERR_NUMERIC,     /* NaN/inf where a finite number was required */
     MT_ERR_INTERRUPTED, /* stopped on request (signal) */
+    MT_ERR_EXHAUSTED,   /* a bounded pool ran out (KV blocks, sequence slots): free some, retry */
     MT_STATUS_COUNT
 } mt_status;
 

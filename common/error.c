@@ -16,6 +16,7 @@ static const char *const status_names[MT_STATUS_COUNT] = {
     [MT_ERR_DB] = "database error",
     [MT_ERR_NUMERIC] = "non-finite number",
     [MT_ERR_INTERRUPTED] = "interrupted",
+    [MT_ERR_EXHAUSTED] = "exhausted",
 };
 
 const char *mt_status_name(mt_status s) {

@@ -11,6 +11,8 @@
 
 #include "common/common.h"
 #include "kernels/kernels.h"
+#include "tokenizer/tokenizer.h"
+#include "chat/chat.h"
 
 /* =========================================================================================
  * Configuration (config.json)
@@ -196,72 +198,6 @@ mt_status mt_st_writer_save(const mt_st_writer *w, const char *path, mt_error *e
 mt_status mt_st_writer_save_sharded(const mt_st_writer *w, const char *dir, size_t max_shard_bytes, mt_error *err);
 
 /* =========================================================================================
- * Tokenizer (tokenizer.json: byte-level BPE, and SentencePiece-style BPE with byte fallback)
- * ========================================================================================= */
-
-typedef struct mt_tokenizer mt_tokenizer;
-
-/* `path` is a tokenizer.json or a folder holding it (and optionally tokenizer_config.json,
- * whose bos/eos tokens and chat_template are read). */
-mt_status mt_tokenizer_load(mt_tokenizer **out, const char *path, mt_error *err);
-void mt_tokenizer_free(mt_tokenizer *tok);
-int mt_tokenizer_vocab_size(const mt_tokenizer *tok); /* highest id + 1, added tokens included */
-/* Encodes like HF `tokenizer.encode(text, add_special_tokens=add_special)`: added tokens
- * matched first, normalizer, pre-tokenizer, BPE, then the post-processor's BOS when asked.
- * *ids is malloc'ed. */
-mt_status mt_tokenizer_encode(const mt_tokenizer *tok, const char *text, size_t len, bool add_special, int32_t **ids,
-                              size_t *n_ids, mt_error *err);
-/* Decodes like HF `tokenizer.decode(ids, skip_special_tokens=skip_special)`. *out is malloc'ed,
- * NUL-terminated, invalid UTF-8 replaced by U+FFFD. */
-mt_status mt_tokenizer_decode(const mt_tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special,
-                              char **out, size_t *len, mt_error *err);
-/* The raw bytes a single token stands for (may be part of a UTF-8 character), for streaming.
- * Returns the number of bytes written to buf (at most cap). Special tokens give their text. */
-size_t mt_tokenizer_token_bytes(const mt_tokenizer *tok, int32_t id, char *buf, size_t cap);
-const char *mt_tokenizer_id_to_token(const mt_tokenizer *tok, int32_t id); /* NULL if out of range */
-int32_t mt_tokenizer_token_to_id(const mt_tokenizer *tok, const char *token); /* −1 if absent */
-bool mt_tokenizer_is_special(const mt_tokenizer *tok, int32_t id);
-int32_t mt_tokenizer_bos_id(const mt_tokenizer *tok); /* −1 when none */
-int32_t mt_tokenizer_eos_id(const mt_tokenizer *tok);
-const char *mt_tokenizer_chat_template(const mt_tokenizer *tok); /* NULL when none */
-
-/* ---- chat templates (the Jinja2 subset real chat templates use) ---- */
-
-typedef struct mt_chat_message {
-    const char *role;    /* "system", "user", "assistant", ... */
-    const char *content;
-} mt_chat_message;
-
-/* Renders the tokenizer's chat template like transformers'
- * apply_chat_template(messages, tokenize=False, add_generation_prompt=...), with the special
- * tokens of tokenizer_config.json (bos_token, eos_token, ...) defined as transformers passes them. MT_ERR_NOT_FOUND when the tokenizer has no template;
- * a template error (syntax, raise_exception) names the template line. *out is malloc'ed. */
-mt_status mt_chat_render(const mt_tokenizer *tok, const mt_chat_message *msgs, size_t n_msgs,
-                         bool add_generation_prompt, char **out, size_t *len, mt_error *err);
-
-typedef enum mt_pretok_style {
-    MT_PRETOK_GPT2 = 0,
-    MT_PRETOK_LLAMA3,
-    MT_PRETOK_QWEN2,
-    MT_PRETOK_DEEPSEEK_V3,
-} mt_pretok_style;
-
-typedef struct mt_bpe_train_opts {
-    int vocab_size;                 /* including the 256 byte tokens and special tokens */
-    int min_frequency;              /* pairs seen fewer times are not merged */
-    mt_pretok_style pretok;
-    const char *const *special_tokens; /* added as special tokens after the learnt vocabulary */
-    int n_special;
-    const char *bos_token, *eos_token; /* written into tokenizer_config.json; may be NULL */
-    size_t max_bytes;               /* stop reading input after this many bytes (0 = all) */
-} mt_bpe_train_opts;
-
-/* Learns a byte-level BPE vocabulary from text files and writes `out_dir`/tokenizer.json (and
- * tokenizer_config.json) that the Hugging Face tokenizers library loads. */
-mt_status mt_tokenizer_train(const char *const *files, int n_files, const mt_bpe_train_opts *opts,
-                             const char *out_dir, mt_error *err);
-
-/* =========================================================================================
  * The model
  * ========================================================================================= */
 
@@ -285,31 +221,29 @@ typedef enum mt_linear_kind {
     MT_LINEAR_KIND_COUNT
 } mt_linear_kind;
 
-/* Everything a LoRA (or other) adapter needs during one call on one linear layer. */
-typedef struct mt_adapter_call {
-    mt_backend *be;
-    bool train;          /* dropout active */
-    uint64_t key;        /* per step, per linear: dropout masks regenerate from it */
-    uint64_t row0;       /* first row's index in the call's row space (for the mask counter) */
-    float *scratch;      /* scratch floats for the adapter, at least rows·max_rank·2 */
-    size_t scratch_cap;
-} mt_adapter_call;
+/* ---- adapters as data ----
+ * An adapter is not installed into the model: it is a table of low-rank deltas, one per
+ * linear layer (or none), that a pass is given. The base GEMM of a linear runs once for all
+ * rows of a pass; then each run of rows that share an adapter gets that adapter's delta (the
+ * Punica/S-LoRA idea). "No adapter" (NULL) is a slot like any other, so base-model rows and
+ * adapted rows decode in one step, and one model serves many adapters at once. peft/ builds
+ * these tables (LoRA, PEFT folders, the registry); model/ only applies them. */
 
-/* The hook a linear layer calls after its own GEMM. Implemented by peft/; model/ only knows
- * that something adds a delta to y and sends gradients back. */
-typedef struct mt_adapter_ops {
-    /* y [n,out] += delta(x [n,in]) */
-    void (*forward)(void *self, const mt_adapter_call *c, const float *x, int n, float *y);
-    /* dx [n,in] += ∂delta/∂x · dy; accumulates the adapter's own parameter gradients */
-    void (*backward)(void *self, const mt_adapter_call *c, const float *x, const float *dy, int n, float *dx);
-} mt_adapter_ops;
+/* One linear's delta in one adapter: y += scale·(dropout(x)·Aᵀ)·Bᵀ. */
+typedef struct mt_lowrank {
+    int r;
+    float scale;
+    const float *A;      /* [r, in] */
+    const float *B;      /* [out, r] */
+    float *dA, *dB;      /* gradients, accumulated by backward; NULL for a frozen adapter */
+} mt_lowrank;
 
-typedef struct mt_adapter_hook {
-    const mt_adapter_ops *ops;
-    void *self;
-    int max_rank;        /* for scratch sizing */
-    bool enabled;        /* false: the base alone (DPO's reference model, "without adapter") */
-} mt_adapter_hook;
+typedef struct mt_adapter {
+    int n_linears;                 /* the model's linear count (checked by every pass) */
+    const mt_lowrank *const *lin;  /* [n_linears], NULL where the linear is not adapted */
+    float dropout;                 /* on the delta's input, training passes only */
+    int max_rank;                  /* largest r in lin */
+} mt_adapter;
 
 /* y = x·Wᵀ + b (+ adapter). */
 typedef struct mt_linear {
@@ -321,7 +255,6 @@ typedef struct mt_linear {
     int in, out;
     mt_param *weight;    /* [out, in] */
     mt_param *bias;      /* [out] or NULL */
-    mt_adapter_hook hook; /* ops NULL when no adapter is attached */
 } mt_linear;
 
 typedef struct mt_model mt_model;
@@ -371,6 +304,7 @@ typedef struct mt_forward_opts {
     uint64_t seed;        /* per step: dropout masks and router noise derive from it */
     float router_noise;   /* multiplicative jitter ε on router inputs (Mixtral), 0 = off */
     float aux_coef;       /* weight of the load-balancing loss, 0 = off */
+    const mt_adapter *adapter; /* applied to every row; NULL = the base model alone */
     float *logits_out;    /* optional [B·T, V]: the full logits (tests, evaluation) */
 } mt_forward_opts;
 
@@ -384,8 +318,10 @@ typedef struct mt_forward_result {
 typedef struct mt_workspace mt_workspace;
 
 /* Activation memory for batches up to B×T, allocated once: forward and backward never
- * allocate. `train` keeps what backward needs. */
-mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool train, mt_error *err);
+ * allocate. `train` keeps what backward needs. Adapter scratch is sized for ranks up to
+ * max_rank (0: MT_DEFAULT_MAX_RANK); a pass with a higher-rank adapter is refused. */
+#define MT_DEFAULT_MAX_RANK 64
+mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool train, int max_rank, mt_error *err);
 void mt_workspace_free(mt_workspace *ws);
 size_t mt_workspace_bytes(const mt_workspace *ws);
 
@@ -393,7 +329,8 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
                            mt_forward_result *res, mt_error *err);
 /* Backpropagates ∂L/∂(token_loss) (dloss [B·T]; NULL = 1/n_tokens on every token with a target,
  * i.e. the mean) plus aux_coef·aux into every parameter with a gradient buffer and every
- * enabled adapter. Requires a preceding forward with train = true on the same batch. */
+ * gradient buffer of the forward's adapter (dA/dB). Requires a preceding forward with
+ * train = true on the same batch. */
 mt_status mt_model_backward(mt_model *m, mt_workspace *ws, const float *dloss, mt_error *err);
 /* ∂L/∂(input embeddings) [B·T, hidden] after backward (the model's gradient for its inputs). */
 const float *mt_workspace_input_grad(const mt_workspace *ws);
@@ -411,17 +348,88 @@ typedef struct mt_router_stats {
 /* Statistics of the last forward for the i-th MoE layer; returns false past the last one. */
 bool mt_workspace_router_stats(const mt_workspace *ws, int i, mt_router_stats *out);
 
-/* ---- inference with a KV cache ---- */
+/* ---- paged KV cache ----
+ * One pool of fixed-size blocks for all sequences; each sequence has a block table. A block
+ * holds block_size positions of every layer: K and V per KV head (post-norm, post-RoPE), or
+ * for MLA the normed latent c [kv_lora_rank] and the roped k_pe per position (decoding uses
+ * the absorbed form, which is what keeps MLA's cache small). Blocks are reference-counted: a
+ * forked sequence shares its parent's blocks (several samples of one prompt) and the first
+ * write into a shared block copies it (copy-on-write). A pool is used from one thread at a
+ * time. */
+
+typedef struct mt_kv_pool mt_kv_pool;
+
+typedef struct mt_kv_pool_opts {
+    int block_size;   /* positions per block; 0 = 16 */
+    int n_blocks;     /* blocks in the pool */
+    int max_seqs;     /* sequences open at once */
+    int max_seq_len;  /* positions one sequence may hold; 0 = max_position_embeddings */
+} mt_kv_pool_opts;
+
+mt_status mt_kv_pool_init(mt_kv_pool **out, const mt_model *m, const mt_kv_pool_opts *o, mt_error *err);
+void mt_kv_pool_free(mt_kv_pool *p);
+size_t mt_kv_pool_bytes(const mt_kv_pool *p);
+int mt_kv_pool_block_size(const mt_kv_pool *p);
+int mt_kv_pool_blocks_total(const mt_kv_pool *p);
+int mt_kv_pool_blocks_free(const mt_kv_pool *p);
+int mt_kv_pool_seqs_open(const mt_kv_pool *p);
+/* A new empty sequence. MT_ERR_EXHAUSTED when max_seqs are open. */
+mt_status mt_kv_seq_open(mt_kv_pool *p, int *seq, mt_error *err);
+/* A new sequence holding src's positions by sharing src's blocks (no copy until written). */
+mt_status mt_kv_seq_fork(mt_kv_pool *p, int src, int *seq, mt_error *err);
+/* Ends a sequence; blocks no other sequence shares go back to the pool. */
+void mt_kv_seq_close(mt_kv_pool *p, int seq);
+int mt_kv_seq_len(const mt_kv_pool *p, int seq); /* −1 for a sequence that is not open */
+/* Blocks appending n positions to seq would take from the pool (new blocks, and the copy of
+ * a shared last block): a scheduler's admission and preemption test. */
+int mt_kv_seq_blocks_needed(const mt_kv_pool *p, int seq, int n);
+
+/* ---- batched decode: one step over many sequences ----
+ * A step runs R rows. Each row names its sequence, its position (the sequence's length, +1
+ * for each earlier row of the same sequence in the step) and its adapter slot. A row may be a
+ * piece of a prompt (prefill, several rows of one sequence) or one new token; both kinds mix
+ * in one step, which is what continuous batching needs. */
+
+typedef struct mt_decode_batch {
+    int n_rows;
+    const int32_t *tokens;          /* [n_rows] */
+    const int32_t *seq;             /* [n_rows] pool sequence of each row */
+    const int32_t *pos;             /* [n_rows] position of each row; NULL = implied by the order */
+    const int32_t *slot;            /* [n_rows] index into adapters; NULL = slot 0 for every row */
+    const mt_adapter *const *adapters; /* [n_slots]; an entry may be NULL: the base model */
+    int n_slots;                    /* 0 with adapters NULL: every row is the base model */
+    const int32_t *logit_rows;      /* [n_logits] rows whose next-token logits are wanted */
+    int n_logits;
+} mt_decode_batch;
+
+/* The activation buffers of one step: up to max_rows rows, adapters up to max_rank (0:
+ * MT_DEFAULT_MAX_RANK). One decoder per decoding thread; the model is shared read-only. */
+typedef struct mt_decoder mt_decoder;
+
+mt_status mt_decoder_init(mt_decoder **out, mt_model *m, int max_rows, int max_rank, mt_error *err);
+void mt_decoder_free(mt_decoder *d);
+int mt_decoder_max_rows(const mt_decoder *d);
+size_t mt_decoder_bytes(const mt_decoder *d);
+/* Runs one step: each row's K/V is appended to its sequence and logits [n_logits, V] written
+ * in logit_rows order. Bad input (a token outside the vocabulary, a position out of order, a
+ * closed sequence, too many rows, an adapter for another model or of too high a rank) is
+ * MT_ERR_INVALID; not enough free blocks is MT_ERR_EXHAUSTED (the caller preempts and
+ * retries). Either way the pool is left exactly as it was. */
+mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b, float *logits, mt_error *err);
+/* Routing of the last step's i-th MoE layer (entropy over the step's rows). */
+bool mt_decoder_router_stats(const mt_decoder *d, int i, mt_router_stats *out);
+
+/* ---- one sequence, the simple way (a pool of one sequence plus a decoder) ---- */
 
 typedef struct mt_kv_cache mt_kv_cache;
 
-/* For MLA the cache holds the normed latent c [kv_lora_rank] and the roped k_pe per
- * position (decoding uses the absorbed form); otherwise K and V per KV head. */
-mt_status mt_kv_cache_init(mt_kv_cache **out, const mt_model *m, int max_seq, mt_error *err);
+mt_status mt_kv_cache_init(mt_kv_cache **out, mt_model *m, int max_seq, mt_error *err);
 void mt_kv_cache_free(mt_kv_cache *c);
 void mt_kv_cache_reset(mt_kv_cache *c);
 int mt_kv_cache_len(const mt_kv_cache *c);
 size_t mt_kv_cache_bytes(const mt_kv_cache *c);
+/* The adapter later decode calls apply (NULL: the base). Kept by pointer. */
+mt_status mt_kv_cache_set_adapter(mt_kv_cache *c, const mt_adapter *a, mt_error *err);
 
 /* Runs n tokens (a prompt chunk, or one token) at positions len .. len+n−1, appends them to
  * the cache, and writes the logits of the last one to logits [V]. */
@@ -442,22 +450,35 @@ int32_t mt_sample(const mt_sample_opts *o, float *logits, int V, mt_rng *rng);
 typedef struct mt_generate_opts {
     mt_sample_opts sample;
     int max_new_tokens;
-    const char *const *stop;  /* stop strings; generation ends when the text ends with one */
+    const char *const *stop;  /* stop strings; a sequence ends when its text reaches one */
     int n_stop;
     bool stop_at_eos;
-    /* called with each new piece of text (complete UTF-8); return false to stop early */
-    bool (*on_text)(void *user, const char *text, size_t len);
+    /* called with each new piece of text of output `index` (complete UTF-8, never a possible
+     * start of a stop string); return false to stop that output early */
+    bool (*on_text)(void *user, int index, const char *text, size_t len);
     void *user;
 } mt_generate_opts;
 
+/* One prompt of a generation batch. */
+typedef struct mt_gen_prompt {
+    const char *text;
+    const mt_adapter *adapter; /* NULL: the base model */
+    int n;                     /* samples of this prompt (0 = 1); they share its prompt blocks */
+} mt_gen_prompt;
+
 typedef struct mt_generate_result {
     int n_prompt_tokens, n_new_tokens;
-    double prefill_seconds, decode_seconds;
+    double prefill_seconds, decode_seconds; /* of the whole batch */
     char *text;         /* generated text without the prompt, stop string removed; malloc'ed */
     const char *finish; /* "stop", "length" or "eos" */
 } mt_generate_result;
 
-mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, mt_kv_cache *cache, const char *prompt,
+/* Generates for all prompts in one batch: each prompt is prefilled once (in chunks), its n
+ * samples fork its blocks, then every live sequence decodes one token per step, each with its
+ * prompt's adapter. res has Σ n entries, prompt by prompt. Sample j of a prompt draws from an
+ * rng seeded with o->sample.seed + j, so the same seed gives the same text whatever else is
+ * in the batch. */
+mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, const mt_gen_prompt *prompts, int n_prompts,
                       const mt_generate_opts *o, mt_generate_result *res, mt_error *err);
 void mt_generate_result_free(mt_generate_result *r);
 

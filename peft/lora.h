@@ -1,7 +1,9 @@
 /* lora.h — the peft room's one public header: LoRA adapters on any linear layer of an
  * mt_model (attention incl. MLA's projections, dense MLPs, routed and shared experts, the
- * router), attached through the model's adapter hooks; Hugging Face PEFT save/load; merge and
- * unmerge. The base stays frozen: LoRA owns only its A/B factors and their gradients. */
+ * router), handed to passes as data (mt_adapter); Hugging Face PEFT save/load; merge and
+ * unmerge; and the adapter registry a server loads, replaces and unloads adapters in while
+ * other threads decode with them. The base stays frozen: LoRA owns only its A/B factors and
+ * their gradients. */
 #ifndef MT_LORA_H
 #define MT_LORA_H
 
@@ -49,14 +51,16 @@ void mt_lora_config_default(mt_lora_config *c);
 
 typedef struct mt_lora mt_lora;
 
-/* Creates A/B for every selected linear and installs the hooks. Fails (nothing attached) if
- * a target matches nothing, a linear already has an adapter, or r < 1. */
+/* Creates A/B for every selected linear of m. Nothing in m changes: passes apply the adapter
+ * when given mt_lora_adapter(l), and any number of adapters can exist for one model. Fails if
+ * a target matches nothing or r < 1. */
 mt_status mt_lora_attach(mt_lora **out, mt_model *m, const mt_lora_config *c, mt_error *err);
-/* Removes the hooks (unmerging first if merged) and frees everything. NULL is fine. */
+/* Frees everything (unmerging first if merged). NULL is fine. */
 void mt_lora_free(mt_lora *l);
-/* false: every hook is off and the model computes the base alone (a merged adapter is
- * unmerged first, as PEFT's disable_adapter does). */
-void mt_lora_set_enabled(mt_lora *l, bool on);
+/* The adapter as passes take it (mt_forward_opts.adapter, a decode slot); NULL while merged,
+ * since the weights then already hold it. */
+const mt_adapter *mt_lora_adapter(const mt_lora *l);
+int mt_lora_max_rank(const mt_lora *l);
 
 /* One trainable tensor, named with its PEFT key
  * ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"). */
@@ -101,8 +105,71 @@ mt_status mt_lora_save_peft(const mt_lora *l, const char *dir, const mt_lora_met
  * NULL; when given it is filled from moetune.json if present (free thresholds_json). */
 mt_status mt_lora_load_peft(mt_lora **out, mt_model *m, const char *dir, mt_lora_meta *meta, mt_error *err);
 
-/* W += scale·B·A for every adapted linear (hooks then disabled); unmerge subtracts it back. */
+/* W += scale·B·A for every adapted linear (mt_lora_adapter is then NULL); unmerge subtracts
+ * it back. */
 mt_status mt_lora_merge(mt_lora *l, mt_error *err);
 mt_status mt_lora_unmerge(mt_lora *l, mt_error *err);
+
+/* =========================================================================================
+ * The adapter registry: named adapters, versioned, reference-counted, thread-safe
+ * =========================================================================================
+ * Loading a name that exists makes a new version; sequences that acquired the old one keep
+ * decoding with it, and it is freed when the last of them releases it. Every function may be
+ * called from any thread while other threads decode with acquired adapters. */
+
+typedef struct mt_registry mt_registry;
+
+typedef struct mt_registry_opts {
+    int max_rank;     /* adapters of higher rank are refused (decoders size scratch for it);
+                         0 = MT_DEFAULT_MAX_RANK */
+    int max_loaded;   /* names held at once; loading one more evicts the least recently used
+                         (in-flight sequences keep theirs); 0 = unlimited */
+} mt_registry_opts;
+
+/* base_hash: mt_model_content_hash of m, computed by the caller once (it reads every weight). */
+mt_status mt_registry_init(mt_registry **out, mt_model *m, const char base_hash[65], const mt_registry_opts *o,
+                           mt_error *err);
+/* Every acquired adapter must have been released. */
+void mt_registry_free(mt_registry *r);
+
+/* Reads the PEFT folder `dir` and makes it the current version of `name`. Refused, with the
+ * registry unchanged: a folder that is not a valid adapter for this model, a rank above
+ * max_rank, an adapter whose recorded base hash differs from the base's (the message names
+ * both). *version (may be NULL) receives the new version number (1, 2, ... per name). */
+mt_status mt_registry_load(mt_registry *r, const char *name, const char *dir, int64_t *version, mt_error *err);
+/* Removes the name; sequences holding it keep their version. MT_ERR_NOT_FOUND if absent. */
+mt_status mt_registry_unload(mt_registry *r, const char *name, mt_error *err);
+
+/* A held version of one adapter. */
+typedef struct mt_adapter_ref {
+    const mt_adapter *adapter;
+    int64_t version;
+    void *handle;       /* the registry's; pass the ref back to release */
+} mt_adapter_ref;
+
+/* The current version of `name`, held until released (counts as a use for LRU eviction).
+ * MT_ERR_NOT_FOUND when no adapter has that name. */
+mt_status mt_registry_acquire(mt_registry *r, const char *name, mt_adapter_ref *out, mt_error *err);
+void mt_registry_release(mt_registry *r, mt_adapter_ref *ref);
+
+typedef struct mt_registry_info {
+    char name[256];
+    char path[4096];
+    int64_t version;
+    int max_rank;
+    int n_modules;
+    int refs;               /* sequences holding the current version */
+    double load_seconds;    /* time the last load took */
+    double loaded_at;       /* mt_now_seconds() when it was loaded */
+    char base_hash[65];     /* recorded in the adapter ("" when it has none) */
+    char thresholds_json[512]; /* moetune.json thresholds, "" when none */
+} mt_registry_info;
+
+/* Names currently loaded, in load order. */
+int mt_registry_count(mt_registry *r);
+bool mt_registry_get(mt_registry *r, int i, mt_registry_info *out);
+bool mt_registry_find(mt_registry *r, const char *name, mt_registry_info *out);
+/* Versions still alive (current ones plus replaced ones some sequence holds). */
+int mt_registry_live_versions(mt_registry *r);
 
 #endif
