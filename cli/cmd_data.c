@@ -1,5 +1,5 @@
 /* cmd_data.c — `moetune data legal|medical|general OUT.jsonl [options]` builds a domain corpus
- * from text on this machine (finetune/corpus.c) and prints what it read, dropped and wrote. */
+ * from text on this machine (corpora/) and prints what it read, dropped and wrote. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "finetune/finetune.h"
+#include "corpora/corpora.h"
 
 static void usage(FILE *f) {
     fprintf(f,

@@ -1,6 +1,6 @@
 /* cmd_tokenizer.c — `moetune tokenizer train|encode|decode`: trains a byte-level BPE tokenizer
- * from text files (model/bpe_train.c), prints the ids of a text, or the text of ids, with any
- * Hugging Face tokenizer.json (model/tokenizer*.c). */
+ * from text files (tokenizer/bpe_train.c), prints the ids of a text, or the text of ids, with any
+ * Hugging Face tokenizer.json (tokenizer/). */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>

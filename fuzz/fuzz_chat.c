@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/jinja-impl.h"
+#include "chat/jinja-impl.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

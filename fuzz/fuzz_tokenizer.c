@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "model/model.h"
-#include "model/tokenizer-impl.h"
+#include "tokenizer/tokenizer-impl.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -59,7 +59,7 @@ static void tok_exercise(const mt_tokenizer *tok, const char *text, size_t len, 
         size_t out_len;
         mt_error derr = {0};
         if (mt_tokenizer_decode(tok, ids, n, skip, &out, &out_len, &derr) != MT_OK) continue;
-        if (!tk_utf8_valid(out, out_len, NULL)) abort();
+        if (!mt_utf8_valid(out, out_len, NULL)) abort();
         if (check_round_trip && !skip && !special && (out_len != len || memcmp(out, text, len))) {
             fprintf(stderr, "round trip lost the text: %zu bytes in, %zu out\n", len, out_len);
             abort();

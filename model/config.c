@@ -3,7 +3,7 @@
  * DeepSeek's remote code reads), consistency checks, serialisation back to a config.json
  * transformers loads, presets for `moetune init`, and parameter / FLOP counts. */
 #define _GNU_SOURCE
-#include "model/config-impl.h"
+#include "config-impl.h"
 #include "model/model.h"
 
 #include <cjson/cJSON.h>

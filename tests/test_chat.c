@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/jinja-impl.h"
+#include "chat/jinja-impl.h"
 #include "model/model.h"
 
 /* ---- helpers ---- */

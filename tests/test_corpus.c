@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "finetune/finetune.h"
+#include "corpora/corpora.h"
 
 /* ---- a strict reader for the lines the builder writes: {"text": S, "source": S, "id": S} ---- */
 

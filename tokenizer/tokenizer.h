@@ -39,6 +39,15 @@ bool mt_tokenizer_is_special(const mt_tokenizer *tok, int32_t id);
 int32_t mt_tokenizer_bos_id(const mt_tokenizer *tok); /* −1 when none */
 int32_t mt_tokenizer_eos_id(const mt_tokenizer *tok);
 const char *mt_tokenizer_chat_template(const mt_tokenizer *tok); /* NULL when none */
+/* The special tokens tokenizer_config.json names, as transformers' special_tokens_map hands
+ * them to chat templates (bos_token ... mask_token, other "*_token" strings, the entries of
+ * extra_special_tokens): *keys and *vals get arrays of the returned count, owned by tok. */
+int mt_tokenizer_config_tokens(const mt_tokenizer *tok, const char *const **keys, const char *const **vals);
+/* What messages name the tokenizer by: its tokenizer.json path (or the name it was loaded as). */
+const char *mt_tokenizer_origin(const mt_tokenizer *tok);
+/* true when s[0..n) is valid UTF-8 (RFC 3629); otherwise *bad_at (may be NULL) is the offset
+ * of the first byte that does not start a valid character. */
+bool mt_utf8_valid(const char *s, size_t n, size_t *bad_at);
 
 /* ---- streaming detokenization ----
  * Text for one sequence as its tokens arrive. The pieces, concatenated (plus the flush),

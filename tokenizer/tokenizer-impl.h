@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model/model.h"
+#include "tokenizer/tokenizer.h"
 
 /* ---- growable byte buffer ---- */
 
@@ -65,8 +65,6 @@ void tk_u64map_free(tk_u64map *m);
 /* Length (1–4) of the valid UTF-8 character at s, or 0 when s[0..n) does not start with one. */
 size_t tk_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp);
 size_t tk_utf8_encode(uint32_t cp, char out[4]);
-/* true when valid; otherwise *bad_at is the offset of the first invalid byte. */
-bool tk_utf8_valid(const char *s, size_t n, size_t *bad_at);
 /* Appends s with every invalid sequence replaced by U+FFFD exactly as Rust's
  * String::from_utf8_lossy does (one U+FFFD per maximal invalid prefix). */
 void tk_utf8_lossy(tk_buf *out, const char *s, size_t n);

@@ -426,7 +426,7 @@ static mt_status count_file(trainer *t, const mt_tokenizer *pipe, tk_match *m, c
         size_t e = nl ? (size_t)(nl - text) + 1 : len;
         const char *line = text + i;
         size_t n = e - i;
-        if (!tk_utf8_valid(line, n, NULL)) {
+        if (!mt_utf8_valid(line, n, NULL)) {
             fixed.len = 0;
             tk_utf8_lossy(&fixed, line, n);
             line = fixed.p;
@@ -633,11 +633,11 @@ static mt_status check_opts(const mt_bpe_train_opts *o, int n_files, mt_error *e
         return mt_error_set(err, MT_ERR_INVALID, "n_special %d does not match special_tokens", o->n_special);
     for (int i = 0; i < o->n_special; i++)
         if (!o->special_tokens[i] || !o->special_tokens[i][0] ||
-            !tk_utf8_valid(o->special_tokens[i], strlen(o->special_tokens[i]), NULL))
+            !mt_utf8_valid(o->special_tokens[i], strlen(o->special_tokens[i]), NULL))
             return mt_error_set(err, MT_ERR_INVALID, "special token %d is empty or not valid UTF-8", i);
     const char *be[2] = {o->bos_token, o->eos_token};
     for (int i = 0; i < 2; i++)
-        if (be[i] && (!be[i][0] || !tk_utf8_valid(be[i], strlen(be[i]), NULL)))
+        if (be[i] && (!be[i][0] || !mt_utf8_valid(be[i], strlen(be[i]), NULL)))
             return mt_error_set(err, MT_ERR_INVALID, "%s token is empty or not valid UTF-8", i ? "eos" : "bos");
     return MT_OK;
 }

@@ -658,7 +658,7 @@ mt_status mt_tokenizer_encode(const mt_tokenizer *tok, const char *text, size_t 
     *ids = NULL;
     *n_ids = 0;
     size_t bad;
-    if (!tk_utf8_valid(text, len, &bad))
+    if (!mt_utf8_valid(text, len, &bad))
         return mt_error_set(err, MT_ERR_INVALID, "%s: the text to encode is not valid UTF-8 (byte %zu)", tok->origin,
                             bad);
     tk_match *m = tk_match_new();

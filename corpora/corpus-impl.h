@@ -1,12 +1,12 @@
 /* corpus-impl.h — internals shared by the corpus builders (corpus.c: text repair, dedup,
  * split, JSONL; corpus-legal.c, corpus-medical.c, corpus-general.c: the sources; gcide.c: the
- * dictd GCIDE reader and entry renderer). Nothing here is part of finetune.h. */
+ * dictd GCIDE reader and entry renderer). Nothing here is part of corpora.h. */
 #ifndef MT_CORPUS_IMPL_H
 #define MT_CORPUS_IMPL_H
 
 #include <limits.h>
 
-#include "finetune.h"
+#include "corpora/corpora.h"
 
 /* ---- growable byte buffer with a sticky out-of-memory flag: appends after a failed
  * allocation are ignored, and the builder checks `oom` once per stage ---- */

@@ -4,9 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat/chat.h"
 #include "jinja-impl.h"
-#include "model.h"
-#include "tokenizer-impl.h"
 
 /* What a render reads its variables from: chat messages, or a JSON object of variables. */
 typedef struct chat_input {
@@ -35,9 +34,9 @@ static jdict *chat_vars(jj_ctx *c, const chat_input *in) {
     set_var(c, vars, "tools", jv_none());
     set_var(c, vars, "documents", jv_none());
     set_var(c, vars, "add_generation_prompt", jv_bool(in->add_generation_prompt));
-    const mt_tokenizer *t = in->tok;
-    for (int i = 0; i < t->n_chat_tokens; i++)
-        set_var(c, vars, t->chat_token_keys[i], jv_str(jj_cstr(t->chat_token_vals[i])));
+    const char *const *keys, *const *vals;
+    int n = mt_tokenizer_config_tokens(in->tok, &keys, &vals);
+    for (int i = 0; i < n; i++) set_var(c, vars, keys[i], jv_str(jj_cstr(vals[i])));
     return vars;
 }
 
@@ -52,7 +51,7 @@ static mt_status render(const char *tmpl, size_t tmpl_len, const jj_limits *lim,
     *out = NULL;
     if (out_len) *out_len = 0;
     size_t bad;
-    if (!tk_utf8_valid(tmpl, tmpl_len, &bad))
+    if (!mt_utf8_valid(tmpl, tmpl_len, &bad))
         return mt_error_set(err, MT_ERR_FORMAT, "chat template: not valid UTF-8 (byte %zu)", bad);
     /* on the heap: the context outlives nothing, and longjmp leaves no locals to trust */
     jj_ctx *c = mt_xcalloc(1, sizeof *c);
@@ -90,7 +89,7 @@ static mt_status render(const char *tmpl, size_t tmpl_len, const jj_limits *lim,
 mt_status mt_jinja_render(const char *tmpl, size_t tmpl_len, const char *vars_json, size_t vars_len,
                           const jj_limits *lim, char **out, size_t *out_len, mt_error *err) {
     size_t bad;
-    if (!tk_utf8_valid(vars_json, vars_len, &bad)) {
+    if (!mt_utf8_valid(vars_json, vars_len, &bad)) {
         *out = NULL;
         return mt_error_set(err, MT_ERR_FORMAT, "template variables: not valid UTF-8 (byte %zu)", bad);
     }
@@ -103,15 +102,16 @@ mt_status mt_chat_render(const mt_tokenizer *tok, const mt_chat_message *msgs, s
     *out = NULL;
     if (len) *len = 0;
     const char *tmpl = mt_tokenizer_chat_template(tok);
-    if (!tmpl) return mt_error_set(err, MT_ERR_NOT_FOUND, "%s: the tokenizer has no chat template", tok->origin);
+    if (!tmpl) return mt_error_set(err, MT_ERR_NOT_FOUND, "%s: the tokenizer has no chat template",
+                                     mt_tokenizer_origin(tok));
     /* transformers refuses an empty conversation before it looks at the template */
     if (!n_msgs) return mt_error_set(err, MT_ERR_INVALID, "chat template: the conversation has no messages");
     for (size_t i = 0; i < n_msgs; i++) {
         size_t bad;
         if (!msgs[i].role) return mt_error_set(err, MT_ERR_INVALID, "chat message %zu: no role", i);
-        if (!tk_utf8_valid(msgs[i].role, strlen(msgs[i].role), &bad))
+        if (!mt_utf8_valid(msgs[i].role, strlen(msgs[i].role), &bad))
             return mt_error_set(err, MT_ERR_INVALID, "chat message %zu: role is not valid UTF-8 (byte %zu)", i, bad);
-        if (msgs[i].content && !tk_utf8_valid(msgs[i].content, strlen(msgs[i].content), &bad))
+        if (msgs[i].content && !mt_utf8_valid(msgs[i].content, strlen(msgs[i].content), &bad))
             return mt_error_set(err, MT_ERR_INVALID, "chat message %zu (%s): content is not valid UTF-8 (byte %zu)", i,
                                 msgs[i].role, bad);
     }

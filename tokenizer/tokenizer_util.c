@@ -241,7 +241,7 @@ size_t tk_utf8_encode(uint32_t cp, char out[4]) {
     return 4;
 }
 
-bool tk_utf8_valid(const char *s, size_t n, size_t *bad_at) {
+bool mt_utf8_valid(const char *s, size_t n, size_t *bad_at) {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
     while (i < n) {

@@ -1,6 +1,7 @@
 /* corpus-legal.c — the legal corpus's sources: the license texts in
  * /usr/share/common-licenses and every installed package's /usr/share/doc/<pkg>/copyright
  * (DEP-5 or free-form), one document each, with paragraph-level dedup of repeated licenses. */
+#define _GNU_SOURCE /* PATH_MAX, which corpus-impl.h uses */
 #include "corpus-impl.h"
 
 #include <stdio.h>

@@ -93,7 +93,7 @@ static void replace_all(const tk_regex *re, tk_match *m, const char *rep, size_t
 
 static void flush_bytes(tk_strs *dst, tk_buf *bytes) {
     if (!bytes->len) return;
-    if (tk_utf8_valid(bytes->p, bytes->len, NULL))
+    if (mt_utf8_valid(bytes->p, bytes->len, NULL))
         strs_push(dst, bytes->p, bytes->len);
     else
         for (size_t i = 0; i < bytes->len; i++) strs_push(dst, "\xEF\xBF\xBD", 3);

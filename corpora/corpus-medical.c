@@ -1,6 +1,7 @@
 /* corpus-medical.c — the medical corpus's source: GCIDE entries whose definitions carry the
  * field tags (Med.), (Anat.), (Pathol.), (Physiol.) or (Surg.), rendered as clean
  * "headword: definition" text, one document per entry. */
+#define _GNU_SOURCE /* PATH_MAX, which corpus-impl.h uses */
 #include "corpus-impl.h"
 
 #include <stdio.h>

@@ -851,7 +851,7 @@ mt_status mt_tokenizer_load_json(mt_tokenizer **out, const char *json, size_t le
     /* The library reads the file as a Rust string: invalid UTF-8 is refused up front, which
      * also lets every later stage hand strings to PCRE2 without re-checking them. */
     size_t bad;
-    if (!tk_utf8_valid(json, len, &bad))
+    if (!mt_utf8_valid(json, len, &bad))
         return mt_error_set(err, MT_ERR_FORMAT, "%s: not valid UTF-8 (byte %zu)", origin, bad);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
@@ -1069,3 +1069,9 @@ bool mt_tokenizer_is_special(const mt_tokenizer *tok, int32_t id) {
 int32_t mt_tokenizer_bos_id(const mt_tokenizer *tok) { return tok->bos_id; }
 int32_t mt_tokenizer_eos_id(const mt_tokenizer *tok) { return tok->eos_id; }
 const char *mt_tokenizer_chat_template(const mt_tokenizer *tok) { return tok->chat_template; }
+int mt_tokenizer_config_tokens(const mt_tokenizer *tok, const char *const **keys, const char *const **vals) {
+    *keys = (const char *const *)tok->chat_token_keys;
+    *vals = (const char *const *)tok->chat_token_vals;
+    return tok->n_chat_tokens;
+}
+const char *mt_tokenizer_origin(const mt_tokenizer *tok) { return tok->origin; }
