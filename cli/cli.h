@@ -37,6 +37,7 @@ int mt_cmd_init(int argc, char **argv);
 int mt_cmd_generate(int argc, char **argv);
 int mt_cmd_bench(int argc, char **argv);
 int mt_cmd_bench_train(int argc, char **argv);
+int mt_cmd_bench_decode(int argc, char **argv);
 int mt_cmd_tokenizer(int argc, char **argv);
 int mt_cmd_recipe(int argc, char **argv);
 int mt_cmd_runs(int argc, char **argv);

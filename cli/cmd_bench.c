@@ -14,6 +14,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: moetune bench model --model DIR [--batch B] [--seq T] [--steps N] [--threads N]\n"
             "       moetune bench train --recipe RECIPE.yaml [--steps N]   (see bench train --help)\n"
+            "       moetune bench decode --model DIR [--batch 1,8,32] [--adapters N]   (see bench decode --help)\n"
             "\n"
             "Times forward, forward+backward with a frozen base (gradients for activations only, what\n"
             "LoRA training runs) and forward+backward of full fine-tuning (every weight gradient) on\n"
@@ -59,8 +60,9 @@ int mt_cmd_bench(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "train")) return mt_cmd_bench_train(argc, argv);
+    if (!strcmp(argv[1], "decode")) return mt_cmd_bench_decode(argc, argv);
     if (strcmp(argv[1], "model")) {
-        fprintf(stderr, "moetune bench: unknown benchmark '%s' (model, train)\n", argv[1]);
+        fprintf(stderr, "moetune bench: unknown benchmark '%s' (model, train, decode)\n", argv[1]);
         return 2;
     }
     const char *model_dir = NULL;
@@ -104,8 +106,8 @@ int mt_cmd_bench(int argc, char **argv) {
     int N = (int)(batch * seq);
     int32_t *tokens = mt_xmalloc((size_t)N * sizeof(int32_t)), *targets = mt_xmalloc((size_t)N * sizeof(int32_t));
     mt_status st = mt_model_load(&m, model_dir, be, &err);
-    if (!st) st = mt_workspace_init(&eval_ws, m, (int)batch, (int)seq, false, &err);
-    if (!st) st = mt_workspace_init(&train_ws, m, (int)batch, (int)seq, true, &err);
+    if (!st) st = mt_workspace_init(&eval_ws, m, (int)batch, (int)seq, false, 0, &err);
+    if (!st) st = mt_workspace_init(&train_ws, m, (int)batch, (int)seq, true, 0, &err);
     double t_fwd = 0, t_frozen = 0, t_full = 0;
     const mt_config *cfg = m ? mt_model_config(m) : NULL;
     if (!st) {

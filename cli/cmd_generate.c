@@ -1,5 +1,5 @@
-/* cmd_generate.c — `moetune generate --model DIR --prompt TEXT`: streams the continuation to
- * stdout as it is sampled and prints prompt and decode speed to stderr. */
+/* cmd_generate.c — `moetune generate --model DIR --prompt TEXT | --prompts FILE`: one batch for
+ * every prompt and sample, streamed to stdout for a single output; speeds to stderr. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,18 +7,24 @@
 
 #include "cli.h"
 #include "model/model.h"
+#include "finetune/finetune.h"
 #include "peft/lora.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: moetune generate --model DIR --prompt TEXT [--adapter DIR] [--max-tokens N] [--temperature T]\n"
-            "                        [--top-k K] [--top-p P] [--seed S] [--stop STR]... [--no-eos]\n"
-            "                        [--threads N]\n"
+            "usage: moetune generate --model DIR (--prompt TEXT... | --prompts FILE) [--n N]\n"
+            "                        [--adapter DIR | --adapter NAME=DIR...] [--max-tokens N] [--temperature T]\n"
+            "                        [--top-k K] [--top-p P] [--seed S] [--stop STR]... [--no-eos] [--threads N]\n"
             "\n"
-            "Streams the generated text to stdout; prompt and decode tokens/s go to stderr.\n"
+            "Generates for every prompt in one batch (each prompt prefilled once, its samples sharing\n"
+            "its KV blocks, one decode step for all outputs). One output streams to stdout; several\n"
+            "are printed in order, each under a header line. Speeds go to stderr.\n"
             "  --model DIR       a Hugging Face model folder with tokenizer.json\n"
-            "  --prompt TEXT     the prompt (BOS added as the tokenizer's post-processor says)\n"
-            "  --adapter DIR     a PEFT LoRA adapter for this base, merged before generating\n"
+            "  --prompt TEXT     a prompt (repeatable; BOS added as the tokenizer's post-processor says)\n"
+            "  --prompts FILE    prompts, one per line: plain text, or JSONL {\"prompt\", \"adapter\", \"n\"}\n"
+            "  --n N             samples per prompt (default 1); sample j uses seed S + j\n"
+            "  --adapter DIR     a PEFT LoRA adapter for this base, applied to every prompt\n"
+            "  --adapter NAME=DIR  a named adapter; prompts pick it with \"adapter\": \"NAME\" (repeatable)\n"
             "  --max-tokens N    new tokens at most (default 128)\n"
             "  --temperature T   0 = greedy (default 0.8)\n"
             "  --top-k K         keep the K most likely tokens, 0 = off (default 40)\n"
@@ -29,34 +35,55 @@ static void usage(FILE *f) {
             "  --threads N       CPU threads (default: all cores)\n");
 }
 
-static bool print_text(void *user, const char *text, size_t len) {
+static bool print_text(void *user, int index, const char *text, size_t len) {
     (void)user;
+    (void)index;
     fwrite(text, 1, len, stdout);
     fflush(stdout);
     return true;
 }
 
+typedef struct named_adapter {
+    const char *name; /* NULL: the one unnamed --adapter */
+    const char *dir;
+    mt_lora *lora;
+} named_adapter;
+
 int mt_cmd_generate(int argc, char **argv) {
-    const char *model_dir = NULL, *prompt = NULL, *adapter_dir = NULL;
-    long max_tokens = 128, top_k = 40, threads = 0, seed = 0;
+    const char *model_dir = NULL, *prompts_file = NULL;
+    long max_tokens = 128, top_k = 40, threads = 0, seed = 0, n_samples = 1;
     double temperature = 0.8, top_p = 0.95;
     bool stop_at_eos = true;
     const char **stops = mt_xcalloc((size_t)argc, sizeof(char *));
-    int n_stop = 0, rc = 0;
+    const char **texts = mt_xcalloc((size_t)argc, sizeof(char *));
+    named_adapter *ads = mt_xcalloc((size_t)argc, sizeof *ads);
+    int n_stop = 0, n_texts = 0, n_ads = 0, rc = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
-            free(stops);
-            return 0;
+            goto out;
         } else if (mt_cli_is_flag(a, "--model")) {
             if (!(model_dir = mt_cli_value("--model", argc, argv, &i))) goto bad;
         } else if (mt_cli_is_flag(a, "--adapter")) {
-            if (!(adapter_dir = mt_cli_value("--adapter", argc, argv, &i))) goto bad;
+            if (!(v = mt_cli_value("--adapter", argc, argv, &i)) || !*v) goto bad;
+            const char *eq = strchr(v, '=');
+            if (eq && eq > v && !mt_is_dir(v)) {
+                char *name = mt_xstrdup(v);
+                name[eq - v] = '\0';
+                ads[n_ads++] = (named_adapter){.name = name, .dir = eq + 1};
+            } else {
+                ads[n_ads++] = (named_adapter){.dir = v};
+            }
         } else if (mt_cli_is_flag(a, "--prompt")) {
-            if (!(prompt = mt_cli_value("--prompt", argc, argv, &i))) goto bad;
+            if (!(texts[n_texts] = mt_cli_value("--prompt", argc, argv, &i))) goto bad;
+            n_texts++;
+        } else if (mt_cli_is_flag(a, "--prompts")) {
+            if (!(prompts_file = mt_cli_value("--prompts", argc, argv, &i))) goto bad;
+        } else if (mt_cli_is_flag(a, "--n")) {
+            if (!(v = mt_cli_value("--n", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 4096, &n_samples)) goto bad;
         } else if (mt_cli_is_flag(a, "--max-tokens")) {
-            if (!(v = mt_cli_value("--max-tokens", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 1 << 24, &max_tokens)) goto bad;
+            if (!(v = mt_cli_value("--max-tokens", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 1 << 24, &max_tokens)) goto bad;
         } else if (mt_cli_is_flag(a, "--temperature")) {
             if (!(v = mt_cli_value("--temperature", argc, argv, &i)) || !mt_cli_parse_double(v, 0, 100, &temperature)) goto bad;
         } else if (mt_cli_is_flag(a, "--top-k")) {
@@ -75,47 +102,68 @@ int mt_cmd_generate(int argc, char **argv) {
         } else {
             fprintf(stderr, "moetune generate: unknown argument '%s'\n", a);
             usage(stderr);
-            free(stops);
-            return 2;
+            rc = 2;
+            goto out;
         }
         continue;
     bad:
         fprintf(stderr, "moetune generate: %s needs a valid value\n", a);
         usage(stderr);
-        free(stops);
-        return 2;
+        rc = 2;
+        goto out;
     }
-    if (!model_dir || !prompt) {
-        fprintf(stderr, "moetune generate: %s is required\n", !model_dir ? "--model" : "--prompt");
+    int unnamed = 0;
+    for (int i = 0; i < n_ads; i++) unnamed += ads[i].name == NULL;
+    if (!model_dir || (!n_texts && !prompts_file) || (n_texts && prompts_file) || unnamed > 1 ||
+        (unnamed && n_ads > 1)) {
+        fprintf(stderr, "moetune generate: %s\n",
+                !model_dir                      ? "--model is required"
+                : !n_texts && !prompts_file     ? "--prompt or --prompts is required"
+                : n_texts && prompts_file       ? "give --prompt or --prompts, not both"
+                                                : "one unnamed --adapter DIR, or only named ones (NAME=DIR)");
         usage(stderr);
-        free(stops);
-        return 2;
+        rc = 2;
+        goto out;
     }
     mt_error err = {0};
     mt_backend *be = mt_cli_backend("generate", NULL, (int)threads);
     if (!be) {
-        free(stops);
-        return 1;
+        rc = 1;
+        goto out;
     }
     mt_model *m = NULL;
     mt_tokenizer *tok = NULL;
-    mt_kv_cache *cache = NULL;
-    mt_generate_result res = {0};
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
-    mt_lora *lora = NULL;
+    mt_prompt_item *items = NULL;
+    int n_items = 0;
+    mt_gen_prompt *gp = NULL;
+    mt_generate_result *res = NULL;
+    int n_out = 0;
     mt_status st = mt_model_load(&m, model_dir, be, &err);
-    /* merged into the weights: every decode path (MLA's absorbed one included) then sees it */
-    if (!st && adapter_dir) st = mt_lora_load_peft(&lora, m, adapter_dir, NULL, &err);
-    if (!st && lora) st = mt_lora_merge(lora, &err);
+    for (int i = 0; !st && i < n_ads; i++) st = mt_lora_load_peft(&ads[i].lora, m, ads[i].dir, NULL, &err);
     if (!st) st = mt_tokenizer_load(&tok, model_dir, &err);
-    if (!st) st = mt_tokenizer_encode(tok, prompt, strlen(prompt), true, &ids, &n_ids, &err);
+    if (!st && prompts_file) st = mt_prompts_load(prompts_file, &items, &n_items, &err);
+    int n_prompts = prompts_file ? n_items : n_texts;
     if (!st) {
-        /* room for the prompt and every new token, within the model's positions */
-        long need = (long)n_ids + max_tokens + 1, cap = mt_model_config(m)->max_position_embeddings;
-        st = mt_kv_cache_init(&cache, m, (int)(need < cap ? need : cap), &err);
+        gp = mt_xcalloc((size_t)n_prompts, sizeof *gp);
+        for (int i = 0; i < n_prompts && !st; i++) {
+            const char *want = items ? items[i].adapter : NULL;
+            gp[i].text = items ? items[i].text : texts[i];
+            gp[i].n = items && items[i].n > 0 ? items[i].n : (int)n_samples;
+            n_out += gp[i].n;
+            if (unnamed) gp[i].adapter = mt_lora_adapter(ads[0].lora);
+            if (want) {
+                int k = 0;
+                while (k < n_ads && !(ads[k].name && !strcmp(ads[k].name, want))) k++;
+                if (k == n_ads)
+                    st = mt_error_set(&err, MT_ERR_NOT_FOUND, "%s: prompt %d asks for adapter \"%s\", not given as "
+                                      "--adapter %s=DIR", prompts_file, i + 1, want, want);
+                else
+                    gp[i].adapter = mt_lora_adapter(ads[k].lora);
+            }
+        }
     }
     if (!st) {
+        res = mt_xcalloc((size_t)n_out, sizeof *res);
         mt_generate_opts o = {.sample = {.temperature = (float)temperature,
                                          .top_k = (int)top_k,
                                          .top_p = (float)top_p,
@@ -124,26 +172,46 @@ int mt_cmd_generate(int argc, char **argv) {
                               .stop = stops,
                               .n_stop = n_stop,
                               .stop_at_eos = stop_at_eos,
-                              .on_text = print_text};
-        st = mt_generate(m, tok, cache, prompt, &o, &res, &err);
+                              .on_text = n_out == 1 ? print_text : NULL};
+        st = mt_generate(m, tok, gp, n_prompts, &o, res, &err);
     }
     if (st) {
         rc = mt_cli_fail("generate", &err);
     } else {
-        printf("\n");
+        long prompt_tok = 0, new_tok = 0;
+        for (int j = 0, p = 0, k = 0; j < n_out; j++) {
+            if (n_out > 1) {
+                printf("=== output %d: prompt %d, sample %d, %s, %d tokens, finish %s ===\n%s\n", j + 1, p + 1, k + 1,
+                       items && items[p].adapter ? items[p].adapter : unnamed ? "adapter" : "base",
+                       res[j].n_new_tokens, res[j].finish, res[j].text);
+            } else {
+                printf("\n");
+            }
+            if (k == 0) prompt_tok += res[j].n_prompt_tokens;
+            new_tok += res[j].n_new_tokens;
+            if (++k == gp[p].n) {
+                k = 0;
+                p++;
+            }
+        }
         fflush(stdout);
-        double pf = res.prefill_seconds > 0 ? res.n_prompt_tokens / res.prefill_seconds : 0;
-        double dc = res.decode_seconds > 0 ? res.n_new_tokens / res.decode_seconds : 0;
-        fprintf(stderr, "prompt: %d tokens, %.1f tokens/s; decode: %d tokens, %.1f tokens/s; finish: %s\n",
-                res.n_prompt_tokens, pf, res.n_new_tokens, dc, res.finish);
+        double pf = res[0].prefill_seconds > 0 ? prompt_tok / res[0].prefill_seconds : 0;
+        double dc = res[0].decode_seconds > 0 ? new_tok / res[0].decode_seconds : 0;
+        fprintf(stderr, "prompt: %ld tokens, %.1f tokens/s; decode: %ld tokens in %d outputs, %.1f tokens/s%s%s\n",
+                prompt_tok, pf, new_tok, n_out, dc, n_out == 1 ? "; finish: " : "", n_out == 1 ? res[0].finish : "");
     }
-    mt_generate_result_free(&res);
-    free(ids);
-    mt_kv_cache_free(cache);
+    for (int j = 0; res && j < n_out; j++) mt_generate_result_free(&res[j]);
+    free(res);
+    free(gp);
+    mt_prompts_free(items, n_items);
     mt_tokenizer_free(tok);
-    mt_lora_free(lora);
+    for (int i = 0; i < n_ads; i++) mt_lora_free(ads[i].lora);
     mt_model_free(m);
     mt_backend_free(be);
+out:
+    for (int i = 0; i < n_ads; i++) free((char *)ads[i].name);
+    free(ads);
+    free(texts);
     free(stops);
     return rc;
 }

@@ -56,12 +56,13 @@ mt_batch mt_batch_buf_view(const mt_batch_buf *b) {
                       .kv_start = b->kv_start};
 }
 
-mt_status mt_eval_rows(mt_model *m, mt_workspace *ws, mt_batch_buf *buf, const mt_rows *rows, double *loss,
+mt_status mt_eval_rows(mt_model *m, mt_workspace *ws, mt_batch_buf *buf, const mt_rows *rows,
+                       const mt_adapter *adapter, double *loss,
                        int64_t *n_tokens, mt_error *err) {
     double sum = 0;
     int64_t count = 0;
     int64_t *idx = mt_xcalloc((size_t)buf->B, sizeof *idx);
-    mt_forward_opts fo = {.train = false};
+    mt_forward_opts fo = {.train = false, .adapter = adapter};
     mt_status st = MT_OK;
     for (int64_t r = 0; r < rows->n_rows && st == MT_OK; r += buf->B) {
         int n = 0;

@@ -34,16 +34,14 @@ mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err)
     if (st == MT_OK) st = mt_data_load(o->data, o->format, false, tok, tok_hash, NULL, &docs, src, err);
     int32_t pad = tok ? mt_tokenizer_eos_id(tok) : 0;
     if (st == MT_OK) st = mt_rows_build(&docs, o->max_seq_len, false, pad < 0 ? 0 : pad, &rows, err);
-    if (st == MT_OK) st = mt_workspace_init(&ws, m, o->batch, o->max_seq_len, false, err);
+    if (st == MT_OK) st = mt_workspace_init(&ws, m, o->batch, o->max_seq_len, false, l ? mt_lora_max_rank(l) : 0, err);
     if (st == MT_OK) {
         mt_batch_buf_init(&buf, o->batch, o->max_seq_len);
         res->n_docs = docs.n_docs;
-        if (l) mt_lora_set_enabled(l, false);
-        st = mt_eval_rows(m, ws, &buf, &rows, &res->base_loss, &res->n_tokens, err);
+        st = mt_eval_rows(m, ws, &buf, &rows, NULL, &res->base_loss, &res->n_tokens, err);
         res->base_ppl = exp(res->base_loss);
         if (st == MT_OK && l) {
-            mt_lora_set_enabled(l, true);
-            st = mt_eval_rows(m, ws, &buf, &rows, &res->adapter_loss, NULL, err);
+            st = mt_eval_rows(m, ws, &buf, &rows, mt_lora_adapter(l), &res->adapter_loss, NULL, err);
             res->adapter_ppl = exp(res->adapter_loss);
         }
     }

@@ -63,7 +63,7 @@ mt_status mt_dap_from_model(mt_model *m, const mt_rows *rows, int max_rows, doub
     int64_t n = rows->n_rows < max_rows ? rows->n_rows : max_rows;
     if (n <= 0) return mt_error_set(err, MT_ERR_INVALID, "thresholds: no training rows to measure entropy on");
     mt_workspace *ws;
-    TRY(mt_workspace_init(&ws, m, 1, T, false, err));
+    TRY(mt_workspace_init(&ws, m, 1, T, false, 0, err));
     float *logits = mt_xmalloc((size_t)T * (size_t)V * sizeof(float));
     mt_batch_buf buf;
     mt_batch_buf_init(&buf, 1, T);
@@ -404,10 +404,11 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
         TRY(mt_store_log_metrics(run->store, run->run_id, 0, m, run->st.mean_entropy >= 0 ? 2 : 1, err));
     }
 
-    TRY(mt_workspace_init(&run->ws, run->model, r->train.micro_batch, run->T, true, err));
+    int max_rank = run->lora ? mt_lora_max_rank(run->lora) : 0;
+    TRY(mt_workspace_init(&run->ws, run->model, r->train.micro_batch, run->T, true, max_rank, err));
     mt_batch_buf_init(&run->buf, r->train.micro_batch, run->T);
     if (run->eval_rows.n_rows) {
-        TRY(mt_workspace_init(&run->eval_ws, run->model, r->train.micro_batch, run->T, false, err));
+        TRY(mt_workspace_init(&run->eval_ws, run->model, r->train.micro_batch, run->T, false, max_rank, err));
         mt_batch_buf_init(&run->eval_buf, r->train.micro_batch, run->T);
     }
     mt_run_note(o, "training: %lld steps of %d x %d rows x %d tokens, lr %g, %s schedule, warmup %lld; activations %.1f MB",

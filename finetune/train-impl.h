@@ -20,7 +20,8 @@ mt_batch mt_batch_buf_view(const mt_batch_buf *b);
 
 /* Mean cross-entropy of the model over every row (in micro-batches of ws's B), i.e. the
  * held-out loss; perplexity is its exp. */
-mt_status mt_eval_rows(mt_model *m, mt_workspace *ws, mt_batch_buf *buf, const mt_rows *rows, double *loss,
+mt_status mt_eval_rows(mt_model *m, mt_workspace *ws, mt_batch_buf *buf, const mt_rows *rows,
+                       const mt_adapter *adapter, double *loss,
                        int64_t *n_tokens, mt_error *err);
 
 #endif

@@ -85,6 +85,7 @@ static mt_status train_step(mt_run *run, step_out *so, mt_error *err) {
             .seed = mt_hash_u64((uint64_t)r->train.seed, (uint64_t)(run->st.step * ga + g)),
             .router_noise = (float)r->train.router_noise,
             .aux_coef = (float)(run->aux_coef / ga),
+            .adapter = mt_lora_adapter(run->lora),
         };
         mt_forward_result fr;
         TRY(mt_model_forward(run->model, run->ws, &batch, &fo, &fr, err));
@@ -111,7 +112,8 @@ static mt_status evaluate(mt_run *run, int64_t step, mt_train_result *res, mt_er
     if (!run->eval_rows.n_rows) return MT_OK;
     double loss;
     int64_t n;
-    TRY(mt_eval_rows(run->model, run->eval_ws, &run->eval_buf, &run->eval_rows, &loss, &n, err));
+    TRY(mt_eval_rows(run->model, run->eval_ws, &run->eval_buf, &run->eval_rows, mt_lora_adapter(run->lora), &loss, &n,
+                     err));
     res->eval_loss = loss;
     res->eval_ppl = exp(loss);
     res->eval_tokens = n;

@@ -23,6 +23,7 @@ static const char *const op_names[MT_OP_COUNT] = {
     [MT_OP_SUM_SQUARES] = "sum_squares",
     [MT_OP_ADD_BIAS] = "add_bias",
     [MT_OP_COPY_2D] = "copy_2d",
+    [MT_OP_PAGED_ATTENTION] = "paged_attention",
 };
 
 const char *mt_op_name(mt_op op) {
@@ -174,6 +175,11 @@ void mt_attention_backward(mt_backend *be, const mt_attn_args *a, const float *q
                            const float *o, const float *lse, const float *dout, float *dq, float *dk, float *dv) {
     REQUIRE(MT_OP_ATTENTION);
     be->iface->attention_backward(be, a, q, k, v, o, lse, dout, dq, dk, dv);
+}
+
+void mt_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o) {
+    REQUIRE(MT_OP_PAGED_ATTENTION);
+    be->iface->paged_attention_forward(be, a, q, o);
 }
 
 void mt_swiglu_forward(mt_backend *be, const float *g, const float *u, float *h, size_t n) {

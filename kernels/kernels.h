@@ -44,6 +44,7 @@ typedef enum mt_op {
     MT_OP_SUM_SQUARES,
     MT_OP_ADD_BIAS,
     MT_OP_COPY_2D,
+    MT_OP_PAGED_ATTENTION,
     MT_OP_COUNT
 } mt_op;
 
@@ -177,6 +178,31 @@ void mt_attention_forward(mt_backend *be, const mt_attn_args *a, const float *q,
 /* dq, dk, dv accumulate (same layouts as q, k, v). */
 void mt_attention_backward(mt_backend *be, const mt_attn_args *a, const float *q, const float *k, const float *v,
                            const float *o, const float *lse, const float *dout, float *dq, float *dk, float *dv);
+
+/* ---- attention over a paged KV cache (batched decode, chunked prefill) ---- */
+
+/* n_rows query rows, each of its own sequence and position: row r sees the keys at positions
+ * kv_start[r] ..= pos[r] of sequence seq[r] (kv_start NULL: from 0). Position p of sequence s
+ * lives in block tables[s·table_stride + p / block_size], at cache + (block·block_size +
+ * p % block_size)·kv_row; within that row, KV head g's key starts at k_off + g·k_head and its
+ * value at v_off + g·v_head (MLA's latent cache: one head, the value inside the key). Query
+ * head h reads KV head h / (n_head / n_kv_head). Q element (r, h, i) at q[r·q_row + h·q_head + i],
+ * O likewise with o_row/o_head. Keys are taken in tiles of 64 aligned to absolute positions, so
+ * a row's result depends on its own query and keys only: not on the block size, the other rows
+ * of the step, or how the sequence was split into steps. */
+typedef struct mt_paged_attn_args {
+    int n_rows, n_head, n_kv_head, dqk, dv;
+    int q_row, q_head, o_row, o_head;
+    const float *cache;
+    int block_size, kv_row;
+    int k_off, k_head, v_off, v_head;
+    const int32_t *tables;
+    int table_stride;
+    const int32_t *seq, *pos, *kv_start; /* [n_rows] each (kv_start may be NULL) */
+    float scale;
+} mt_paged_attn_args;
+
+void mt_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o);
 
 /* ---- SwiGLU and gates ---- */
 

@@ -61,7 +61,7 @@ void mt_attn_args_fill(const mt_model *m, mt_attn_args *aa, int B, int Tq, int T
 
 void mt_attn_project(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, int N, const int32_t *pos,
                      float *k_out, float *v_out) {
-    mt_backend *be = m->be;
+    mt_backend *be = c->be;
     const mt_config *cfg = &m->cfg;
     mt_dims d;
     mt_model_dims(cfg, &d);
@@ -107,7 +107,7 @@ void mt_attn_project(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_ac
 
 void mt_attn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, int B, int T,
                      const int32_t *pos, const int32_t *kv_start, float *out) {
-    mt_backend *be = m->be;
+    mt_backend *be = c->be;
     mt_dims d;
     mt_model_dims(&m->cfg, &d);
     int N = B * T;
@@ -129,7 +129,7 @@ void mt_attn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_ac
 
 void mt_attn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, mt_grads *g, int B, int T,
                       const int32_t *pos, const int32_t *kv_start, const float *dout, float *dxn) {
-    mt_backend *be = m->be;
+    mt_backend *be = c->be;
     const mt_config *cfg = &m->cfg;
     mt_dims d;
     mt_model_dims(cfg, &d);

@@ -79,6 +79,7 @@ void mt_acts_layout(const mt_model *m, mt_acts *a, size_t N, const mt_acts_want 
         a->offsets = CI(d.E + 1);
         a->src_tok = CI(NK);
         a->src_slot = CI(NK);
+        if (want->slots) a->perm_slot = CI(NK);
         a->xp = CF(NK * d.H);
         a->gp = CF(NK * d.Im);
         a->up = CF(NK * d.Im);
@@ -195,7 +196,7 @@ static void ws_layout(mt_workspace *ws, mt_carver *cv) {
     ws->dxf = CF(N * d.H);
 }
 
-mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool train, mt_error *err) {
+mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool train, int max_rank, mt_error *err) {
     *out = NULL;
     if (B <= 0 || T <= 0 || (int64_t)B * T > INT32_MAX / 64)
         return mt_error_set(err, MT_ERR_INVALID, "workspace: batch %d x %d is not a usable size", B, T);
@@ -220,9 +221,8 @@ mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool 
     if (chunk < 16) chunk = 16;
     if (chunk > ws->N) chunk = ws->N;
     ws->chunk = chunk;
-    /* adapters attached later than this need at most rank 64 to fit */
-    size_t need = mt_adapter_scratch_floats(m, ws->N), floor_cap = (size_t)ws->N * 64 * 2;
-    ws->s.adapter_cap = need > floor_cap ? need : floor_cap;
+    ws->max_rank = max_rank > 0 ? max_rank : MT_DEFAULT_MAX_RANK;
+    ws->s.adapter_cap = mt_adapter_scratch_floats(m, ws->N, ws->max_rank);
 
     int E = d.E > 0 ? d.E : 1;
     ws->offsets_host = mt_xcalloc((size_t)ws->n_sets * (size_t)(E + 1), sizeof(int32_t));
@@ -296,6 +296,10 @@ void mt_ws_lin_ctx(mt_workspace *ws, bool train, uint64_t seed, mt_lin_ctx *c) {
     c->seed = seed;
     c->scratch = ws->s.adapter;
     c->scratch_cap = ws->s.adapter_cap;
+    /* one adapter (or none) for every row of a training or evaluation pass */
+    c->adapters = ws->opts.adapter ? &ws->opts.adapter : NULL;
+    c->n_slots = ws->opts.adapter ? 1 : 0;
+    c->row_slot = NULL;
 }
 
 /* ---- router statistics and the load-balancing loss (host side) ---- */
@@ -435,11 +439,6 @@ void mt_aux_backward(mt_workspace *ws, const mt_acts *a, const float **dsc, cons
 
 /* ---- the forward pass ---- */
 
-static void residual(mt_backend *be, float *dst, const float *src, const float *branch, size_t n) {
-    if (dst != src) mt_backend_copy(be, dst, src, n * sizeof(float));
-    mt_add(be, dst, branch, 1.0f, n);
-}
-
 static mt_status check_batch(const mt_model *m, const mt_workspace *ws, const mt_batch *b, mt_error *err) {
     if (!b || !b->tokens || b->B <= 0 || b->T <= 0)
         return mt_error_set(err, MT_ERR_INVALID, "forward: empty batch");
@@ -463,12 +462,6 @@ static mt_status check_batch(const mt_model *m, const mt_workspace *ws, const mt
                                 "forward: kv_start %d at [%d, %d] must be in [0, %d] (a query sees at least itself)",
                                 b->kv_start[i], i / b->T, i % b->T, i % b->T);
     }
-    size_t need = mt_adapter_scratch_floats(m, N);
-    if (need > ws->s.adapter_cap)
-        return mt_error_set(err, MT_ERR_INVALID,
-                            "forward: the attached adapters need %zu floats of scratch but the workspace has %zu; create "
-                            "the workspace after attaching them",
-                            need, ws->s.adapter_cap);
     return MT_OK;
 }
 
@@ -478,6 +471,7 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
     if (!opts) opts = &defaults;
     if (ws->m != m) return mt_error_set(err, MT_ERR_INVALID, "forward: workspace belongs to another model");
     mt_status st = check_batch(m, ws, batch, err);
+    if (!st) st = mt_adapter_check(m, opts->adapter, ws->max_rank, "forward", err);
     if (st) return st;
     mt_backend *be = m->be;
     const mt_config *cfg = &m->cfg;
@@ -519,21 +513,17 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
     double v2_total = 0;
 
     mt_embedding_forward(be, ws->tokens, N, m->embed->data, d.H, ws->acts[0].x_in);
+    mt_attn_plan plan = {.paged = false, .B = B, .T = T, .pos = ws->pos, .kv_start = kv_start};
     int mi = 0;
     for (int l = 0; l < d.L; l++) {
         const mt_layer *ly = &m->layers[l];
         mt_acts *a = &ws->acts[ws->train ? l : 0];
         float *x_out = l + 1 < d.L ? ws->acts[ws->train ? l + 1 : 0].x_in : ws->x_final;
-        mt_rmsnorm_forward(be, a->x_in, ly->attn_norm->data, a->xn1, a->rstd1, N, d.H, cfg->rms_norm_eps);
-        mt_attn_forward(m, ly, &c, a, B, T, ws->pos, kv_start, ws->s.tmp);
-        residual(be, a->x_mid, a->x_in, ws->s.tmp, (size_t)N * d.H);
-        mt_rmsnorm_forward(be, a->x_mid, ly->ffn_norm->data, a->xn2, a->rstd2, N, d.H, cfg->rms_norm_eps);
-        mt_ffn_forward(m, ly, &c, &pass, a, &ws->s, N, ws->s.tmp);
+        mt_layer_forward(m, ly, &c, &pass, a, &ws->s, N, &plan, x_out);
         if (ly->moe) {
             layer_router_stats(ws, mi++, a, N);
             if (!aux_is_switch(cfg)) v2_total += v2_aux(cfg, a, B, T, 0, NULL);
         }
-        residual(be, x_out, a->x_mid, ws->s.tmp, (size_t)N * d.H);
     }
     mt_rmsnorm_forward(be, ws->x_final, m->final_norm->data, ws->xf, ws->rstdf, N, d.H, cfg->rms_norm_eps);
 

@@ -1,106 +1,14 @@
-/* generate.c — text generation on the KV cache: prefill the prompt, then sample one token at a
- * time until EOS, a stop string, the token budget or a full cache. Text is streamed only as
- * complete UTF-8, and held back while it could still turn into a stop string. */
+/* generate.c — text generation for a batch of prompts on the paged KV cache: every prompt is
+ * prefilled once (chunks of several prompts share a step), its samples fork its blocks, then
+ * each step decodes one token for every live output, each with its prompt's adapter, until
+ * EOS, a stop string, the token budget or a full sequence. Text streams through a per-output
+ * incremental detokenizer that holds back possible stop strings. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "model-impl.h"
 
-typedef struct mt_strbuf {
-    char *p;
-    size_t len, cap;
-} mt_strbuf;
-
-static void sb_append(mt_strbuf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (b->len + n + 1 > cap) cap *= 2;
-        b->p = mt_xrealloc(b->p, cap);
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-/* Length of the valid UTF-8 sequence at s (n bytes available): > 0 valid, 0 incomplete but
- * possibly valid, −1 invalid first byte. */
-static int utf8_seq(const uint8_t *s, size_t n) {
-    uint8_t b = s[0];
-    int len;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (b < 0x80) return 1;
-    if (b >= 0xC2 && b <= 0xDF)
-        len = 2;
-    else if (b >= 0xE0 && b <= 0xEF) {
-        len = 3;
-        if (b == 0xE0) lo = 0xA0;
-        if (b == 0xED) hi = 0x9F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-        len = 4;
-        if (b == 0xF0) lo = 0x90;
-        if (b == 0xF4) hi = 0x8F;
-    } else
-        return -1;
-    for (int i = 1; i < len; i++) {
-        if ((size_t)i >= n) return 0;
-        uint8_t lim_lo = i == 1 ? lo : 0x80, lim_hi = i == 1 ? hi : 0xBF;
-        if (s[i] < lim_lo || s[i] > lim_hi) return -1;
-    }
-    return len;
-}
-
-/* Moves the complete UTF-8 prefix of pending into text (invalid bytes become U+FFFD, as a
- * lossy decode does); with flush, an incomplete tail becomes U+FFFD too. */
-static void drain_utf8(mt_strbuf *pending, mt_strbuf *text, bool flush) {
-    size_t i = 0;
-    const uint8_t *s = (const uint8_t *)pending->p;
-    while (i < pending->len) {
-        int k = utf8_seq(s + i, pending->len - i);
-        if (k > 0) {
-            sb_append(text, (const char *)s + i, (size_t)k);
-            i += (size_t)k;
-        } else if (k < 0 || flush) {
-            sb_append(text, "\xEF\xBF\xBD", 3);
-            i += 1;
-            if (k == 0) i = pending->len;
-        } else {
-            break;
-        }
-    }
-    memmove(pending->p, pending->p + i, pending->len - i);
-    pending->len -= i;
-    if (pending->p) pending->p[pending->len] = '\0';
-}
-
-/* Bytes at the end of text that could be the start of a stop string. */
-static size_t stop_holdback(const mt_strbuf *text, const mt_generate_opts *o) {
-    size_t best = 0;
-    for (int s = 0; s < o->n_stop; s++) {
-        size_t sl = strlen(o->stop[s]);
-        for (size_t k = sl > 0 ? sl - 1 : 0; k > best; k--)
-            if (k <= text->len && !memcmp(text->p + text->len - k, o->stop[s], k)) {
-                best = k;
-                break;
-            }
-    }
-    return best;
-}
-
-/* Earliest stop string occurring in text at or after `from`; returns its offset or −1. */
-static long find_stop(const mt_strbuf *text, size_t from, const mt_generate_opts *o) {
-    long best = -1;
-    for (int s = 0; s < o->n_stop; s++) {
-        size_t sl = strlen(o->stop[s]);
-        if (!sl || sl > text->len) continue;
-        for (size_t i = from; i + sl <= text->len; i++)
-            if (!memcmp(text->p + i, o->stop[s], sl)) {
-                if (best < 0 || (long)i < best) best = (long)i;
-                break;
-            }
-    }
-    return best;
-}
+#define GEN_BLOCK 16
 
 static bool is_eos(const mt_model *m, const mt_tokenizer *tok, int32_t id) {
     for (int i = 0; i < m->cfg.n_eos; i++)
@@ -114,96 +22,263 @@ void mt_generate_result_free(mt_generate_result *r) {
     r->text = NULL;
 }
 
-mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, mt_kv_cache *cache, const char *prompt,
-                      const mt_generate_opts *o, mt_generate_result *res, mt_error *err) {
-    memset(res, 0, sizeof *res);
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
-    mt_status st = mt_tokenizer_encode(tok, prompt, strlen(prompt), true, &ids, &n_ids, err);
-    if (st) return st;
-    if (n_ids == 0) {
-        free(ids);
-        int32_t bos = mt_tokenizer_bos_id(tok) >= 0 ? mt_tokenizer_bos_id(tok) : m->cfg.bos_token_id;
-        if (bos < 0) return mt_error_set(err, MT_ERR_INVALID, "generate: empty prompt and no BOS token to start from");
-        ids = mt_xmalloc(sizeof(int32_t));
-        ids[0] = bos;
-        n_ids = 1;
-    }
-    mt_kv_cache_reset(cache);
-    int cap = cache->max_seq;
-    if ((long)n_ids >= cap) {
-        free(ids);
-        return mt_error_set(err, MT_ERR_INVALID, "generate: the prompt has %zu tokens but the cache holds %d", n_ids, cap);
-    }
-    int V = m->cfg.vocab_size;
-    float *logits = mt_xmalloc((size_t)V * sizeof(float));
-    double t0 = mt_now_seconds();
-    st = mt_model_decode(m, cache, ids, (int)n_ids, logits, err);
-    double t1 = mt_now_seconds();
-    res->n_prompt_tokens = (int)n_ids;
-    res->prefill_seconds = t1 - t0;
-    free(ids);
-    if (st) {
-        free(logits);
-        return st;
-    }
+/* One output being generated. */
+typedef struct gen_out {
+    int prompt;
+    int seq;
     mt_rng rng;
-    mt_rng_seed(&rng, o->sample.seed);
-    mt_strbuf text = {0}, pending = {0};
-    sb_append(&text, "", 0);
-    size_t emitted = 0;
-    const char *finish = NULL;
-    char piece[256];
-    bool user_stop = false;
-    for (int i = 0; i < o->max_new_tokens && !finish; i++) {
-        int32_t id = mt_sample(&o->sample, logits, V, &rng);
-        if (o->stop_at_eos && is_eos(m, tok, id)) {
-            finish = "eos";
-            break;
-        }
-        res->n_new_tokens++;
-        size_t nb = mt_tokenizer_token_bytes(tok, id, piece, sizeof piece);
-        sb_append(&pending, piece, nb < sizeof piece ? nb : sizeof piece);
-        size_t before = text.len;
-        drain_utf8(&pending, &text, false);
-        size_t longest = 0;
-        for (int s = 0; s < o->n_stop; s++)
-            if (strlen(o->stop[s]) > longest) longest = strlen(o->stop[s]);
-        long at = find_stop(&text, before + 1 > longest ? before + 1 - longest : 0, o);
-        if (at >= 0) {
-            text.len = (size_t)at;
-            text.p[text.len] = '\0';
-            finish = "stop";
-        }
-        size_t safe = finish ? text.len : text.len - stop_holdback(&text, o);
-        if (o->on_text && safe > emitted) {
-            user_stop = !o->on_text(o->user, text.p + emitted, safe - emitted);
-            emitted = safe;
-            if (user_stop && !finish) finish = "stop";
-        }
-        if (finish) break;
-        if (i + 1 >= o->max_new_tokens) break;
-        if (cache->len >= cap) {
-            finish = "length";
-            break;
-        }
-        st = mt_model_decode(m, cache, &id, 1, logits, err);
-        if (st) break;
+    mt_detok *detok;
+    float *logits;       /* [V] next-token logits */
+    int n_new;
+    bool done, user_stop;
+    const char *finish;
+} gen_out;
+
+typedef struct gen {
+    mt_model *m;
+    const mt_tokenizer *tok;
+    const mt_generate_opts *o;
+    mt_kv_pool *pool;
+    mt_decoder *dec;
+    int n_prompts, n_out, V;
+    int32_t **ids;
+    size_t *n_ids;
+    int *prompt_seq;
+    gen_out *out;
+    const mt_adapter **slots; /* [n_prompts]: slot i is prompt i's adapter */
+    int32_t *tokens, *seq, *slot, *logit_rows; /* step rows */
+    float *logits;            /* [rows, V] */
+} gen;
+
+static void gen_free(gen *g) {
+    for (int i = 0; g->ids && i < g->n_prompts; i++) free(g->ids[i]);
+    for (int i = 0; g->out && i < g->n_out; i++) {
+        mt_detok_free(g->out[i].detok);
+        free(g->out[i].logits);
     }
-    res->decode_seconds = mt_now_seconds() - t1;
-    free(logits);
-    if (st) {
-        free(text.p);
-        free(pending.p);
-        return st;
+    free(g->ids);
+    free(g->n_ids);
+    free(g->prompt_seq);
+    free(g->out);
+    free(g->slots);
+    free(g->tokens);
+    free(g->seq);
+    free(g->slot);
+    free(g->logit_rows);
+    free(g->logits);
+    mt_decoder_free(g->dec);
+    mt_kv_pool_free(g->pool);
+}
+
+static mt_status encode_prompts(gen *g, const mt_gen_prompt *prompts, mt_error *err) {
+    for (int i = 0; i < g->n_prompts; i++) {
+        const char *text = prompts[i].text ? prompts[i].text : "";
+        mt_status st = mt_tokenizer_encode(g->tok, text, strlen(text), true, &g->ids[i], &g->n_ids[i], err);
+        if (st) return st;
+        if (g->n_ids[i] == 0) {
+            int32_t bos = mt_tokenizer_bos_id(g->tok) >= 0 ? mt_tokenizer_bos_id(g->tok) : g->m->cfg.bos_token_id;
+            if (bos < 0)
+                return mt_error_set(err, MT_ERR_INVALID, "generate: prompt %d is empty and there is no BOS token", i);
+            free(g->ids[i]);
+            g->ids[i] = mt_xmalloc(sizeof(int32_t));
+            g->ids[i][0] = bos;
+            g->n_ids[i] = 1;
+        }
+        if ((long)g->n_ids[i] >= g->m->rope_len)
+            return mt_error_set(err, MT_ERR_INVALID, "generate: prompt %d has %zu tokens, the model holds %d", i,
+                                g->n_ids[i], g->m->rope_len);
     }
-    if (!finish) finish = "length";
-    if (strcmp(finish, "stop") != 0 || !user_stop) {
-        if (pending.len && strcmp(finish, "stop") != 0) drain_utf8(&pending, &text, true);
-        if (o->on_text && text.len > emitted && !user_stop) o->on_text(o->user, text.p + emitted, text.len - emitted);
-    }
-    free(pending.p);
-    res->text = text.p;
-    res->finish = finish;
     return MT_OK;
+}
+
+/* Prefills every prompt, packing chunks of several prompts into each step; the last row of a
+ * prompt asks for its logits, which seed each of its outputs. */
+static mt_status prefill(gen *g, float *first_logits, mt_error *err) {
+    int rows = mt_decoder_max_rows(g->dec);
+    int p = 0;
+    size_t off = 0;
+    while (p < g->n_prompts) {
+        int n = 0, nl = 0;
+        while (n < rows && p < g->n_prompts) {
+            g->tokens[n] = g->ids[p][off];
+            g->seq[n] = g->prompt_seq[p];
+            g->slot[n] = p;
+            n++;
+            if (++off == g->n_ids[p]) {
+                g->logit_rows[nl++] = n - 1;
+                p++;
+                off = 0;
+            }
+        }
+        mt_decode_batch b = {.n_rows = n,
+                             .tokens = g->tokens,
+                             .seq = g->seq,
+                             .slot = g->slot,
+                             .adapters = g->slots,
+                             .n_slots = g->n_prompts,
+                             .logit_rows = g->logit_rows,
+                             .n_logits = nl};
+        mt_status st = mt_decode_step(g->dec, g->pool, &b, g->logits, err);
+        if (st) return st;
+        /* the prompts that finished in this step are the nl before p, in order */
+        for (int q = 0; q < nl; q++)
+            memcpy(first_logits + (size_t)(p - nl + q) * g->V, g->logits + (size_t)q * g->V, (size_t)g->V * sizeof(float));
+    }
+    return MT_OK;
+}
+
+static void emit(gen *g, int i, const char *text, size_t len) {
+    gen_out *go = &g->out[i];
+    if (!len || !g->o->on_text || go->user_stop) return;
+    if (!g->o->on_text(g->o->user, i, text, len)) go->user_stop = true;
+}
+
+/* Samples the next token of output i from its logits and feeds the detokenizer; returns the
+ * token, or −1 when the output has finished. */
+static int32_t next_token(gen *g, int i) {
+    gen_out *go = &g->out[i];
+    const mt_generate_opts *o = g->o;
+    int32_t id = mt_sample(&o->sample, go->logits, g->V, &go->rng);
+    if (o->stop_at_eos && is_eos(g->m, g->tok, id)) {
+        go->finish = "eos";
+        return -1;
+    }
+    go->n_new++;
+    const char *text;
+    size_t len;
+    int stop = mt_detok_push(go->detok, id, &text, &len);
+    emit(g, i, text, len);
+    if (stop >= 0 || go->user_stop) {
+        go->finish = "stop";
+        return -1;
+    }
+    if (go->n_new >= o->max_new_tokens) {
+        go->finish = "length";
+        return -1;
+    }
+    if (mt_kv_seq_len(g->pool, go->seq) + 1 > g->pool->max_seq_len) {
+        go->finish = "length";
+        return -1;
+    }
+    return id;
+}
+
+mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, const mt_gen_prompt *prompts, int n_prompts,
+                      const mt_generate_opts *o, mt_generate_result *res, mt_error *err) {
+    if (n_prompts < 1 || !prompts) return mt_error_set(err, MT_ERR_INVALID, "generate: no prompts");
+    if (o->max_new_tokens < 1) return mt_error_set(err, MT_ERR_INVALID, "generate: max_new_tokens must be at least 1");
+    gen g = {.m = m, .tok = tok, .o = o, .n_prompts = n_prompts, .V = m->cfg.vocab_size};
+    int max_rank = 0;
+    for (int i = 0; i < n_prompts; i++) {
+        if (prompts[i].n < 0) return mt_error_set(err, MT_ERR_INVALID, "generate: prompt %d asks for %d samples", i, prompts[i].n);
+        g.n_out += prompts[i].n > 0 ? prompts[i].n : 1;
+        if (prompts[i].adapter && prompts[i].adapter->max_rank > max_rank) max_rank = prompts[i].adapter->max_rank;
+    }
+    memset(res, 0, (size_t)g.n_out * sizeof *res);
+    g.ids = mt_xcalloc((size_t)n_prompts, sizeof *g.ids);
+    g.n_ids = mt_xcalloc((size_t)n_prompts, sizeof *g.n_ids);
+    g.prompt_seq = mt_xcalloc((size_t)n_prompts, sizeof *g.prompt_seq);
+    g.out = mt_xcalloc((size_t)g.n_out, sizeof *g.out);
+    g.slots = mt_xcalloc((size_t)n_prompts, sizeof *g.slots);
+    for (int i = 0; i < n_prompts; i++) g.slots[i] = prompts[i].adapter;
+    mt_status st = encode_prompts(&g, prompts, err);
+    if (st) goto done;
+
+    size_t longest = 0;
+    int blocks = 0;
+    for (int i = 0, j = 0; i < n_prompts; i++) {
+        int n = prompts[i].n > 0 ? prompts[i].n : 1;
+        size_t len = g.n_ids[i];
+        if (len > longest) longest = len;
+        /* the prompt's blocks once, then each output's own blocks from its first copied one */
+        int total = (int)((len + (size_t)o->max_new_tokens + GEN_BLOCK - 1) / GEN_BLOCK);
+        blocks += (int)((len + GEN_BLOCK - 1) / GEN_BLOCK) + n * (total - (int)(len / GEN_BLOCK));
+        for (int k = 0; k < n; k++, j++) g.out[j].prompt = i;
+    }
+    long max_len = (long)longest + o->max_new_tokens;
+    if (max_len > m->rope_len) max_len = m->rope_len;
+    mt_kv_pool_opts po = {.block_size = GEN_BLOCK, .n_blocks = blocks, .max_seqs = n_prompts + g.n_out,
+                          .max_seq_len = (int)max_len};
+    st = mt_kv_pool_init(&g.pool, m, &po, err);
+    int rows = g.n_out > 256 ? g.n_out : 256;
+    if (!st) st = mt_decoder_init(&g.dec, m, rows, max_rank, err);
+    if (st) goto done;
+    g.tokens = mt_xmalloc((size_t)rows * sizeof(int32_t));
+    g.seq = mt_xmalloc((size_t)rows * sizeof(int32_t));
+    g.slot = mt_xmalloc((size_t)rows * sizeof(int32_t));
+    g.logit_rows = mt_xmalloc((size_t)rows * sizeof(int32_t));
+    g.logits = mt_xmalloc((size_t)rows * (size_t)g.V * sizeof(float));
+    for (int i = 0; i < n_prompts && !st; i++) st = mt_kv_seq_open(g.pool, &g.prompt_seq[i], err);
+    if (st) goto done;
+
+    float *first = mt_xmalloc((size_t)n_prompts * (size_t)g.V * sizeof(float));
+    double t0 = mt_now_seconds();
+    st = prefill(&g, first, err);
+    double t1 = mt_now_seconds();
+    for (int j = 0, k = 0; !st && j < g.n_out; j++) {
+        gen_out *go = &g.out[j];
+        k = j > 0 && g.out[j - 1].prompt == go->prompt ? k + 1 : 0;
+        mt_rng_seed(&go->rng, o->sample.seed + (uint64_t)k);
+        st = mt_kv_seq_fork(g.pool, g.prompt_seq[go->prompt], &go->seq, err);
+        if (!st) st = mt_detok_init(&go->detok, tok, true, o->stop, o->n_stop, err);
+        go->logits = mt_xmalloc((size_t)g.V * sizeof(float));
+        memcpy(go->logits, first + (size_t)go->prompt * g.V, (size_t)g.V * sizeof(float));
+    }
+    free(first);
+    /* the outputs hold the prompts' blocks now */
+    for (int i = 0; !st && i < n_prompts; i++) mt_kv_seq_close(g.pool, g.prompt_seq[i]);
+
+    while (!st) {
+        int n = 0;
+        for (int j = 0; j < g.n_out; j++) {
+            gen_out *go = &g.out[j];
+            if (go->done) continue;
+            int32_t id = next_token(&g, j);
+            if (id < 0) {
+                go->done = true;
+                continue;
+            }
+            g.tokens[n] = id;
+            g.seq[n] = go->seq;
+            g.slot[n] = go->prompt;
+            g.logit_rows[n] = n;
+            n++;
+        }
+        if (n == 0) break;
+        mt_decode_batch b = {.n_rows = n,
+                             .tokens = g.tokens,
+                             .seq = g.seq,
+                             .slot = g.slot,
+                             .adapters = g.slots,
+                             .n_slots = n_prompts,
+                             .logit_rows = g.logit_rows,
+                             .n_logits = n};
+        st = mt_decode_step(g.dec, g.pool, &b, g.logits, err);
+        for (int j = 0, r = 0; !st && j < g.n_out; j++) {
+            if (g.out[j].done) continue;
+            memcpy(g.out[j].logits, g.logits + (size_t)r++ * g.V, (size_t)g.V * sizeof(float));
+        }
+    }
+    double t2 = mt_now_seconds();
+    if (st) goto done;
+    for (int j = 0; j < g.n_out; j++) {
+        gen_out *go = &g.out[j];
+        const char *text;
+        size_t len;
+        if (strcmp(go->finish, "stop") != 0) {
+            mt_detok_flush(go->detok, &text, &len);
+            emit(&g, j, text, len);
+        }
+        const char *all = mt_detok_text(go->detok, &len);
+        res[j] = (mt_generate_result){.n_prompt_tokens = (int)g.n_ids[go->prompt],
+                                      .n_new_tokens = go->n_new,
+                                      .prefill_seconds = t1 - t0,
+                                      .decode_seconds = t2 - t1,
+                                      .text = mt_xmalloc(len + 1),
+                                      .finish = go->finish};
+        memcpy(res[j].text, all, len + 1);
+    }
+done:
+    gen_free(&g);
+    return st;
 }

@@ -1,6 +1,7 @@
-/* model-impl.h — the decoder's private structures, shared by weights.c, rope_tables.c,
- * attention.c, moe.c, forward.c, backward.c, kvcache.c and generate.c: the model (parameters,
- * linears, layers), the per-layer activation buffers, the workspace and the KV cache. */
+/* model-impl.h — the decoder's private structures, shared by the model room's files: the
+ * model (parameters, linears, layers), the per-layer activation buffers, the workspace of a
+ * training/evaluation pass, the paged KV pool and the decoder of a batched step, and the one
+ * decoder-layer body (layer.c) every pass runs. */
 #ifndef MT_MODEL_IMPL_H
 #define MT_MODEL_IMPL_H
 
@@ -140,6 +141,7 @@ typedef struct mt_acts {
     float *sg, *su;          /* [N, Is] shared expert pre-activations */
     float *ys;               /* [N, H] shared expert output (before Qwen2's gate) */
     float *sz;               /* [N] Qwen2 shared_expert_gate logit */
+    int32_t *perm_slot;      /* [N·K] host: adapter slot of each permuted expert row (multi-slot passes) */
 } mt_acts;
 
 /* Carves 64-byte aligned pieces from one block; with base NULL it only measures. */
@@ -155,12 +157,16 @@ typedef struct mt_acts_want {
     bool dense;    /* dense MLP buffers */
     bool moe;      /* MoE buffers */
     bool jitter;   /* a buffer for the jittered MoE input */
+    bool slots;    /* rows may carry different adapters (batched decode) */
 } mt_acts_want;
 
 /* Carves one activation set for N rows (x_in/x_mid are the caller's); keeps offsets_host. */
 void mt_acts_layout(const mt_model *m, mt_acts *a, size_t N, const mt_acts_want *want, mt_carver *cv);
 /* Floats of the widest SwiGLU hidden any layer needs for N rows. */
 size_t mt_ffn_hidden_floats(const mt_model *m, size_t N);
+/* Floats of adapter scratch a pass over N rows needs for adapters up to max_rank: the low-rank
+ * intermediate h and its gradient, plus rows of dropout(x) staged for the delta's GEMM. */
+size_t mt_adapter_scratch_floats(const mt_model *m, int rows, int max_rank);
 
 /* Scratch shared by all layers (never saved). */
 typedef struct mt_scratch {
@@ -203,6 +209,7 @@ struct mt_workspace {
     mt_model *m;
     int B, T, N;             /* capacity: N = B·T rows */
     bool train;
+    int max_rank;            /* adapter scratch is sized for ranks up to this */
     void *block;             /* backend memory every buffer below is carved from */
     size_t bytes;
     int n_sets;
@@ -232,49 +239,97 @@ struct mt_workspace {
     double aux_loss;
 };
 
-/* The KV cache and the buffers of one decode pass (kvcache.c). */
-struct mt_kv_cache {
+/* The paged KV pool (kvpool.c). Layer l's block b holds positions at
+ * data + ((l·n_blocks + b)·block_size + i)·kv_row, i < block_size. */
+struct mt_kv_pool {
     const mt_model *m;
-    int max_seq, len;
-    int chunk;               /* rows per pass */
+    int block_size, n_blocks, max_seqs, max_seq_len;
+    int max_blocks;          /* per sequence: ceil(max_seq_len / block_size) */
+    int kv_row;              /* floats per cached position: 2·kv_dim, or MLA kvl + rope */
+    float *data;             /* backend memory of every block */
+    size_t bytes;
+    int32_t *refs;           /* [n_blocks] sequences holding each block (0 = free) */
+    int32_t *free_list;      /* [n_blocks] stack of free blocks */
+    int n_free;
+    int32_t *tables;         /* [max_seqs, max_blocks] block of each sequence's position p / block_size */
+    int32_t *len;            /* [max_seqs] positions held; −1 = not open */
+    int n_open;
+};
+
+/* Makes room for n more positions of seq (copying a shared partly filled last block first);
+ * the caller has checked mt_kv_seq_blocks_needed against the free blocks. */
+void mt_kv_seq_reserve(mt_kv_pool *p, int seq, int n);
+/* Where position pos of seq lives in layer l. */
+float *mt_kv_pool_row(const mt_kv_pool *p, int l, int seq, int pos);
+float *mt_kv_pool_layer(const mt_kv_pool *p, int l);
+
+/* The buffers of a batched step (decoder.c). */
+struct mt_decoder {
+    mt_model *m;
+    mt_backend *be;          /* the decoder's own: kernel scratch is per backend */
+    int max_rows, max_rank;
     void *block;
     size_t bytes;
-    float **k, **v;          /* [L] → [max_seq, nkv·hd] (standard attention) */
-    float **ckv;             /* [L] → [max_seq, kvl+rope] rows [c | k_pe] (MLA) */
-    mt_acts a;               /* one activation set for `chunk` rows */
+    mt_acts a;               /* one activation set for max_rows rows, shared by every layer */
     int32_t *offsets_host;   /* [E+1] */
     mt_scratch s;
-    float *x;                /* [chunk, H] residual stream */
-    float *xf, *rstdf;       /* [1, H] final norm of the last row; [1] */
-    float *logits;           /* [V] */
-    int32_t *tokens, *pos, *kv_start; /* [chunk] */
-    int32_t *host_i32;       /* [chunk] */
-    float *qabs;             /* [chunk, nh, kvl+rope] absorbed queries [q_nope·W_UK | q_pe] */
-    float *olat;             /* [chunk, nh, kvl] attention output in latent space */
-    float *eye;              /* [kvl, kvl] identity: an adapter's delta on kv_b_proj is read off it */
-    float *dkvb;             /* [kvl, nh·(nope+vh)] that delta, ΔWᵀ */
+    float *x;                /* [R, H] residual stream */
+    float *xf, *rstdf;       /* [R, H] final norm of the rows whose logits are wanted; [R] */
+    float *kst, *vst;        /* [R, kv_dim] new K and V before they go to the pool (standard) */
+    float *qabs;             /* [R, nh, kvl+rope] absorbed queries [q_nope·W_UK | q_pe] (MLA) */
+    float *olat;             /* [R, nh, kvl] attention output in latent space (MLA) */
+    int32_t *tokens, *pos, *kv_start; /* [R] device copies, rows in step order */
+    /* host side: rows reordered so that rows of one adapter slot are adjacent */
+    int32_t *order;          /* [R] step row → caller's row */
+    int32_t *row_seq, *row_pos, *row_slot, *row_ks; /* [R] in step order */
+    int32_t *out_row;        /* [R] caller row → step row */
+    int32_t *logit_slot;     /* [R] slot of each logits row */
+    int32_t *seq_new;        /* [max_seqs of the pool at step time] rows per sequence (scratch) */
+    int seq_new_cap;
+    int32_t *tpe;            /* [n_moe, E] tokens per expert in the last step */
+    double *entropy;         /* [n_moe] */
+    int n_rows_last;
+};
+
+/* The single-sequence cache of model.h: a pool of one sequence plus a decoder. */
+struct mt_kv_cache {
+    mt_model *m;
+    mt_kv_pool *pool;
+    mt_decoder *dec;
+    int seq;
+    int max_seq;
+    const mt_adapter *adapter;
 };
 
 /* ---- linears ---- */
 
+/* What every linear of a pass needs: the backend, dropout state, adapter scratch, and the
+ * adapters of the pass. Rows are grouped into runs of one slot, and a run's delta is applied
+ * with that slot's adapter (NULL slots are the base model). */
 typedef struct mt_lin_ctx {
     mt_backend *be;
     bool train;
     uint64_t seed;
     float *scratch;
     size_t scratch_cap;
+    const mt_adapter *const *adapters; /* [n_slots] or NULL */
+    int n_slots;
+    const int32_t *row_slot; /* host [rows of the call's row space]; NULL: every row is slot 0 */
 } mt_lin_ctx;
 
-/* y [n, out] = x [n, in]·Wᵀ + b, then the adapter hook (row0: first row's index in the call's
- * row space, for dropout masks). */
+/* y [n, out] = x [n, in]·Wᵀ + b, then each run of rows' adapter delta (row0: the first row's
+ * index in the call's row space, for row_slot and the dropout masks). */
 void mt_lin_forward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, int n, uint64_t row0,
                     float *y);
 /* dx [n, in] += dy·W (when dx), dW += dyᵀ·x and db += Σ dy (when the parameters have grads),
- * adapter backward. */
+ * the adapters' deltas backward (their dA/dB when not NULL). */
 void mt_lin_backward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, const float *dy,
                      int n, uint64_t row0, float *dx);
 int mt_linear_index(const mt_model *m, const mt_linear *L);
-bool mt_hook_active(const mt_linear *L);
+/* The delta of slot `slot` on linear L, or NULL. */
+const mt_lowrank *mt_lin_delta(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, int slot);
+/* Checks an adapter against the model and a scratch rank limit; `what` names it in messages. */
+mt_status mt_adapter_check(const mt_model *m, const mt_adapter *a, int max_rank, const char *what, mt_error *err);
 
 /* ---- weights.c ---- */
 
@@ -317,6 +372,31 @@ void mt_route_args_fill(const mt_model *m, const mt_layer *ly, int n_tok, mt_rou
 /* Router jitter factor for (layer, element): U(1−ε, 1+ε) from a counter-based hash. */
 float mt_jitter(uint64_t seed, int layer, uint64_t i, float eps);
 
+/* ---- layer.c: the one decoder-layer body ---- */
+
+/* Where the attention half finds its keys: whole sequences of the pass (training, evaluation)
+ * or the paged KV pool (batched decode). */
+typedef struct mt_attn_plan {
+    bool paged;
+    int B, T;                 /* sequences: B sequences of T rows */
+    const int32_t *pos;       /* [N] device positions */
+    const int32_t *kv_start;  /* [N] first visible key, or NULL */
+    mt_kv_pool *pool;         /* paged */
+    mt_decoder *dec;
+} mt_attn_plan;
+
+/* x_out = layer(x_in) for N rows: RMSNorm, attention, residual, RMSNorm, FFN, residual.
+ * a->x_in, a->x_mid and x_out may alias (inference runs in place). */
+void mt_layer_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const mt_pass *p, mt_acts *a,
+                      mt_scratch *s, int N, const mt_attn_plan *plan, float *x_out);
+
+/* ---- decoder.c ---- */
+
+/* Paged attention of a layer for the decoder's rows: projections, K/V appended to the pool,
+ * attention over each row's blocks, o_proj into out [N, H]. */
+void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, int N,
+                           const mt_attn_plan *plan, float *out);
+
 /* ---- forward.c ---- */
 
 /* The linear-layer context of a pass over a workspace. */
@@ -332,6 +412,5 @@ bool mt_backend_is_host(const mt_backend *be);
  * when the loop is too small to pay for waking a team. */
 int mt_loop_threads(const mt_backend *be, size_t work);
 mt_status mt_model_check_backend(const mt_model *m, mt_error *err);
-size_t mt_adapter_scratch_floats(const mt_model *m, int rows);
 
 #endif

@@ -48,20 +48,30 @@ static void jitter_backward(const mt_backend *be, const mt_pass *p, int layer, c
     for (long long i = 0; i < nn; i++) dx[i] += dxj[i] * mt_jitter(p->seed, layer, (uint64_t)i, p->noise);
 }
 
+/* The context of the expert GEMMs: rows are (token, slot) pairs grouped by expert, so a
+ * multi-adapter pass maps each permuted row to its token's adapter slot. Rows of one expert
+ * stay in token order, so tokens sorted by slot keep their runs. */
+static void expert_ctx(const mt_lin_ctx *c, mt_acts *a, int NK, mt_lin_ctx *ce) {
+    *ce = *c;
+    if (!c->row_slot) return;
+    for (int r = 0; r < NK; r++) a->perm_slot[r] = c->row_slot[a->src_tok[r]];
+    ce->row_slot = a->perm_slot;
+}
+
 /* SwiGLU MLP on rows x [n, in]: h = silu(gate(x)) ⊙ up(x); out = down(h). */
 static void mlp_forward(mt_model *m, const mt_linear *gate, const mt_linear *up, const mt_linear *down,
                         const mt_lin_ctx *c, const float *x, int n, float *g, float *u, float *h, float *out) {
     int w = gate->out;
     mt_lin_forward(m, gate, c, x, n, 0, g);
     mt_lin_forward(m, up, c, x, n, 0, u);
-    mt_swiglu_forward(m->be, g, u, h, (size_t)n * w);
+    mt_swiglu_forward(c->be, g, u, h, (size_t)n * w);
     mt_lin_forward(m, down, c, h, n, 0, out);
 }
 
 static void mlp_backward(mt_model *m, const mt_linear *gate, const mt_linear *up, const mt_linear *down,
                          const mt_lin_ctx *c, const float *x, int n, const float *g, const float *u, float *h,
                          const float *dout, mt_grads *gr, float *dx) {
-    mt_backend *be = m->be;
+    mt_backend *be = c->be;
     size_t nw = (size_t)n * gate->out;
     mt_swiglu_forward(be, g, u, h, nw); /* recomputed: cheaper than keeping it */
     zero(be, gr->dh, nw * sizeof(float));
@@ -75,7 +85,7 @@ static void mlp_backward(mt_model *m, const mt_linear *gate, const mt_linear *up
 
 void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const mt_pass *p, mt_acts *a,
                     mt_scratch *s, int N, float *out) {
-    mt_backend *be = m->be;
+    mt_backend *be = c->be;
     mt_dims d;
     mt_model_dims(&m->cfg, &d);
     if (!ly->moe) {
@@ -96,18 +106,20 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
     mt_backend_download(be, a->offsets_host, a->offsets, (size_t)(d.E + 1) * sizeof(int32_t));
     mt_gather_rows(be, x, a->src_tok, NK, d.H, a->xp);
     const int32_t *off = a->offsets_host;
+    mt_lin_ctx ce;
+    expert_ctx(c, a, NK, &ce);
     /* one GEMM per expert over its rows; the row index in the permuted space keys dropout */
     for (int e = 0; e < d.E; e++) {
         int r0 = off[e], n = off[e + 1] - off[e];
         if (n <= 0) continue;
-        mt_lin_forward(m, ly->exp_gate[e], c, a->xp + (size_t)r0 * d.H, n, (uint64_t)r0, a->gp + (size_t)r0 * d.Im);
-        mt_lin_forward(m, ly->exp_up[e], c, a->xp + (size_t)r0 * d.H, n, (uint64_t)r0, a->up + (size_t)r0 * d.Im);
+        mt_lin_forward(m, ly->exp_gate[e], &ce, a->xp + (size_t)r0 * d.H, n, (uint64_t)r0, a->gp + (size_t)r0 * d.Im);
+        mt_lin_forward(m, ly->exp_up[e], &ce, a->xp + (size_t)r0 * d.H, n, (uint64_t)r0, a->up + (size_t)r0 * d.Im);
     }
     mt_swiglu_forward(be, a->gp, a->up, s->h, (size_t)NK * d.Im);
     for (int e = 0; e < d.E; e++) {
         int r0 = off[e], n = off[e + 1] - off[e];
         if (n <= 0) continue;
-        mt_lin_forward(m, ly->exp_down[e], c, s->h + (size_t)r0 * d.Im, n, (uint64_t)r0, a->yp + (size_t)r0 * d.H);
+        mt_lin_forward(m, ly->exp_down[e], &ce, s->h + (size_t)r0 * d.Im, n, (uint64_t)r0, a->yp + (size_t)r0 * d.H);
     }
     zero(be, out, (size_t)N * d.H * sizeof(float));
     mt_moe_unpermute(be, a->yp, a->src_tok, a->src_slot, a->w, NK, d.H, out);
@@ -125,7 +137,7 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
 void mt_ffn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const mt_pass *p, mt_acts *a,
                      mt_scratch *s, mt_grads *g, int N, const float *dout, const float *dsc, const float *drl_extra,
                      float *dxn) {
-    mt_backend *be = m->be;
+    mt_backend *be = c->be;
     mt_dims d;
     mt_model_dims(&m->cfg, &d);
     if (!ly->moe) {
@@ -161,10 +173,12 @@ void mt_ffn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const
     size_t nh = (size_t)NK * d.Im;
     mt_swiglu_forward(be, a->gp, a->up, s->h, nh);
     zero(be, g->dh, nh * sizeof(float));
+    mt_lin_ctx ce;
+    expert_ctx(c, a, NK, &ce);
     for (int e = 0; e < d.E; e++) {
         int r0 = off[e], n = off[e + 1] - off[e];
         if (n <= 0) continue;
-        mt_lin_backward(m, ly->exp_down[e], c, s->h + (size_t)r0 * d.Im, g->dyp + (size_t)r0 * d.H, n, (uint64_t)r0,
+        mt_lin_backward(m, ly->exp_down[e], &ce, s->h + (size_t)r0 * d.Im, g->dyp + (size_t)r0 * d.H, n, (uint64_t)r0,
                         g->dh + (size_t)r0 * d.Im);
     }
     zero(be, g->dg, nh * sizeof(float));
@@ -176,8 +190,8 @@ void mt_ffn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const
         if (n <= 0) continue;
         const float *xp = a->xp + (size_t)r0 * d.H;
         float *dxp = g->dxp + (size_t)r0 * d.H;
-        mt_lin_backward(m, ly->exp_gate[e], c, xp, g->dg + (size_t)r0 * d.Im, n, (uint64_t)r0, dxp);
-        mt_lin_backward(m, ly->exp_up[e], c, xp, g->du + (size_t)r0 * d.Im, n, (uint64_t)r0, dxp);
+        mt_lin_backward(m, ly->exp_gate[e], &ce, xp, g->dg + (size_t)r0 * d.Im, n, (uint64_t)r0, dxp);
+        mt_lin_backward(m, ly->exp_up[e], &ce, xp, g->du + (size_t)r0 * d.Im, n, (uint64_t)r0, dxp);
     }
     mt_gather_rows_backward(be, g->dxp, a->src_tok, NK, d.H, dx);
 

@@ -1,4 +1,4 @@
-/* lora-impl.h — the peft room's private structures, shared by lora.c (the adapter, its hooks,
+/* lora-impl.h — the peft room's private structures, shared by lora.c (the adapter, its deltas,
  * merge), target.c (which linears a pattern selects, PEFT's matching rules), peft_save.c and
  * peft_load.c (PEFT folders out and in). */
 #ifndef MT_LORA_IMPL_H
@@ -39,17 +39,19 @@ struct mt_lora {
     float dropout;
     bool use_rslora;
     mt_lora_init init;
-    bool enabled, merged;
+    bool merged;
 
     int n_mods;
     mt_lora_mod *mods;  /* [n_mods], in model linear order */
+    mt_lowrank *deltas; /* [n_mods]: what passes apply */
+    const mt_lowrank **by_linear; /* [model linears]: deltas by linear index, NULL elsewhere */
+    mt_adapter view;    /* handed to passes (mt_lora_adapter) */
+    int max_rank;
     int n_tensors;
     mt_lora_tensor *tensors; /* [2·n_mods]: A then B of each module */
     char *names;        /* the tensors' names, NUL-separated */
     float *block;       /* backend memory: every A and B, then every dA and dB */
     size_t n_values;    /* floats of A and B together (the gradients take as many again) */
-    float *drop;        /* [MT_LORA_DROP_ROWS, max_in] rows of dropout(x) (backend memory); only
-                           training passes touch it, and those run one at a time */
 
     /* how the adapter was specified, for adapter_config.json */
     char *target_regex;      /* the one "re:" target, saved as PEFT's string form; else NULL */
@@ -60,13 +62,10 @@ struct mt_lora {
     float *alpha_values;
 };
 
-/* Rows of the input that dropout stages at a time. */
-#define MT_LORA_DROP_ROWS 32
-
 /* ---- lora.c ---- */
 
-/* Builds an adapter (A, B and gradients zero) for the specs, which must name distinct linears
- * without a hook, and installs the hooks. Fails only when memory runs out. */
+/* Builds an adapter (A, B and gradients zero) for the specs, which must name distinct
+ * linears. Fails only when memory runs out. */
 mt_status mt_lora_build(mt_lora **out, mt_model *m, const mt_lora_spec *specs, int n, float dropout, bool use_rslora,
                         mt_error *err);
 float mt_lora_scale(float alpha, int r, bool use_rslora);

@@ -1,7 +1,6 @@
 /* lora.c — the LoRA adapter itself: building A/B for the selected linears, PEFT's
- * initialisation, the forward/backward hooks the model's linears call (with inverted dropout
- * whose mask is regenerated from a counter hash), merge/unmerge, and the trainer's view of
- * the tensors. */
+ * initialisation, the table of low-rank deltas that passes apply (model/ does the math, with
+ * dropout), merge/unmerge, and the trainer's view of the tensors. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,98 +29,6 @@ const char *mt_linear_kind_name(mt_linear_kind k) {
     return (unsigned)k < MT_LINEAR_KIND_COUNT ? names[k] : "unknown";
 }
 
-/* ---- the hooks ---- */
-
-static bool dropout_on(const mt_lora *l, const mt_adapter_call *c) { return c->train && l->dropout > 0.0f; }
-
-/* Inverted dropout as torch.nn.Dropout: keep with probability 1−p and scale by 1/(1−p). The
- * mask of (row, column) comes from a hash of the call's key and that element's counter, so the
- * backward pass regenerates the forward's mask without storing it. One 64-bit hash serves four
- * consecutive counters (16 bits each: p is resolved to 1/65536): hashing every element cost
- * 10% of a LoRA step with dropout on the tiny base (perf, bench train).
- * apply_mask: dst[i] (+)= src[i] · keep(base + i) for i < n. */
-static void apply_mask(uint64_t key, uint64_t base, int n, float p, float inv, const float *src, float *dst,
-                       bool accumulate) {
-    for (int i = 0; i < n;) {
-        uint64_t ctr = base + (uint64_t)i;
-        uint64_t h = mt_hash_u64(key, ctr >> 2);
-        for (int lane = (int)(ctr & 3); lane < 4 && i < n; lane++, i++) {
-            float u = (float)((h >> (16 * lane)) & 0xffff) * (1.0f / 65536.0f);
-            float v = u >= p ? src[i] * inv : 0.0f;
-            dst[i] = accumulate ? dst[i] + v : v;
-        }
-    }
-}
-
-/* buf [rows, in] = dropout(x) for rows t0 .. t0+rows−1 of the call */
-static void stage_dropout(const mt_lora *l, const mt_adapter_call *c, const float *x, int in, int t0, int rows,
-                          float *buf) {
-    float p = l->dropout, inv = 1.0f / (1.0f - p);
-    for (int t = 0; t < rows; t++) {
-        uint64_t base = (c->row0 + (uint64_t)(t0 + t)) * (uint64_t)in;
-        apply_mask(c->key, base, in, p, inv, x + (size_t)(t0 + t) * in, buf + (size_t)t * in, false);
-    }
-}
-
-/* h [n, r] = dropout(x)·Aᵀ */
-static void project(const mt_lora_mod *md, const mt_adapter_call *c, const float *x, int n, float *h) {
-    const mt_lora *l = md->owner;
-    int in = md->lin->in, r = md->r;
-    if (!dropout_on(l, c)) {
-        mt_matmul(c->be, false, true, n, r, in, 1.0f, x, in, md->A, in, 0.0f, h, r);
-        return;
-    }
-    for (int t0 = 0; t0 < n; t0 += MT_LORA_DROP_ROWS) {
-        int rows = n - t0 < MT_LORA_DROP_ROWS ? n - t0 : MT_LORA_DROP_ROWS;
-        stage_dropout(l, c, x, in, t0, rows, l->drop);
-        mt_matmul(c->be, false, true, rows, r, in, 1.0f, l->drop, in, md->A, in, 0.0f, h + (size_t)t0 * r, r);
-    }
-}
-
-static void lora_forward(void *self, const mt_adapter_call *c, const float *x, int n, float *y) {
-    const mt_lora_mod *md = self;
-    int out = md->lin->out, r = md->r;
-    MT_ASSERT((size_t)n * (size_t)r * 2 <= c->scratch_cap);
-    float *h = c->scratch;
-    project(md, c, x, n, h);
-    mt_matmul(c->be, false, true, n, out, r, md->scale, h, r, md->B, r, 1.0f, y, out);
-}
-
-/* With u = dropout(x), h = u·Aᵀ, y += s·h·Bᵀ:
- *   dB += s·dyᵀ·h,  dh = s·dy·B,  dA += dhᵀ·u,  dx += mask ⊙ (dh·A)/(1−p). */
-static void lora_backward(void *self, const mt_adapter_call *c, const float *x, const float *dy, int n, float *dx) {
-    mt_lora_mod *md = self;
-    const mt_lora *l = md->owner;
-    mt_backend *be = c->be;
-    int in = md->lin->in, out = md->lin->out, r = md->r;
-    float s = md->scale;
-    MT_ASSERT((size_t)n * (size_t)r * 2 <= c->scratch_cap);
-    float *h = c->scratch, *dh = c->scratch + (size_t)n * r;
-    project(md, c, x, n, h);
-    mt_matmul(be, true, false, out, r, n, s, dy, out, h, r, 1.0f, md->dB, r);
-    mt_matmul(be, false, false, n, r, out, s, dy, out, md->B, r, 0.0f, dh, r);
-    if (!dropout_on(l, c)) {
-        mt_matmul(be, true, false, r, in, n, 1.0f, dh, r, x, in, 1.0f, md->dA, in);
-        if (dx) mt_matmul(be, false, false, n, in, r, 1.0f, dh, r, md->A, in, 1.0f, dx, in);
-        return;
-    }
-    float p = l->dropout, inv = 1.0f / (1.0f - p);
-    for (int t0 = 0; t0 < n; t0 += MT_LORA_DROP_ROWS) {
-        int rows = n - t0 < MT_LORA_DROP_ROWS ? n - t0 : MT_LORA_DROP_ROWS;
-        const float *dhc = dh + (size_t)t0 * r;
-        stage_dropout(l, c, x, in, t0, rows, l->drop);
-        mt_matmul(be, true, false, r, in, rows, 1.0f, dhc, r, l->drop, in, 1.0f, md->dA, in);
-        if (!dx) continue;
-        mt_matmul(be, false, false, rows, in, r, 1.0f, dhc, r, md->A, in, 0.0f, l->drop, in);
-        for (int t = 0; t < rows; t++) {
-            uint64_t base = (c->row0 + (uint64_t)(t0 + t)) * (uint64_t)in;
-            apply_mask(c->key, base, in, p, inv, l->drop + (size_t)t * in, dx + (size_t)(t0 + t) * in, true);
-        }
-    }
-}
-
-static const mt_adapter_ops lora_ops = {lora_forward, lora_backward};
-
 /* ---- building and freeing ---- */
 
 static int cmp_spec(const void *a, const void *b) {
@@ -138,7 +45,7 @@ mt_status mt_lora_build(mt_lora **out, mt_model *m, const mt_lora_spec *specs_in
     qsort(specs, (size_t)n, sizeof *specs, cmp_spec);
     for (int i = 0; i < n; i++) {
         const mt_linear *L = mt_model_linear(m, specs[i].linear);
-        MT_ASSERT(specs[i].r >= 1 && L->hook.ops == NULL && (i == 0 || specs[i].linear != specs[i - 1].linear));
+        MT_ASSERT(L && specs[i].r >= 1 && (i == 0 || specs[i].linear != specs[i - 1].linear));
     }
 
     mt_lora *l = mt_xcalloc(1, sizeof *l);
@@ -146,26 +53,20 @@ mt_status mt_lora_build(mt_lora **out, mt_model *m, const mt_lora_spec *specs_in
     l->be = be;
     l->dropout = dropout;
     l->use_rslora = use_rslora;
-    l->enabled = true;
     l->n_mods = n;
     l->mods = mt_xcalloc((size_t)(n > 0 ? n : 1), sizeof *l->mods);
     l->n_tensors = 2 * n;
     l->tensors = mt_xcalloc((size_t)(2 * n > 0 ? 2 * n : 1), sizeof *l->tensors);
 
     size_t values = 0, name_bytes = 0;
-    int max_in = 0;
     for (int i = 0; i < n; i++) {
         const mt_linear *L = mt_model_linear(m, specs[i].linear);
         values += (size_t)specs[i].r * ((size_t)L->in + (size_t)L->out);
         name_bytes += 2 * (strlen(L->module) + sizeof "base_model.model..lora_A.weight");
-        if (L->in > max_in) max_in = L->in;
     }
     l->n_values = values;
     l->block = mt_backend_alloc(be, 2 * values * sizeof(float) + 64);
-    if (dropout > 0.0f) l->drop = mt_backend_alloc(be, (size_t)MT_LORA_DROP_ROWS * (size_t)max_in * sizeof(float) + 64);
-    if (!l->block || (dropout > 0.0f && !l->drop)) {
-        if (l->block) mt_backend_release(be, l->block);
-        if (l->drop) mt_backend_release(be, l->drop);
+    if (!l->block) {
         free(l->mods);
         free(l->tensors);
         free(l);
@@ -175,6 +76,8 @@ mt_status mt_lora_build(mt_lora **out, mt_model *m, const mt_lora_spec *specs_in
     }
     mt_backend_memset0(be, l->block, 2 * values * sizeof(float));
     l->names = mt_xmalloc(name_bytes + 1);
+    l->deltas = mt_xcalloc((size_t)(n > 0 ? n : 1), sizeof *l->deltas);
+    l->by_linear = mt_xcalloc((size_t)mt_model_linear_count(m), sizeof *l->by_linear);
 
     size_t off = 0, name_off = 0;
     for (int i = 0; i < n; i++) {
@@ -204,8 +107,14 @@ mt_status mt_lora_build(mt_lora **out, mt_model *m, const mt_lora_spec *specs_in
             t->data = k ? md->B : md->A;
             t->grad = k ? md->dB : md->dA;
         }
-        L->hook = (mt_adapter_hook){.ops = &lora_ops, .self = md, .max_rank = md->r, .enabled = true};
+        l->deltas[i] = (mt_lowrank){.r = md->r, .scale = md->scale, .A = md->A, .B = md->B, .dA = md->dA, .dB = md->dB};
+        l->by_linear[md->index] = &l->deltas[i];
+        if (md->r > l->max_rank) l->max_rank = md->r;
     }
+    l->view = (mt_adapter){.n_linears = mt_model_linear_count(m),
+                           .lin = l->by_linear,
+                           .dropout = dropout,
+                           .max_rank = l->max_rank};
     free(specs);
     *out = l;
     return MT_OK;
@@ -214,9 +123,9 @@ mt_status mt_lora_build(mt_lora **out, mt_model *m, const mt_lora_spec *specs_in
 void mt_lora_free(mt_lora *l) {
     if (!l) return;
     if (l->merged) mt_lora_unmerge(l, NULL);
-    for (int i = 0; i < l->n_mods; i++) l->mods[i].lin->hook = (mt_adapter_hook){0};
     mt_backend_release(l->be, l->block);
-    if (l->drop) mt_backend_release(l->be, l->drop);
+    free(l->deltas);
+    free(l->by_linear);
     for (int i = 0; i < l->n_rank; i++) free(l->rank_keys[i]);
     for (int i = 0; i < l->n_alpha; i++) free(l->alpha_keys[i]);
     free(l->rank_keys);
@@ -230,16 +139,8 @@ void mt_lora_free(mt_lora *l) {
     free(l);
 }
 
-static void sync_hooks(mt_lora *l) {
-    for (int i = 0; i < l->n_mods; i++) l->mods[i].lin->hook.enabled = l->enabled && !l->merged;
-}
-
-void mt_lora_set_enabled(mt_lora *l, bool on) {
-    /* as PEFT's disable_adapter: a merged adapter is taken back out of the weights */
-    if (!on && l->merged) mt_lora_unmerge(l, NULL);
-    l->enabled = on;
-    sync_hooks(l);
-}
+const mt_adapter *mt_lora_adapter(const mt_lora *l) { return l && !l->merged ? &l->view : NULL; }
+int mt_lora_max_rank(const mt_lora *l) { return l->max_rank; }
 
 int mt_lora_tensor_count(const mt_lora *l) { return l->n_tensors; }
 
@@ -343,10 +244,6 @@ mt_status mt_lora_attach(mt_lora **out, mt_model *m, const mt_lora_config *c, mt
         bool excluded = false;
         for (int x = 0; x < c->n_exclude && !excluded; x++) excluded = mt_lora_patterns_select(xp, x, L);
         if (excluded) continue;
-        if (L->hook.ops) {
-            st = mt_error_set(err, MT_ERR_INVALID, "lora: %s already has an adapter attached", L->module);
-            break;
-        }
         int rk = mt_lora_patterns_find(rp, L->module), ak = mt_lora_patterns_find(ap, L->module);
         specs[n++] = (mt_lora_spec){.linear = i,
                                     .r = rk >= 0 ? c->rank_values[rk] : c->r,
@@ -398,7 +295,6 @@ mt_status mt_lora_merge(mt_lora *l, mt_error *err) {
                   md->lin->weight->data, in);
     }
     l->merged = true;
-    sync_hooks(l);
     return MT_OK;
 }
 
@@ -411,6 +307,5 @@ mt_status mt_lora_unmerge(mt_lora *l, mt_error *err) {
                   md->lin->weight->data, in);
     }
     l->merged = false;
-    sync_hooks(l);
     return MT_OK;
 }

@@ -653,8 +653,6 @@ mt_status mt_lora_load_peft(mt_lora **out, mt_model *m, const char *dir, mt_lora
             if (owner[li]) {
                 s = mt_error_set(err, MT_ERR_FORMAT, "%s: %s is adapted twice (by %s and by %s)", st_path, L->module,
                                  owner[li], it->module);
-            } else if (L->hook.ops) {
-                s = mt_error_set(err, MT_ERR_INVALID, "lora: %s already has an adapter attached", L->module);
             } else {
                 owner[li] = it->module;
                 specs[n_specs++] = (mt_lora_spec){.linear = li, .r = it->r, .alpha = it->alpha};

@@ -1,5 +1,5 @@
-/* model_testlib.h — helpers the model tests share (header-only, static): a toy LoRA-style
- * adapter behind the linear-layer hook, fixture paths, and random token batches. */
+/* model_testlib.h — helpers the model tests share (header-only, static): toy low-rank
+ * adapters as passes take them, fixture paths, and random token batches. */
 #ifndef MT_MODEL_TESTLIB_H
 #define MT_MODEL_TESTLIB_H
 
@@ -12,66 +12,35 @@
 
 #include "model/model.h"
 
-/* y += s·(x·Aᵀ)·Bᵀ with A [r, in], B [out, r]; gradients into dA, dB. Naive loops: it is the
- * reference the hook plumbing is checked against, not a fast adapter. */
+/* Random low-rank deltas y += s·(x·Aᵀ)·Bᵀ (A [r, in], B [out, r], gradients into dA, dB) on
+ * chosen linears, as an adapter passes take: what the model's adapter math is checked with
+ * (finite differences, decode against forward) independently of peft/. */
 typedef struct toy_adapter {
     int in, out, r;
     float s;
     float *A, *Bm, *dA, *dB;
 } toy_adapter;
 
-static inline void toy_forward(void *self, const mt_adapter_call *c, const float *x, int n, float *y) {
-    toy_adapter *a = self;
-    float *h = c->scratch;
-    assert_true((size_t)n * a->r * 2 <= c->scratch_cap);
-    for (int t = 0; t < n; t++)
-        for (int k = 0; k < a->r; k++) {
-            double acc = 0;
-            for (int i = 0; i < a->in; i++) acc += (double)x[(size_t)t * a->in + i] * a->A[(size_t)k * a->in + i];
-            h[(size_t)t * a->r + k] = (float)acc;
-        }
-    for (int t = 0; t < n; t++)
-        for (int o = 0; o < a->out; o++) {
-            double acc = 0;
-            for (int k = 0; k < a->r; k++) acc += (double)h[(size_t)t * a->r + k] * a->Bm[(size_t)o * a->r + k];
-            y[(size_t)t * a->out + o] += a->s * (float)acc;
-        }
+typedef struct toy_set {
+    int n;                  /* the model's linears */
+    toy_adapter **ad;       /* [n], NULL where not adapted */
+    mt_lowrank *lr;         /* [n] */
+    const mt_lowrank **by;  /* [n] */
+    mt_adapter view;
+} toy_set;
+
+static inline toy_set *toy_set_new(mt_model *m) {
+    toy_set *t = mt_xcalloc(1, sizeof *t);
+    t->n = mt_model_linear_count(m);
+    t->ad = mt_xcalloc((size_t)t->n, sizeof *t->ad);
+    t->lr = mt_xcalloc((size_t)t->n, sizeof *t->lr);
+    t->by = mt_xcalloc((size_t)t->n, sizeof *t->by);
+    t->view = (mt_adapter){.n_linears = t->n, .lin = t->by};
+    return t;
 }
 
-static inline void toy_backward(void *self, const mt_adapter_call *c, const float *x, const float *dy, int n, float *dx) {
-    toy_adapter *a = self;
-    float *h = c->scratch, *dh = c->scratch + (size_t)n * a->r;
-    for (int t = 0; t < n; t++)
-        for (int k = 0; k < a->r; k++) {
-            double acc = 0, dacc = 0;
-            for (int i = 0; i < a->in; i++) acc += (double)x[(size_t)t * a->in + i] * a->A[(size_t)k * a->in + i];
-            for (int o = 0; o < a->out; o++) dacc += (double)dy[(size_t)t * a->out + o] * a->Bm[(size_t)o * a->r + k];
-            h[(size_t)t * a->r + k] = (float)acc;
-            dh[(size_t)t * a->r + k] = a->s * (float)dacc;
-        }
-    for (int o = 0; o < a->out; o++)
-        for (int k = 0; k < a->r; k++) {
-            double acc = 0;
-            for (int t = 0; t < n; t++) acc += (double)dy[(size_t)t * a->out + o] * h[(size_t)t * a->r + k];
-            a->dB[(size_t)o * a->r + k] += a->s * (float)acc;
-        }
-    for (int k = 0; k < a->r; k++)
-        for (int i = 0; i < a->in; i++) {
-            double acc = 0;
-            for (int t = 0; t < n; t++) acc += (double)dh[(size_t)t * a->r + k] * x[(size_t)t * a->in + i];
-            a->dA[(size_t)k * a->in + i] += (float)acc;
-        }
-    if (dx)
-        for (int t = 0; t < n; t++)
-            for (int i = 0; i < a->in; i++) {
-                double acc = 0;
-                for (int k = 0; k < a->r; k++) acc += (double)dh[(size_t)t * a->r + k] * a->A[(size_t)k * a->in + i];
-                dx[(size_t)t * a->in + i] += (float)acc;
-            }
-}
-
-static inline toy_adapter *toy_attach(mt_linear *L, int r, uint64_t seed) {
-    static const mt_adapter_ops toy_ops = {toy_forward, toy_backward};
+static inline toy_adapter *toy_add(toy_set *t, mt_model *m, int i, int r, uint64_t seed) {
+    mt_linear *L = mt_model_linear(m, i);
     toy_adapter *a = mt_xcalloc(1, sizeof *a);
     a->in = L->in;
     a->out = L->out;
@@ -83,20 +52,35 @@ static inline toy_adapter *toy_attach(mt_linear *L, int r, uint64_t seed) {
     a->dB = mt_xcalloc((size_t)L->out * r, sizeof(float));
     mt_test_fill_uniform(a->A, (size_t)r * L->in, -0.3f, 0.3f, seed);
     mt_test_fill_uniform(a->Bm, (size_t)L->out * r, -0.3f, 0.3f, seed + 1);
-    L->hook.ops = &toy_ops;
-    L->hook.self = a;
-    L->hook.max_rank = r;
-    L->hook.enabled = true;
+    t->ad[i] = a;
+    t->lr[i] = (mt_lowrank){.r = r, .scale = a->s, .A = a->A, .B = a->Bm, .dA = a->dA, .dB = a->dB};
+    t->by[i] = &t->lr[i];
+    if (r > t->view.max_rank) t->view.max_rank = r;
     return a;
 }
 
-static inline void toy_free(toy_adapter *a) {
-    if (!a) return;
-    free(a->A);
-    free(a->Bm);
-    free(a->dA);
-    free(a->dB);
-    free(a);
+static inline int toy_linear_index(mt_model *m, const char *module) {
+    for (int i = 0; i < mt_model_linear_count(m); i++)
+        if (!strcmp(mt_model_linear(m, i)->module, module)) return i;
+    fail_msg("no linear %s", module);
+    return -1;
+}
+
+static inline void toy_set_free(toy_set *t) {
+    if (!t) return;
+    for (int i = 0; i < t->n; i++) {
+        toy_adapter *a = t->ad[i];
+        if (!a) continue;
+        free(a->A);
+        free(a->Bm);
+        free(a->dA);
+        free(a->dB);
+        free(a);
+    }
+    free(t->ad);
+    free(t->lr);
+    free(t->by);
+    free(t);
 }
 
 static inline const char *model_fixture(const char *variant) {

@@ -45,7 +45,7 @@ static void test_init_matches_transformers(void **state) {
         float *got = mt_xmalloc((size_t)B * T * V * sizeof(float));
         assert_int_equal(mt_st_tensor_to_f32(logits_t, want, &err), MT_OK);
         mt_workspace *ws;
-        assert_int_equal(mt_workspace_init(&ws, m, B, T, false, &err), MT_OK);
+        assert_int_equal(mt_workspace_init(&ws, m, B, T, false, 0, &err), MT_OK);
         mt_batch b = {.B = B, .T = T, .tokens = tokens};
         mt_forward_opts o = {.logits_out = got};
         mt_forward_result res;

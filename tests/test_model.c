@@ -111,7 +111,7 @@ static void parity(void **state) {
         if (mt_model_require_grad(m, mt_model_param(m, i), &err) != MT_OK) fail_msg("%s", err.msg);
 
     mt_workspace *ws = NULL;
-    if (mt_workspace_init(&ws, m, NB, NT, true, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_workspace_init(&ws, m, NB, NT, true, 0, &err) != MT_OK) fail_msg("%s", err.msg);
     float *logits = mt_xmalloc((size_t)N * V * sizeof(float));
     mt_batch batch = {.B = NB, .T = NT, .tokens = tokens, .targets = targets};
     mt_forward_opts opts = {.train = true, .seed = 1, .logits_out = logits};

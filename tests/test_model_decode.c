@@ -21,27 +21,34 @@ static int teardown(void **state) {
 }
 
 /* Full-sequence logits [T, V] of one row of tokens. */
-static float *forward_logits(mt_model *m, const int32_t *tokens, int T, const int32_t *pos, const int32_t *kv_start) {
+static float *forward_logits_with(mt_model *m, const mt_adapter *ad, const int32_t *tokens, int T,
+                                  const int32_t *pos, const int32_t *kv_start) {
     mt_error err = {0};
     int V = mt_model_config(m)->vocab_size;
     mt_workspace *ws = NULL;
-    if (mt_workspace_init(&ws, m, 1, T, false, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_workspace_init(&ws, m, 1, T, false, 0, &err) != MT_OK) fail_msg("%s", err.msg);
     float *logits = mt_xmalloc((size_t)T * V * sizeof(float));
     mt_batch b = {.B = 1, .T = T, .tokens = tokens, .pos = pos, .kv_start = kv_start};
-    mt_forward_opts o = {.logits_out = logits};
+    mt_forward_opts o = {.logits_out = logits, .adapter = ad};
     if (mt_model_forward(m, ws, &b, &o, NULL, &err) != MT_OK) fail_msg("%s", err.msg);
     mt_workspace_free(ws);
     return logits;
 }
 
+static float *forward_logits(mt_model *m, const int32_t *tokens, int T, const int32_t *pos, const int32_t *kv_start) {
+    return forward_logits_with(m, NULL, tokens, T, pos, kv_start);
+}
+
 /* Decodes tokens in the given chunk sizes (then one at a time) and compares the logits of
  * the last token of every call with the full forward. */
-static void check_decode(mt_model *m, const int32_t *tokens, int T, const int *chunks, int n_chunks, const char *what) {
+static void check_decode_with(mt_model *m, const mt_adapter *ad, const int32_t *tokens, int T, const int *chunks,
+                              int n_chunks, const char *what) {
     mt_error err = {0};
     int V = mt_model_config(m)->vocab_size;
-    float *want = forward_logits(m, tokens, T, NULL, NULL);
+    float *want = forward_logits_with(m, ad, tokens, T, NULL, NULL);
     mt_kv_cache *c = NULL;
     if (mt_kv_cache_init(&c, m, T, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_kv_cache_set_adapter(c, ad, &err) != MT_OK) fail_msg("%s", err.msg);
     float *row = mt_xmalloc((size_t)V * sizeof(float));
     int done = 0, k = 0;
     while (done < T) {
@@ -63,6 +70,10 @@ static void check_decode(mt_model *m, const int32_t *tokens, int T, const int *c
     mt_kv_cache_free(c);
 }
 
+static void check_decode(mt_model *m, const int32_t *tokens, int T, const int *chunks, int n_chunks, const char *what) {
+    check_decode_with(m, NULL, tokens, T, chunks, n_chunks, what);
+}
+
 static void decode_every_family(void **state) {
     (void)state;
     for (int v = 0; v < N_VARIANTS; v++) {
@@ -76,34 +87,29 @@ static void decode_every_family(void **state) {
     }
 }
 
-/* Adapters on every linear (attention incl. MLA's kv_b_proj, which the absorbed decode must
- * fold into its latent-space products, experts, routers, shared experts, the LM head). */
+/* Adapters on every linear (attention incl. MLA's kv_b_proj, which the absorbed decode folds
+ * into its latent-space products, experts, routers, shared experts, the LM head). */
 static void decode_with_adapters(void **state) {
     (void)state;
     for (int v = 0; v < N_VARIANTS; v++) {
         mt_model *m = load_fixture(g_be, variant_name(v));
         int nl = mt_model_linear_count(m);
-        toy_adapter **ad = mt_xcalloc((size_t)nl, sizeof *ad);
-        for (int i = 0; i < nl; i++) ad[i] = toy_attach(mt_model_linear(m, i), 2, 500 + (uint64_t)i);
+        toy_set *ts = toy_set_new(m);
+        for (int i = 0; i < nl; i++) toy_add(ts, m, i, 2, 500 + (uint64_t)i);
         int32_t tokens[12];
         random_tokens(tokens, 12, mt_model_config(m)->vocab_size, 200 + (uint64_t)v);
         const int prefill4[] = {4};
         char what[64];
         snprintf(what, sizeof what, "%s with adapters", variant_name(v));
-        check_decode(m, tokens, 12, prefill4, 1, what);
-        /* disabled hooks give the base model back */
-        float *with = forward_logits(m, tokens, 12, NULL, NULL);
-        for (int i = 0; i < nl; i++) mt_model_linear(m, i)->hook.enabled = false;
+        check_decode_with(m, &ts->view, tokens, 12, prefill4, 1, what);
+        /* no adapter is the base model */
+        float *with = forward_logits_with(m, &ts->view, tokens, 12, NULL, NULL);
         float *without = forward_logits(m, tokens, 12, NULL, NULL);
         int V = mt_model_config(m)->vocab_size;
         assert_true(mt_test_rel_err(with, without, (size_t)12 * V, 1e-30) > 1e-3);
         free(with);
         free(without);
-        for (int i = 0; i < nl; i++) {
-            mt_model_linear(m, i)->hook.ops = NULL;
-            toy_free(ad[i]);
-        }
-        free(ad);
+        toy_set_free(ts);
         mt_model_free(m);
     }
 }

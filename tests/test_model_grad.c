@@ -1,6 +1,6 @@
 /* test_model_grad.c — whole-model finite differences: for every family, central differences
  * of the loss (mean cross-entropy + aux_coef·aux, accumulated in double) at random entries of
- * every parameter, of the input embeddings and of adapters attached through the hook, against
+ * every parameter, of the input embeddings and of adapters handed to the pass, against
  * the backward pass — with router jitter off and on. This catches what the fixtures cannot:
  * the aux-loss gradient of every family (DeepSeek's included), the jitter's backward, and the
  * adapter plumbing. Also: jitter off equals evaluation; jitter is seeded. */
@@ -49,9 +49,10 @@ static void fd_family(const char *variant, float noise, bool adapters) {
     int V = cfg->vocab_size, H = cfg->hidden_size;
     for (int i = 0; i < mt_model_param_count(c->m); i++)
         if (mt_model_require_grad(c->m, mt_model_param(c->m, i), &err) != MT_OK) fail_msg("%s", err.msg);
-    /* adapters on a few linears of each kind, attached before the workspace is sized */
+    /* adapters on a few linears of each kind */
     int nl = mt_model_linear_count(c->m);
-    toy_adapter **ad = mt_xcalloc((size_t)nl, sizeof *ad);
+    toy_set *ts = toy_set_new(c->m);
+    toy_adapter **ad = ts->ad;
     if (adapters) {
         bool seen[MT_LINEAR_KIND_COUNT] = {0};
         for (int i = nl - 1; i >= 0; i--) {
@@ -59,15 +60,16 @@ static void fd_family(const char *variant, float noise, bool adapters) {
             bool kv_b = strstr(L->module, "kv_b_proj") != NULL;
             if (seen[L->kind] && !kv_b) continue;
             seen[L->kind] = true;
-            ad[i] = toy_attach(L, 3, 900 + (uint64_t)i);
+            toy_add(ts, c->m, i, 3, 900 + (uint64_t)i);
         }
     }
-    if (mt_workspace_init(&c->ws, c->m, NB, NT, true, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_workspace_init(&c->ws, c->m, NB, NT, true, 0, &err) != MT_OK) fail_msg("%s", err.msg);
     random_tokens(c->tokens, NB * NT, V, 77);
     for (int i = 0; i < NB * NT; i++) c->targets[i] = (i + 1) % NT ? c->tokens[i + 1] : MT_IGNORE_INDEX;
     c->targets[3] = MT_IGNORE_INDEX;
     c->b = (mt_batch){.B = NB, .T = NT, .tokens = c->tokens, .targets = c->targets};
-    c->o = (mt_forward_opts){.train = true, .seed = 5, .router_noise = noise, .aux_coef = 0.5f};
+    c->o = (mt_forward_opts){.train = true, .seed = 5, .router_noise = noise, .aux_coef = 0.5f,
+                             .adapter = adapters ? &ts->view : NULL};
 
     mt_model_zero_grad(c->m);
     fd_loss(c);
@@ -128,11 +130,7 @@ static void fd_family(const char *variant, float noise, bool adapters) {
     for (int i = 0; i < np; i++) free(g[i]);
     free(g);
     free(din);
-    for (int i = 0; i < nl; i++) {
-        if (ad[i]) mt_model_linear(c->m, i)->hook.ops = NULL;
-        toy_free(ad[i]);
-    }
-    free(ad);
+    toy_set_free(ts);
     mt_workspace_free(c->ws);
     mt_model_free(c->m);
     free(c);
@@ -156,7 +154,7 @@ static void jitter_consistency(void **state) {
     mt_model *m = load_fixture(g_be, "mixtral");
     int V = mt_model_config(m)->vocab_size;
     mt_workspace *ws = NULL;
-    if (mt_workspace_init(&ws, m, NB, NT, true, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_workspace_init(&ws, m, NB, NT, true, 0, &err) != MT_OK) fail_msg("%s", err.msg);
     int32_t tokens[NB * NT];
     random_tokens(tokens, NB * NT, V, 31);
     size_t n = (size_t)NB * NT * V;
@@ -199,7 +197,7 @@ static void dloss_and_frozen(void **state) {
     const mt_config *cfg = mt_model_config(m);
     int V = cfg->vocab_size, H = cfg->hidden_size, N = NB * NT;
     mt_workspace *ws = NULL;
-    if (mt_workspace_init(&ws, m, NB, NT, true, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_workspace_init(&ws, m, NB, NT, true, 0, &err) != MT_OK) fail_msg("%s", err.msg);
     int32_t tokens[NB * NT], targets[NB * NT];
     random_tokens(tokens, N, V, 8);
     for (int i = 0; i < N; i++) targets[i] = (i + 1) % NT ? tokens[i + 1] : MT_IGNORE_INDEX;

@@ -37,7 +37,7 @@ static float *logits_of(mt_model *m) {
     mt_error err = {0};
     int V = mt_model_config(m)->vocab_size;
     mt_workspace *ws = NULL;
-    if (mt_workspace_init(&ws, m, 1, 8, false, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_workspace_init(&ws, m, 1, 8, false, 0, &err) != MT_OK) fail_msg("%s", err.msg);
     int32_t tokens[8];
     random_tokens(tokens, 8, V, 3);
     float *out = mt_xmalloc((size_t)8 * V * sizeof(float));
@@ -352,8 +352,8 @@ static void bad_batches(void **state) {
     mt_model *m = load_fixture(g_be, "qwen3_moe");
     const mt_config *cfg = mt_model_config(m);
     mt_workspace *ws = NULL;
-    assert_int_equal(mt_workspace_init(&ws, m, 1, cfg->max_position_embeddings + 1, false, &err), MT_ERR_INVALID);
-    assert_int_equal(mt_workspace_init(&ws, m, 1, 8, false, &err), MT_OK);
+    assert_int_equal(mt_workspace_init(&ws, m, 1, cfg->max_position_embeddings + 1, false, 0, &err), MT_ERR_INVALID);
+    assert_int_equal(mt_workspace_init(&ws, m, 1, 8, false, 0, &err), MT_OK);
     assert_true(mt_workspace_bytes(ws) > 0);
     int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8}, tgt[8] = {2, 3, 4, 5, 6, 7, 8, MT_IGNORE_INDEX};
     int32_t pos[8] = {0, 1, 2, 3, 4, 5, 6, 7}, ks[8] = {0};
@@ -381,14 +381,20 @@ static void bad_batches(void **state) {
     mt_batch big = {.B = 2, .T = 8, .tokens = tok};
     mt_error e = {0};
     assert_int_equal(mt_model_forward(m, ws, &big, &o, &r, &e), MT_ERR_INVALID);
-    /* an adapter wider than the workspace's scratch, attached after it was made */
-    mt_linear *L = mt_model_find_linear(m, "model.layers.0.self_attn.q_proj");
-    toy_adapter *a = toy_attach(L, 200, 1);
+    /* an adapter of higher rank than the workspace was sized for, or made for another model */
+    toy_set *ts = toy_set_new(m);
+    toy_add(ts, m, toy_linear_index(m, "model.layers.0.self_attn.q_proj"), 200, 1);
+    mt_forward_opts with = o;
+    with.adapter = &ts->view;
     mt_error_clear(&e);
-    assert_int_equal(mt_model_forward(m, ws, &b, &o, &r, &e), MT_ERR_INVALID);
-    assert_non_null(strstr(e.msg, "adapters"));
-    L->hook.ops = NULL;
-    toy_free(a);
+    assert_int_equal(mt_model_forward(m, ws, &b, &with, &r, &e), MT_ERR_INVALID);
+    assert_non_null(strstr(e.msg, "rank 200"));
+    ts->view.n_linears--;
+    ts->view.max_rank = 2;
+    mt_error_clear(&e);
+    assert_int_equal(mt_model_forward(m, ws, &b, &with, &r, &e), MT_ERR_INVALID);
+    assert_non_null(strstr(e.msg, "linear layers"));
+    toy_set_free(ts);
     mt_kv_cache *c = NULL;
     assert_int_equal(mt_kv_cache_init(&c, m, cfg->max_position_embeddings + 1, &e), MT_ERR_INVALID);
     assert_int_equal(mt_kv_cache_init(&c, m, 4, &e), MT_OK);

@@ -62,7 +62,7 @@ typedef struct pass {
     double loss;
 } pass;
 
-static pass run_batch(mt_model *m, const mt_safetensors *ref, bool train) {
+static pass run_batch(mt_model *m, const mt_adapter *ad, const mt_safetensors *ref, bool train) {
     mt_error err = {0};
     const mt_config *cfg = mt_model_config(m);
     int32_t tokens[NB * NT], labels[NB * NT], targets[NB * NT];
@@ -72,10 +72,10 @@ static pass run_batch(mt_model *m, const mt_safetensors *ref, bool train) {
     for (int b = 0; b < NB; b++)
         for (int t = 0; t < NT; t++) targets[b * NT + t] = t + 1 < NT ? labels[b * NT + t + 1] : MT_IGNORE_INDEX;
     mt_workspace *ws;
-    if (mt_workspace_init(&ws, m, NB, NT, train, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_workspace_init(&ws, m, NB, NT, train, 0, &err) != MT_OK) fail_msg("%s", err.msg);
     pass p = {.logits = mt_xmalloc((size_t)NB * NT * cfg->vocab_size * sizeof(float))};
     mt_batch b = {.B = NB, .T = NT, .tokens = tokens, .targets = targets};
-    mt_forward_opts o = {.train = train, .seed = 1, .logits_out = p.logits};
+    mt_forward_opts o = {.train = train, .seed = 1, .logits_out = p.logits, .adapter = ad};
     mt_forward_result r;
     if (mt_model_forward(m, ws, &b, &o, &r, &err) != MT_OK) fail_msg("%s", err.msg);
     p.loss = r.loss_sum / (double)r.n_tokens;
@@ -104,7 +104,7 @@ static void made_case(const char *variant) {
     size_t nlog = (size_t)NB * NT * cfg->vocab_size;
 
     mt_lora_zero_grad(l);
-    pass p = run_batch(m, ref, true);
+    pass p = run_batch(m, mt_lora_adapter(l), ref, true);
     float *want = ref_f32(ref, "logits");
     mt_test_assert_close("logits", p.logits, want, nlog, 1e-4);
     double logit_err = mt_test_rel_err(p.logits, want, nlog, 1e-30);
@@ -155,7 +155,7 @@ static void made_case(const char *variant) {
     if (mt_lora_save_peft(l, dir, NULL, &err) != MT_OK) fail_msg("%s", err.msg);
     mt_lora_free(l);
     if (mt_lora_load_peft(&l, m, dir, NULL, &err) != MT_OK) fail_msg("%s", err.msg);
-    pass q = run_batch(m, ref, false);
+    pass q = run_batch(m, mt_lora_adapter(l), ref, false);
     mt_test_assert_close("logits after moetune's save and load", q.logits, p.logits, nlog, 1e-6);
     free(q.logits);
     free(p.logits);
@@ -314,10 +314,10 @@ static void test_exports(void **state) {
         ref_ids(ref, "input_ids", tokens, NB * NT);
         mt_error err = {0};
         mt_workspace *ws;
-        if (mt_workspace_init(&ws, m, NB, NT, false, &err) != MT_OK) fail_msg("%s", err.msg);
+        if (mt_workspace_init(&ws, m, NB, NT, false, 0, &err) != MT_OK) fail_msg("%s", err.msg);
         float *logits = mt_xmalloc(nlog * sizeof(float));
         mt_batch b = {.B = NB, .T = NT, .tokens = tokens};
-        mt_forward_opts o = {.logits_out = logits};
+        mt_forward_opts o = {.logits_out = logits, .adapter = mt_lora_adapter(l)};
         mt_forward_result r;
         if (mt_model_forward(m, ws, &b, &o, &r, &err) != MT_OK) fail_msg("%s", err.msg);
         float *want = ref_f32(ref, "logits");

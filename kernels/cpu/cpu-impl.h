@@ -79,6 +79,9 @@ void mt_cpu_rmsnorm_backward(mt_backend *be, const float *dy, const float *x, co
 void mt_cpu_rope_forward(mt_backend *be, const mt_rope_args *a, float *x);
 void mt_cpu_rope_backward(mt_backend *be, const mt_rope_args *a, float *dx);
 
+/* paged_attention.c */
+void mt_cpu_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o);
+
 /* attention.c */
 void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float *q, const float *k,
                               const float *v, float *o, float *lse);

@@ -115,6 +115,7 @@ static const mt_backend_iface cpu_iface = {
     .rope_backward = mt_cpu_rope_backward,
     .attention_forward = mt_cpu_attention_forward,
     .attention_backward = mt_cpu_attention_backward,
+    .paged_attention_forward = mt_cpu_paged_attention_forward,
     .swiglu_forward = mt_cpu_swiglu_forward,
     .swiglu_backward = mt_cpu_swiglu_backward,
     .sigmoid_gate_forward = mt_cpu_sigmoid_gate_forward,

@@ -1,0 +1,409 @@
+/* decoder.c — one batched step over many sequences of a paged KV pool: rows of prompt chunks
+ * and single new tokens mixed, each with its own position and adapter slot. Rows are put in
+ * slot order so each linear applies one low-rank GEMM pair per adapter run after the shared
+ * base GEMM; the layer body is layer.c's, with the attention half reading each row's block
+ * table. MLA decodes in the absorbed form, an adapter on kv_b_proj entering as two low-rank
+ * products per head, so its cache stays the latent. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model-impl.h"
+
+static void decoder_layout(mt_decoder *d, mt_carver *cv) {
+    const mt_model *m = d->m;
+    const mt_config *cfg = &m->cfg;
+    mt_dims dm;
+    mt_model_dims(cfg, &dm);
+    size_t R = (size_t)d->max_rows;
+    bool any_dense = false, any_moe = false;
+    for (int l = 0; l < dm.L; l++) {
+        if (m->layers[l].moe)
+            any_moe = true;
+        else
+            any_dense = true;
+    }
+    mt_acts_want want = {.expanded = false, .dense = any_dense, .moe = any_moe, .jitter = false, .slots = true};
+    d->a.offsets_host = d->offsets_host;
+    mt_acts_layout(m, &d->a, R, &want, cv);
+    d->s.h = mt_carve(cv, mt_ffn_hidden_floats(m, R) * sizeof(float));
+    d->s.tmp = mt_carve(cv, R * dm.H * sizeof(float));
+    d->s.adapter = mt_carve(cv, d->s.adapter_cap * sizeof(float));
+    d->x = mt_carve(cv, R * dm.H * sizeof(float));
+    d->xf = mt_carve(cv, R * dm.H * sizeof(float));
+    d->rstdf = mt_carve(cv, R * sizeof(float));
+    d->tokens = mt_carve(cv, R * sizeof(int32_t));
+    d->pos = mt_carve(cv, R * sizeof(int32_t));
+    d->kv_start = mt_carve(cv, R * sizeof(int32_t));
+    if (cfg->mla) {
+        d->qabs = mt_carve(cv, R * dm.nh * dm.kva_dim * sizeof(float));
+        d->olat = mt_carve(cv, R * dm.nh * dm.kvl * sizeof(float));
+    } else {
+        d->kst = mt_carve(cv, R * dm.kv_dim * sizeof(float));
+        d->vst = mt_carve(cv, R * dm.kv_dim * sizeof(float));
+    }
+}
+
+mt_status mt_decoder_init(mt_decoder **out, mt_model *m, int max_rows, int max_rank, mt_error *err) {
+    *out = NULL;
+    if (max_rows < 1 || max_rows > (1 << 20))
+        return mt_error_set(err, MT_ERR_INVALID, "decoder: max_rows %d must be in [1, %d]", max_rows, 1 << 20);
+    mt_status st = mt_model_check_backend(m, err);
+    if (st) return st;
+    mt_dims dm;
+    mt_model_dims(&m->cfg, &dm);
+    mt_decoder *d = mt_xcalloc(1, sizeof *d);
+    d->m = m;
+    d->max_rows = max_rows;
+    d->max_rank = max_rank > 0 ? max_rank : MT_DEFAULT_MAX_RANK;
+    /* a decoder has its own backend (its own kernel scratch), so several threads can each
+     * decode with their own decoder on one shared, read-only model */
+    st = mt_backend_init(&d->be, mt_backend_get_kind(m->be), mt_backend_threads(m->be), err);
+    if (st) {
+        free(d);
+        return st;
+    }
+    d->s.adapter_cap = mt_adapter_scratch_floats(m, max_rows, d->max_rank);
+    int E = dm.E > 0 ? dm.E : 1;
+    d->offsets_host = mt_xcalloc((size_t)E + 1, sizeof(int32_t));
+    mt_carver cv = {0};
+    decoder_layout(d, &cv);
+    d->bytes = cv.off;
+    d->block = mt_backend_alloc(d->be, d->bytes);
+    if (!d->block) {
+        size_t bytes = d->bytes;
+        mt_decoder_free(d);
+        return mt_error_set(err, MT_ERR_NOMEM, "decoder: cannot allocate %.1f MB for %d rows", (double)bytes / 1e6,
+                            max_rows);
+    }
+    cv.base = d->block;
+    cv.off = 0;
+    decoder_layout(d, &cv);
+    size_t R = (size_t)max_rows;
+    d->order = mt_xmalloc(R * sizeof(int32_t));
+    d->row_seq = mt_xmalloc(R * sizeof(int32_t));
+    d->row_pos = mt_xmalloc(R * sizeof(int32_t));
+    d->row_slot = mt_xmalloc(R * sizeof(int32_t));
+    d->row_ks = mt_xmalloc(R * sizeof(int32_t));
+    d->out_row = mt_xmalloc(R * sizeof(int32_t));
+    d->logit_slot = mt_xmalloc(R * sizeof(int32_t));
+    int n_moe = dm.n_moe > 0 ? dm.n_moe : 1;
+    d->tpe = mt_xcalloc((size_t)n_moe * E, sizeof(int32_t));
+    d->entropy = mt_xcalloc((size_t)n_moe, sizeof(double));
+    *out = d;
+    return MT_OK;
+}
+
+void mt_decoder_free(mt_decoder *d) {
+    if (!d) return;
+    if (d->block) mt_backend_release(d->be, d->block);
+    mt_backend_free(d->be);
+    free(d->offsets_host);
+    free(d->order);
+    free(d->row_seq);
+    free(d->row_pos);
+    free(d->row_slot);
+    free(d->row_ks);
+    free(d->out_row);
+    free(d->logit_slot);
+    free(d->seq_new);
+    free(d->tpe);
+    free(d->entropy);
+    free(d);
+}
+
+int mt_decoder_max_rows(const mt_decoder *d) { return d->max_rows; }
+size_t mt_decoder_bytes(const mt_decoder *d) { return d->bytes; }
+
+bool mt_decoder_router_stats(const mt_decoder *d, int i, mt_router_stats *out) {
+    const mt_model *m = d->m;
+    int mi = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        if (!m->layers[l].moe) continue;
+        if (mi == i) {
+            out->layer = l;
+            out->entropy = d->entropy[mi];
+            out->tokens_per_expert = d->tpe + (size_t)mi * m->cfg.n_experts;
+            return true;
+        }
+        mi++;
+    }
+    return false;
+}
+
+static void router_stats(mt_decoder *d, int mi, int N) {
+    const mt_config *cfg = &d->m->cfg;
+    int E = cfg->n_experts;
+    const mt_acts *a = &d->a;
+    int32_t *tpe = d->tpe + (size_t)mi * E;
+    for (int e = 0; e < E; e++) tpe[e] = a->offsets_host[e + 1] - a->offsets_host[e];
+    bool softmax = cfg->scoring == MT_ROUTE_SCORING_SOFTMAX;
+    double ent = 0;
+    for (int t = 0; t < N; t++) {
+        const float *s = a->scores + (size_t)t * E;
+        double tot = 0, h = 0;
+        if (!softmax)
+            for (int e = 0; e < E; e++) tot += s[e];
+        for (int e = 0; e < E; e++) {
+            double p = softmax ? s[e] : (tot > 0 ? s[e] / tot : 0);
+            if (p > 0) h -= p * log(p);
+        }
+        ent += h;
+    }
+    d->entropy[mi] = N > 0 ? ent / N : 0;
+}
+
+/* ---- attention over the pool ---- */
+
+/* The absorbed form's kv_b_proj deltas of each adapter run: with ΔW = s·B·A (B [kvb, r],
+ * A [r, kvl]), head h's absorbed query gains s·(q_nope·B_UK,h)·A and its output
+ * s·(olat·Aᵀ)·B_UV,hᵀ, where B_UK,h / B_UV,h are head h's rows of B. */
+static void mla_delta(const mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_decoder *d, int N, bool out) {
+    mt_dims dm;
+    mt_model_dims(&m->cfg, &dm);
+    mt_backend *be = c->be;
+    int hw = dm.nope + dm.vh, qa_row = dm.nh * dm.kva_dim, ol_row = dm.nh * dm.kvl;
+    for (int i = 0; i < N;) {
+        int slot = d->row_slot[i], j = i + 1;
+        while (j < N && d->row_slot[j] == slot) j++;
+        const mt_lowrank *dl = mt_lin_delta(m, ly->kv_b, c, slot);
+        int n = j - i;
+        if (dl) {
+            int r = dl->r;
+            float *t = c->scratch; /* [n, r] */
+            MT_ASSERT((size_t)n * r <= c->scratch_cap);
+            for (int h = 0; h < dm.nh; h++) {
+                if (!out) {
+                    const float *qn = d->a.q + (size_t)i * dm.q_dim + (size_t)h * dm.qk_hd;
+                    mt_matmul(be, false, false, n, r, dm.nope, 1.0f, qn, dm.q_dim, dl->B + (size_t)h * hw * r, r, 0.0f,
+                              t, r);
+                    mt_matmul(be, false, false, n, dm.kvl, r, dl->scale, t, r, dl->A, dm.kvl, 1.0f,
+                              d->qabs + (size_t)i * qa_row + (size_t)h * dm.kva_dim, qa_row);
+                } else {
+                    const float *oh = d->olat + (size_t)i * ol_row + (size_t)h * dm.kvl;
+                    mt_matmul(be, false, true, n, r, dm.kvl, 1.0f, oh, ol_row, dl->A, dm.kvl, 0.0f, t, r);
+                    mt_matmul(be, false, true, n, dm.vh, r, dl->scale, t, r, dl->B + ((size_t)h * hw + dm.nope) * r, r,
+                              1.0f, d->a.att + (size_t)i * dm.o_dim + (size_t)h * dm.vh, dm.o_dim);
+                }
+            }
+        }
+        i = j;
+    }
+}
+
+void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, int N,
+                           const mt_attn_plan *plan, float *out) {
+    mt_backend *be = c->be;
+    mt_dims dm;
+    mt_model_dims(&m->cfg, &dm);
+    mt_decoder *d = plan->dec;
+    mt_kv_pool *p = plan->pool;
+    int l = ly->index;
+    mt_paged_attn_args pa = {.n_rows = N,
+                             .n_head = dm.nh,
+                             .cache = mt_kv_pool_layer(p, l),
+                             .block_size = p->block_size,
+                             .kv_row = p->kv_row,
+                             .tables = p->tables,
+                             .table_stride = p->max_blocks,
+                             .seq = d->row_seq,
+                             .pos = d->row_pos,
+                             .kv_start = plan->kv_start ? d->row_ks : NULL,
+                             .scale = m->attn_scale};
+    if (!m->cfg.mla) {
+        mt_attn_project(m, ly, c, a, N, plan->pos, d->kst, d->vst);
+        for (int i = 0; i < N; i++) {
+            float *dst = mt_kv_pool_row(p, l, d->row_seq[i], d->row_pos[i]);
+            mt_backend_copy(be, dst, d->kst + (size_t)i * dm.kv_dim, (size_t)dm.kv_dim * sizeof(float));
+            mt_backend_copy(be, dst + dm.kv_dim, d->vst + (size_t)i * dm.kv_dim, (size_t)dm.kv_dim * sizeof(float));
+        }
+        pa.n_kv_head = dm.nkv;
+        pa.dqk = dm.hd;
+        pa.dv = dm.hd;
+        pa.q_row = dm.q_dim;
+        pa.q_head = dm.hd;
+        pa.o_row = dm.o_dim;
+        pa.o_head = dm.vh;
+        pa.k_off = 0;
+        pa.k_head = dm.hd;
+        pa.v_off = dm.kv_dim;
+        pa.v_head = dm.hd;
+        mt_paged_attention_forward(be, &pa, a->q, a->att);
+        mt_lin_forward(m, ly->o, c, a->att, N, 0, out);
+        return;
+    }
+    mt_attn_project(m, ly, c, a, N, plan->pos, NULL, NULL);
+    for (int i = 0; i < N; i++) {
+        float *dst = mt_kv_pool_row(p, l, d->row_seq[i], d->row_pos[i]);
+        mt_backend_copy(be, dst, a->cn + (size_t)i * dm.kvl, (size_t)dm.kvl * sizeof(float));
+        mt_backend_copy(be, dst + dm.kvl, a->kva + (size_t)i * dm.kva_dim + dm.kvl, (size_t)dm.rope * sizeof(float));
+    }
+    /* absorbed queries: [q_nope·W_UK,h | q_pe] per head, W [nh·(nope+vh), kvl] */
+    const float *W = ly->kv_b->weight->data;
+    int qa_row = dm.nh * dm.kva_dim, ol_row = dm.nh * dm.kvl, hw = dm.nope + dm.vh;
+    for (int h = 0; h < dm.nh; h++) {
+        const float *qn = a->q + (size_t)h * dm.qk_hd;
+        float *qh = d->qabs + (size_t)h * dm.kva_dim;
+        mt_matmul(be, false, false, N, dm.kvl, dm.nope, 1.0f, qn, dm.q_dim, W + (size_t)h * hw * dm.kvl, dm.kvl, 0.0f,
+                  qh, qa_row);
+        mt_copy_2d(be, qh + dm.kvl, qa_row, qn + dm.nope, dm.q_dim, N, dm.rope);
+    }
+    mla_delta(m, ly, c, d, N, false);
+    /* one shared latent "KV head": keys [c | k_pe], values c */
+    pa.n_kv_head = 1;
+    pa.dqk = dm.kva_dim;
+    pa.dv = dm.kvl;
+    pa.q_row = qa_row;
+    pa.q_head = dm.kva_dim;
+    pa.o_row = ol_row;
+    pa.o_head = dm.kvl;
+    pa.k_off = 0;
+    pa.k_head = 0;
+    pa.v_off = 0;
+    pa.v_head = 0;
+    mt_paged_attention_forward(be, &pa, d->qabs, d->olat);
+    for (int h = 0; h < dm.nh; h++)
+        mt_matmul(be, false, true, N, dm.vh, dm.kvl, 1.0f, d->olat + (size_t)h * dm.kvl, ol_row,
+                  W + ((size_t)h * hw + dm.nope) * dm.kvl, dm.kvl, 0.0f, a->att + (size_t)h * dm.vh, dm.o_dim);
+    mla_delta(m, ly, c, d, N, true);
+    mt_lin_forward(m, ly->o, c, a->att, N, 0, out);
+}
+
+/* ---- the step ---- */
+
+static mt_status check_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b, mt_error *err) {
+    const mt_model *m = d->m;
+    if (p->m != m) return mt_error_set(err, MT_ERR_INVALID, "decode: the pool belongs to another model");
+    if (!b || b->n_rows < 1 || !b->tokens || !b->seq)
+        return mt_error_set(err, MT_ERR_INVALID, "decode: a step needs at least one row with a token and a sequence");
+    if (b->n_rows > d->max_rows)
+        return mt_error_set(err, MT_ERR_INVALID, "decode: %d rows but the decoder holds %d", b->n_rows, d->max_rows);
+    if (b->n_slots < 0 || (b->n_slots > 0 && !b->adapters))
+        return mt_error_set(err, MT_ERR_INVALID, "decode: %d adapter slots without an adapter table", b->n_slots);
+    for (int s = 0; s < b->n_slots; s++) {
+        char what[48];
+        snprintf(what, sizeof what, "decode: slot %d", s);
+        mt_status st = mt_adapter_check(m, b->adapters[s], d->max_rank, what, err);
+        if (st) return st;
+    }
+    if (b->n_logits < 0 || b->n_logits > b->n_rows || (b->n_logits > 0 && !b->logit_rows))
+        return mt_error_set(err, MT_ERR_INVALID, "decode: %d logit rows for %d rows", b->n_logits, b->n_rows);
+    for (int k = 0; k < b->n_logits; k++)
+        if (b->logit_rows[k] < 0 || b->logit_rows[k] >= b->n_rows)
+            return mt_error_set(err, MT_ERR_INVALID, "decode: logit row %d is not a row of the step", b->logit_rows[k]);
+    if (d->seq_new_cap < p->max_seqs) {
+        d->seq_new = mt_xrealloc(d->seq_new, (size_t)p->max_seqs * sizeof(int32_t));
+        d->seq_new_cap = p->max_seqs;
+    }
+    memset(d->seq_new, 0, (size_t)p->max_seqs * sizeof(int32_t));
+    int V = m->cfg.vocab_size;
+    for (int i = 0; i < b->n_rows; i++) {
+        int s = b->seq[i], slot = b->slot ? b->slot[i] : 0;
+        if (b->tokens[i] < 0 || b->tokens[i] >= V)
+            return mt_error_set(err, MT_ERR_INVALID, "decode: token %d of row %d is outside the vocabulary (%d)",
+                                b->tokens[i], i, V);
+        if (s < 0 || s >= p->max_seqs || p->len[s] < 0)
+            return mt_error_set(err, MT_ERR_INVALID, "decode: row %d names sequence %d, which is not open", i, s);
+        if (slot < 0 || slot >= (b->n_slots > 0 ? b->n_slots : 1))
+            return mt_error_set(err, MT_ERR_INVALID, "decode: row %d uses slot %d of %d", i, slot, b->n_slots);
+        int want = p->len[s] + d->seq_new[s];
+        if (b->pos && b->pos[i] != want)
+            return mt_error_set(err, MT_ERR_INVALID,
+                                "decode: row %d is at position %d but sequence %d continues at %d (rows of a sequence go "
+                                "in order)",
+                                i, b->pos[i], s, want);
+        if (want >= p->max_seq_len)
+            return mt_error_set(err, MT_ERR_INVALID, "decode: sequence %d is full (%d positions)", s, p->max_seq_len);
+        d->seq_new[s]++;
+    }
+    return MT_OK;
+}
+
+mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b, float *logits, mt_error *err) {
+    mt_status st = check_step(d, p, b, err);
+    if (st) return st;
+    int need = 0;
+    for (int s = 0; s < p->max_seqs; s++)
+        if (d->seq_new[s]) need += mt_kv_seq_blocks_needed(p, s, d->seq_new[s]);
+    if (need > p->n_free)
+        return mt_error_set(err, MT_ERR_EXHAUSTED, "decode: the step needs %d free KV blocks, the pool has %d", need,
+                            p->n_free);
+    for (int s = 0; s < p->max_seqs; s++)
+        if (d->seq_new[s]) mt_kv_seq_reserve(p, s, d->seq_new[s]);
+
+    mt_model *m = d->m;
+    mt_backend *be = d->be;
+    const mt_config *cfg = &m->cfg;
+    mt_dims dm;
+    mt_model_dims(cfg, &dm);
+    int N = b->n_rows, n_slots = b->n_slots > 0 ? b->n_slots : 1;
+    /* rows in slot order (stable): one run per adapter in every linear */
+    int k = 0;
+    for (int slot = 0; slot < n_slots; slot++)
+        for (int i = 0; i < N; i++)
+            if ((b->slot ? b->slot[i] : 0) == slot) d->order[k++] = i;
+    MT_ASSERT(k == N);
+    int32_t *host_tok = d->row_ks; /* staging before the window starts are written */
+    for (int s = 0; s < p->max_seqs; s++) d->seq_new[s] = 0;
+    int32_t *pos_of = d->logit_slot; /* caller row → position, staging */
+    for (int i = 0; i < N; i++) {
+        int s = b->seq[i];
+        pos_of[i] = p->len[s] + d->seq_new[s]++;
+    }
+    for (int j = 0; j < N; j++) {
+        int i = d->order[j];
+        d->out_row[i] = j;
+        host_tok[j] = b->tokens[i];
+        d->row_seq[j] = b->seq[i];
+        d->row_pos[j] = pos_of[i];
+        d->row_slot[j] = b->slot ? b->slot[i] : 0;
+    }
+    mt_backend_upload(be, d->tokens, host_tok, (size_t)N * sizeof(int32_t));
+    mt_backend_upload(be, d->pos, d->row_pos, (size_t)N * sizeof(int32_t));
+    int W = cfg->sliding_window;
+    bool window = false;
+    for (int j = 0; j < N; j++) {
+        int ks = W > 0 ? d->row_pos[j] - W + 1 : 0;
+        d->row_ks[j] = ks > 0 ? ks : 0;
+        window |= ks > 0;
+    }
+    if (window) mt_backend_upload(be, d->kv_start, d->row_ks, (size_t)N * sizeof(int32_t));
+
+    mt_lin_ctx c = {.be = be,
+                    .train = false,
+                    .seed = 0,
+                    .scratch = d->s.adapter,
+                    .scratch_cap = d->s.adapter_cap,
+                    .adapters = b->n_slots > 0 ? b->adapters : NULL,
+                    .n_slots = b->n_slots,
+                    .row_slot = d->row_slot};
+    mt_pass pass = {.train = false};
+    mt_attn_plan plan = {.paged = true, .pos = d->pos, .kv_start = window ? d->kv_start : NULL, .pool = p, .dec = d};
+    mt_acts *a = &d->a;
+    a->x_in = a->x_mid = d->x;
+    mt_embedding_forward(be, d->tokens, N, m->embed->data, dm.H, d->x);
+    int mi = 0;
+    for (int l = 0; l < dm.L; l++) {
+        const mt_layer *ly = &m->layers[l];
+        mt_layer_forward(m, ly, &c, &pass, a, &d->s, N, &plan, d->x);
+        if (ly->moe) router_stats(d, mi++, N);
+    }
+    for (int i = 0; i < N; i++) p->len[b->seq[i]]++;
+    d->n_rows_last = N;
+
+    int nl = b->n_logits;
+    if (nl > 0) {
+        for (int q = 0; q < nl; q++) {
+            int j = d->out_row[b->logit_rows[q]];
+            mt_backend_copy(be, d->xf + (size_t)q * dm.H, d->x + (size_t)j * dm.H, (size_t)dm.H * sizeof(float));
+            d->logit_slot[q] = d->row_slot[j];
+        }
+        mt_rmsnorm_forward(be, d->xf, m->final_norm->data, d->xf, d->rstdf, nl, dm.H, cfg->rms_norm_eps);
+        c.row_slot = d->logit_slot;
+        /* the CPU backend's memory is host memory (mt_model_check_backend): the logits go
+         * straight into the caller's buffer */
+        mt_lin_forward(m, m->lm_head, &c, d->xf, nl, 0, logits);
+    }
+    return MT_OK;
+}
