@@ -66,8 +66,12 @@ void tk_u64map_free(tk_u64map *m);
 size_t tk_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp);
 size_t tk_utf8_encode(uint32_t cp, char out[4]);
 /* Appends s with every invalid sequence replaced by U+FFFD exactly as Rust's
- * String::from_utf8_lossy does (one U+FFFD per maximal invalid prefix). */
+ * String::from_utf8_lossy does (one U+FFFD per maximal subpart of an ill-formed sequence, the
+ * Unicode "substitution of maximal subparts"). */
 void tk_utf8_lossy(tk_buf *out, const char *s, size_t n);
+/* true when s[0..n) ends inside a character that more bytes could still complete: lossy
+ * decoding of it is not final yet. */
+bool tk_utf8_pending(const char *s, size_t n);
 /* Rust's char::is_whitespace (the Unicode White_Space property). */
 bool tk_is_whitespace(uint32_t cp);
 /* Rust's char::is_numeric (general categories Nd, Nl, No). */
@@ -232,6 +236,25 @@ struct mt_tokenizer {
  * error messages. The in-memory entry point behind mt_tokenizer_load (and the fuzzer's). */
 mt_status mt_tokenizer_load_json(mt_tokenizer **out, const char *json, size_t len, const char *origin,
                                  mt_error *err);
+
+/* ---- decoding internals (tokenizer_decode.c), shared with the streaming detokenizer ---- */
+
+/* What a window of tokens tells about cutting the sequence after it. */
+typedef struct tk_dec_info {
+    bool closed;        /* nothing in the window's text depends on tokens after it, byte-token
+                         * runs aside (below); false for decoder chains that cannot be cut */
+    bool bf_first_byte; /* ByteFallback saw a byte token first in the window */
+    bool bf_last_byte;  /* ... and last: a run of byte tokens may go on past the window */
+} tk_dec_info;
+
+/* Whether decode keeps id: a known id, and not special when skip_special. */
+bool tk_decode_keeps(const mt_tokenizer *tok, int32_t id, bool skip_special);
+/* Runs the decoder chain over ids (all kept), a window of the whole sequence: `first` when it
+ * begins the sequence, `followed` when more tokens come after it (BPEDecoder's suffix, the
+ * space join without a decoder). Appends the text to out; info (may be NULL) as above.
+ * mt_tokenizer_decode is this over the whole sequence (first, not followed). */
+mt_status tk_decode_ids(const mt_tokenizer *tok, const int32_t *ids, size_t n_ids, bool first, bool followed,
+                        tk_dec_info *info, tk_buf *out, mt_error *err);
 
 /* ---- encoding internals (tokenizer_encode.c) ---- */
 

@@ -57,7 +57,8 @@ bool mt_utf8_valid(const char *s, size_t n, size_t *bad_at);
 
 typedef struct mt_detok mt_detok;
 
-/* skip_special as in mt_tokenizer_decode; the stop strings are copied. */
+/* skip_special as in mt_tokenizer_decode; the stop strings (non-empty) are copied. The first
+ * stop string to complete wins; of several completed by one token, the one that begins first. */
 mt_status mt_detok_init(mt_detok **out, const mt_tokenizer *tok, bool skip_special, const char *const *stop,
                         int n_stop, mt_error *err);
 void mt_detok_free(mt_detok *d);
@@ -66,7 +67,8 @@ void mt_detok_free(mt_detok *d);
  * it; later calls emit nothing), else −1. */
 int mt_detok_push(mt_detok *d, int32_t id, const char **text, size_t *len);
 /* The end of the sequence: releases what was held back (an incomplete UTF-8 tail becomes what
- * the whole decode makes of it). */
+ * the whole decode makes of it). A stop string that only this completes still ends the text
+ * before it. */
 void mt_detok_flush(mt_detok *d, const char **text, size_t *len);
 /* Everything emitted so far, NUL-terminated. */
 const char *mt_detok_text(const mt_detok *d, size_t *len);

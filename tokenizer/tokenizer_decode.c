@@ -100,14 +100,27 @@ static void flush_bytes(tk_strs *dst, tk_buf *bytes) {
     bytes->len = 0;
 }
 
+/* Where the list a decoder sees sits in the whole sequence's list. Before a decoder that joins
+ * (ByteLevel, Fuse), the list's items are whole tokens; after one, the list is one item that
+ * may continue an item begun in an earlier window (tokenizer-impl.h, tk_decode_ids). */
+typedef struct dec_stage {
+    bool joined;   /* an earlier decoder joined the list into one item */
+    bool first;    /* the list's first item is the sequence's first */
+    bool followed; /* items come after the list's last one */
+} dec_stage;
+
 /* One decoder over the whole list (decode_chain). */
 static mt_status run_decoder(const mt_tokenizer *tok, const tk_decoder *d, tk_match *m, tk_strs *src, tk_strs *dst,
-                             mt_error *err) {
+                             dec_stage *stage, tk_dec_info *info, mt_error *err) {
     tk_buf tmp = {0};
     bool failed = false;
     switch (d->type) {
     case TK_DEC_BYTELEVEL:
         for (size_t i = 0; i < src->n; i++) bytelevel_bytes(src->v[i].p, src->v[i].len, &tmp);
+        /* an unfinished character at the end may still be completed by the next token's bytes;
+         * after a join, the per-token map would see one item spanning windows */
+        if (stage->joined || tk_utf8_pending(tmp.p, tmp.len)) info->closed = false;
+        stage->joined = true;
         {
             tk_buf text = {0};
             tk_utf8_lossy(&text, tmp.p ? tmp.p : "", tmp.len);
@@ -116,6 +129,7 @@ static mt_status run_decoder(const mt_tokenizer *tok, const tk_decoder *d, tk_ma
         }
         break;
     case TK_DEC_REPLACE:
+        if (stage->joined) info->closed = false; /* a match may span windows */
         for (size_t i = 0; i < src->n; i++) {
             tmp.len = 0;
             replace_all(d->re, m, d->str, d->str_len, src->v[i].p, src->v[i].len, &tmp, &failed);
@@ -123,8 +137,12 @@ static mt_status run_decoder(const mt_tokenizer *tok, const tk_decoder *d, tk_ma
         }
         break;
     case TK_DEC_BYTEFALLBACK:
+        if (stage->joined) info->closed = false;
         for (size_t i = 0; i < src->n; i++) {
             int b = byte_token(src->v[i].p, src->v[i].len);
+            /* a run of byte tokens is judged whole: a window must not end inside one */
+            if (i == 0 && b >= 0) info->bf_first_byte = true;
+            if (i + 1 == src->n && b >= 0) info->bf_last_byte = true;
             if (b >= 0) {
                 tk_buf_putc(&tmp, (char)b);
                 continue;
@@ -137,8 +155,11 @@ static mt_status run_decoder(const mt_tokenizer *tok, const tk_decoder *d, tk_ma
     case TK_DEC_FUSE:
         for (size_t i = 0; i < src->n; i++) tk_buf_put(&tmp, src->v[i].p, src->v[i].len);
         strs_push(dst, tmp.p ? tmp.p : "", tmp.len);
+        stage->joined = true;
         break;
     case TK_DEC_STRIP:
+        /* the joined item's end is the text's end, which later windows move */
+        if (stage->joined && d->stop) info->closed = false;
         for (size_t i = 0; i < src->n; i++) {
             /* character positions of this token */
             const char *s = src->v[i].p;
@@ -153,7 +174,11 @@ static mt_status run_decoder(const mt_tokenizer *tok, const tk_decoder *d, tk_ma
             }
             at[nch] = n;
             size_t lo = 0, hi = nch;
-            for (size_t k = 0; k < (size_t)d->start && k < nch && cps[k] == d->ch; k++) lo = k + 1;
+            /* a joined item that continues an earlier window's has had its start stripped */
+            bool at_start = !stage->joined || stage->first;
+            for (size_t k = 0; at_start && k < (size_t)d->start && k < nch && cps[k] == d->ch; k++) lo = k + 1;
+            /* fewer than `start` content characters and nothing else yet: more may follow */
+            if (stage->joined && at_start && lo < (size_t)d->start && lo == nch) info->closed = false;
             for (size_t k = 0; k < (size_t)d->stop && k < nch && cps[nch - 1 - k] == d->ch; k++) hi = nch - 1 - k;
             if (hi < lo) hi = lo;
             strs_push(dst, s + at[lo], at[hi] - at[lo]);
@@ -166,7 +191,7 @@ static mt_status run_decoder(const mt_tokenizer *tok, const tk_decoder *d, tk_ma
         size_t rl = tk_utf8_encode(d->ch, rep);
         for (size_t i = 0; i < src->n; i++) {
             /* every replacement character of the first token goes, not only a leading one */
-            bool drop = i == 0 && d->scheme != TK_PREPEND_NEVER;
+            bool drop = i == 0 && (stage->joined || stage->first) && d->scheme != TK_PREPEND_NEVER;
             tmp.len = 0;
             const char *s = src->v[i].p;
             size_t n = src->v[i].len;
@@ -188,7 +213,7 @@ static mt_status run_decoder(const mt_tokenizer *tok, const tk_decoder *d, tk_ma
             size_t n = src->v[i].len, k = 0;
             while (k < n) {
                 if (d->str_len && k + d->str_len <= n && !memcmp(s + k, d->str, d->str_len)) {
-                    if (i + 1 < src->n) tk_buf_putc(&tmp, ' ');
+                    if (i + 1 < src->n || (!stage->joined && stage->followed)) tk_buf_putc(&tmp, ' ');
                     k += d->str_len;
                 } else
                     tk_buf_putc(&tmp, s[k++]);
@@ -204,45 +229,62 @@ static mt_status run_decoder(const mt_tokenizer *tok, const tk_decoder *d, tk_ma
     return MT_OK;
 }
 
-mt_status mt_tokenizer_decode(const mt_tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special, char **out,
-                              size_t *len, mt_error *err) {
-    *out = NULL;
-    if (len) *len = 0;
+mt_status tk_decode_ids(const mt_tokenizer *tok, const int32_t *ids, size_t n_ids, bool first, bool followed,
+                        tk_dec_info *info, tk_buf *out, mt_error *err) {
+    tk_dec_info ignored;
+    if (!info) info = &ignored;
+    *info = (tk_dec_info){.closed = true};
     tk_strs a = {0}, b = {0};
-    for (size_t i = 0; i < n_ids; i++) {
-        int32_t id = ids[i];
-        if (id < 0 || id >= tok->vocab_size || !tok->id_tok[id]) continue;
-        /* as the library does, by spelling: any token that reads like a special one goes */
-        if (skip_special && tk_strmap_get(&tok->special_set, tok->id_tok[id], tok->id_len[id]) >= 0) continue;
-        strs_push(&a, tok->id_tok[id], tok->id_len[id]);
-    }
+    for (size_t i = 0; i < n_ids; i++) strs_push(&a, tok->id_tok[ids[i]], tok->id_len[ids[i]]);
     mt_status st = MT_OK;
     tk_buf joined = {0};
     if (tok->has_decoder) {
         tk_match *m = tk_match_new();
+        dec_stage stage = {.first = first, .followed = followed};
         for (int k = 0; k < tok->n_decs && !st; k++) {
-            st = run_decoder(tok, &tok->decs[k], m, &a, &b, err);
+            st = run_decoder(tok, &tok->decs[k], m, &a, &b, &stage, info, err);
             strs_free(&a);
             a = b;
             memset(&b, 0, sizeof b);
         }
         tk_match_free(m);
         for (size_t i = 0; i < a.n; i++) tk_buf_put(&joined, a.v[i].p, a.v[i].len);
-    } else
+    } else {
         /* without a decoder the library joins the tokens with spaces */
         for (size_t i = 0; i < a.n; i++) {
             if (i) tk_buf_putc(&joined, ' ');
             tk_buf_put(&joined, a.v[i].p, a.v[i].len);
         }
+        if (followed && a.n) tk_buf_putc(&joined, ' ');
+    }
     strs_free(&a);
     strs_free(&b);
+    if (!st) tk_utf8_lossy(out, joined.p ? joined.p : "", joined.len);
+    tk_buf_free(&joined);
+    return st;
+}
+
+bool tk_decode_keeps(const mt_tokenizer *tok, int32_t id, bool skip_special) {
+    if (id < 0 || id >= tok->vocab_size || !tok->id_tok[id]) return false;
+    /* as the library does, by spelling: any token that reads like a special one goes */
+    return !skip_special || tk_strmap_get(&tok->special_set, tok->id_tok[id], tok->id_len[id]) < 0;
+}
+
+mt_status mt_tokenizer_decode(const mt_tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special, char **out,
+                              size_t *len, mt_error *err) {
+    *out = NULL;
+    if (len) *len = 0;
+    int32_t *kept = mt_xmalloc((n_ids ? n_ids : 1) * sizeof *kept);
+    size_t n = 0;
+    for (size_t i = 0; i < n_ids; i++)
+        if (tk_decode_keeps(tok, ids[i], skip_special)) kept[n++] = ids[i];
+    tk_buf text = {0};
+    mt_status st = tk_decode_ids(tok, kept, n, true, false, NULL, &text, err);
+    free(kept);
     if (st) {
-        tk_buf_free(&joined);
+        tk_buf_free(&text);
         return st;
     }
-    tk_buf text = {0};
-    tk_utf8_lossy(&text, joined.p ? joined.p : "", joined.len);
-    tk_buf_free(&joined);
     if (!text.p) tk_buf_put(&text, "", 0);
     *out = text.p;
     if (len) *len = text.len;

@@ -284,6 +284,22 @@ static size_t lossy_invalid_len(const unsigned char *s, size_t n) {
     return i;
 }
 
+bool tk_utf8_pending(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        uint32_t cp;
+        size_t k = u[i] < 0x80 ? 1 : tk_utf8_decode(u + i, n - i, &cp);
+        if (!k) {
+            k = lossy_invalid_len(u + i, n - i);
+            /* cut short by the end, after a lead byte that could begin a character */
+            if (i + k == n && u[i] >= 0xC2 && u[i] <= 0xF4) return true;
+        }
+        i += k;
+    }
+    return false;
+}
+
 void tk_utf8_lossy(tk_buf *out, const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0, run = 0;
