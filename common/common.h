@@ -50,6 +50,14 @@ void mt_error_clear(mt_error *err);
     } while (0)
 _Noreturn void mt_assert_fail(const char *expr, const char *file, int line);
 
+/* Returns the status of a fallible call from the enclosing function when it is not MT_OK (the
+ * message is already on the handle or in the mt_error). */
+#define MT_TRY(expr)                                                                      \
+    do {                                                                                  \
+        mt_status mt_try_status_ = (expr);                                                \
+        if (mt_try_status_ != MT_OK) return mt_try_status_;                               \
+    } while (0)
+
 /* ---- memory ---- */
 
 /* malloc that aborts on failure: only for small bookkeeping where recovery is meaningless.

@@ -36,16 +36,16 @@ static char *targets_json(const mt_recipe *r) {
 mt_status mt_run_export(mt_run *run, mt_train_result *res, mt_error *err) {
     const mt_recipe *r = run->r;
     const char *dir = r->output.adapter;
-    TRY(mt_mkdirs(dir, err));
+    MT_TRY(mt_mkdirs(dir, err));
     if (run->lora) {
         mt_lora_meta meta = {.run_id = run->run_id, .thresholds_json = run->thresholds_json};
         snprintf(meta.base_model, sizeof meta.base_model, "%s", r->model.path);
         memcpy(meta.base_hash, run->base_hash, sizeof meta.base_hash);
-        TRY(mt_lora_save_peft(run->lora, dir, &meta, err));
+        MT_TRY(mt_lora_save_peft(run->lora, dir, &meta, err));
     } else {
-        TRY(mt_model_save(run->model, dir, MT_DTYPE_F32, 0, err));
-        TRY(mt_copy_tokenizer_files(r->model.tokenizer, dir, err));
-        TRY(write_model_meta(dir, run, err));
+        MT_TRY(mt_model_save(run->model, dir, MT_DTYPE_F32, 0, err));
+        MT_TRY(mt_copy_tokenizer_files(r->model.tokenizer, dir, err));
+        MT_TRY(write_model_meta(dir, run, err));
     }
     snprintf(res->adapter_dir, sizeof res->adapter_dir, "%s", dir);
     if (!run->store) return MT_OK;
@@ -72,7 +72,7 @@ mt_status mt_run_export(mt_run *run, mt_train_result *res, mt_error *err) {
     int64_t id;
     mt_status st = mt_store_adapter_add(run->store, &info, &id, err);
     free(targets);
-    TRY(st);
+    MT_TRY(st);
     char *q = mt_json_quote(dir);
     char detail[4400];
     snprintf(detail, sizeof detail, "{\"path\":%s,\"kind\":\"%s\"}", q, run->lora ? "lora" : "full");
@@ -91,7 +91,7 @@ mt_status mt_export_merged(const char *adapter_dir, const char *base_dir, const 
         char cfg_path[4200];
         snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", adapter_dir);
         char *text;
-        TRY(mt_read_file(cfg_path, &text, NULL, err));
+        MT_TRY(mt_read_file(cfg_path, &text, NULL, err));
         cJSON *j = cJSON_Parse(text);
         free(text);
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "base_model_name_or_path");
@@ -105,7 +105,7 @@ mt_status mt_export_merged(const char *adapter_dir, const char *base_dir, const 
     char base[4096];
     snprintf(base, sizeof base, "%s", base_dir);
     mt_backend *be;
-    TRY(mt_backend_init(&be, MT_BACKEND_CPU, threads, err));
+    MT_TRY(mt_backend_init(&be, MT_BACKEND_CPU, threads, err));
     mt_model *m = NULL;
     mt_lora *l = NULL;
     mt_lora_meta got;

@@ -6,12 +6,6 @@
 #include "checkpoint-impl.h"
 #include "train-impl.h"
 
-#define TRY(expr)                                                                                                      \
-    do {                                                                                                               \
-        mt_status try_status_ = (expr);                                                                                \
-        if (try_status_ != MT_OK) return try_status_;                                                                  \
-    } while (0)
-
 struct mt_store;
 struct mt_lora;
 

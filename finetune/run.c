@@ -47,10 +47,10 @@ mt_status mt_copy_tokenizer_files(const char *from_dir, const char *to_dir, mt_e
         if (i > 0 && !mt_path_exists(src)) continue;
         char *data;
         size_t len;
-        TRY(mt_read_file(src, &data, &len, err));
+        MT_TRY(mt_read_file(src, &data, &len, err));
         mt_status st = mt_write_file_atomic(dst, data, len, err);
         free(data);
-        TRY(st);
+        MT_TRY(st);
     }
     return MT_OK;
 }
@@ -63,7 +63,7 @@ mt_status mt_dap_from_model(mt_model *m, const mt_rows *rows, int max_rows, doub
     int64_t n = rows->n_rows < max_rows ? rows->n_rows : max_rows;
     if (n <= 0) return mt_error_set(err, MT_ERR_INVALID, "thresholds: no training rows to measure entropy on");
     mt_workspace *ws;
-    TRY(mt_workspace_init(&ws, m, 1, T, false, 0, err));
+    MT_TRY(mt_workspace_init(&ws, m, 1, T, false, 0, err));
     float *logits = mt_xmalloc((size_t)T * (size_t)V * sizeof(float));
     mt_batch_buf buf;
     mt_batch_buf_init(&buf, 1, T);
@@ -105,7 +105,7 @@ static mt_status record_sources(mt_run *run, const mt_recipe_list *paths, const 
                                       .run_id = run->run_id,
                                       .split = split};
         int64_t id;
-        TRY(mt_store_dataset_add(run->store, &info, &id, err));
+        MT_TRY(mt_store_dataset_add(run->store, &info, &id, err));
     }
     return MT_OK;
 }
@@ -113,7 +113,7 @@ static mt_status record_sources(mt_run *run, const mt_recipe_list *paths, const 
 static mt_status load_data(mt_run *run, mt_error *err) {
     const mt_recipe *r = run->r;
     char tok_hash[65];
-    TRY(mt_tokenizer_file_hash(r->model.tokenizer, tok_hash, err));
+    MT_TRY(mt_tokenizer_file_hash(r->model.tokenizer, tok_hash, err));
     mt_data_source *src = mt_xcalloc(r->data.train.n + 1, sizeof *src);
     mt_docs all = {0};
     mt_status st = mt_data_load(&r->data.train, r->data.format, r->data.mask_prompt, run->tok, tok_hash,
@@ -141,12 +141,12 @@ static mt_status load_data(mt_run *run, mt_error *err) {
     }
     if (st == MT_OK) st = record_sources(run, &r->data.train, src, &run->train_docs, "train", err);
     free(src);
-    TRY(st);
+    MT_TRY(st);
     int32_t pad = mt_tokenizer_eos_id(run->tok);
     if (pad < 0) pad = 0;
-    TRY(mt_rows_build(&run->train_docs, run->T, r->data.packing, pad, &run->train_rows, err));
+    MT_TRY(mt_rows_build(&run->train_docs, run->T, r->data.packing, pad, &run->train_rows, err));
     if (run->eval_docs.n_docs > 0)
-        TRY(mt_rows_build(&run->eval_docs, run->T, r->data.packing, pad, &run->eval_rows, err));
+        MT_TRY(mt_rows_build(&run->eval_docs, run->T, r->data.packing, pad, &run->eval_rows, err));
     mt_run_note(run->opts, "rows of %d tokens: %lld train, %lld held out", run->T, (long long)run->train_rows.n_rows,
          (long long)run->eval_rows.n_rows);
     return MT_OK;
@@ -227,11 +227,11 @@ static mt_status require_all(mt_run *run, mt_error *err) {
         mt_param *p = mt_model_param(run->model, i);
         /* DeepSeek-V3's routing bias is a buffer updated by load statistics, not by gradients */
         if (strstr(p->name, "e_score_correction_bias")) continue;
-        TRY(mt_model_require_grad(run->model, p, err));
+        MT_TRY(mt_model_require_grad(run->model, p, err));
         run->trainables[k++] = (mt_trainable){.name = p->name, .data = p->data, .grad = p->grad, .numel = p->numel,
                                               .decay = p->ndim >= 2};
     }
-    TRY(mt_optim_init(&run->optim, run->be, run->trainables, k, err));
+    MT_TRY(mt_optim_init(&run->optim, run->be, run->trainables, k, err));
     mt_run_note(run->opts, "full fine-tuning: %d tensors, %lld parameters", k, (long long)run->optim.n_params);
     snprintf(run->trained_json, sizeof run->trained_json, "{\"type\":\"full\",\"tensors\":%d,\"params\":%lld}", k,
              (long long)run->optim.n_params);
@@ -243,19 +243,19 @@ static mt_status require_all(mt_run *run, mt_error *err) {
 static mt_status begin_record(mt_run *run, bool resuming, mt_error *err) {
     const mt_recipe *r = run->r;
     if (run->opts->no_store) return MT_OK;
-    TRY(mt_store_open(&run->store, r->output.store, true, err));
+    MT_TRY(mt_store_open(&run->store, r->output.store, true, err));
     if (resuming) {
         run->run_id = run->st.run_id;
         if (run->run_id > 0) {
-            TRY(mt_store_run_resume(run->store, run->run_id, err));
+            MT_TRY(mt_store_run_resume(run->store, run->run_id, err));
             char d[200];
             snprintf(d, sizeof d, "{\"step\":%lld}", (long long)run->st.step);
-            TRY(mt_store_log_event(run->store, run->run_id, run->st.step, "resume", d, err));
+            MT_TRY(mt_store_log_event(run->store, run->run_id, run->st.step, "resume", d, err));
         }
         return MT_OK;
     }
     char *text = NULL;
-    if (run->opts->recipe_path) TRY(mt_read_file(run->opts->recipe_path, &text, NULL, err));
+    if (run->opts->recipe_path) MT_TRY(mt_read_file(run->opts->recipe_path, &text, NULL, err));
     if (!text) text = mt_recipe_dump_yaml(r, NULL);
     char *json = mt_recipe_to_json(r);
     char sha[65];
@@ -301,8 +301,8 @@ static mt_status thresholds(mt_run *run, mt_error *err) {
         double thr, ent;
         int64_t n;
         double t0 = mt_now_seconds();
-        TRY(mt_dap_from_model(run->model, &run->train_rows, DAP_MAX_ROWS, r->thresholds.base, r->thresholds.max_entropy,
-                              &thr, &ent, &n, err));
+        MT_TRY(mt_dap_from_model(run->model, &run->train_rows, DAP_MAX_ROWS, r->thresholds.base,
+                                 r->thresholds.max_entropy, &thr, &ent, &n, err));
         run->st.dap_threshold = thr;
         run->st.mean_entropy = ent;
         mt_run_note(run->opts, "thresholds: mean predictive entropy %.3f bits over %lld rows -> dap_threshold %.4f (%.1fs)",
@@ -328,11 +328,11 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     if (r->train.device != MT_RECIPE_DEVICE_CPU)
         return mt_error_set(err, MT_ERR_UNSUPPORTED, "train.device: only \"cpu\" trains in this build");
     run->T = r->data.max_seq_len;
-    TRY(mt_mkdirs(r->output.dir, err));
-    TRY(mt_backend_init(&run->be, MT_BACKEND_CPU, r->train.threads, err));
-    TRY(mt_tokenizer_load(&run->tok, r->model.tokenizer, err));
+    MT_TRY(mt_mkdirs(r->output.dir, err));
+    MT_TRY(mt_backend_init(&run->be, MT_BACKEND_CPU, r->train.threads, err));
+    MT_TRY(mt_tokenizer_load(&run->tok, r->model.tokenizer, err));
     double t0 = mt_now_seconds();
-    TRY(mt_model_load(&run->model, r->model.path, run->be, err));
+    MT_TRY(mt_model_load(&run->model, r->model.path, run->be, err));
     mt_model_content_hash(run->model, run->base_hash);
     int64_t active;
     int64_t params = mt_config_param_count(mt_model_config(run->model), &active);
@@ -350,7 +350,7 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
         mt_status fs = mt_ckpt_find_latest(r->output.dir, ckpt, sizeof ckpt, err);
         if (fs == MT_ERR_NOT_FOUND)
             return mt_error_set(err, MT_ERR_NOT_FOUND, "--resume: no checkpoint under %s/checkpoints", r->output.dir);
-        TRY(fs);
+        MT_TRY(fs);
     } else if (!o->no_checkpoints) {
         /* a new run must not mix its checkpoints with an earlier run's: --resume would pick them */
         mt_error ignore = {0};
@@ -361,21 +361,21 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
                                 r->output.dir, ckpt, r->output.dir);
         ckpt[0] = '\0';
     }
-    TRY(load_data(run, err));
-    TRY(resolve_steps(run, err));
+    MT_TRY(load_data(run, err));
+    MT_TRY(resolve_steps(run, err));
     res->total_steps = run->total_steps;
     run->order = mt_xcalloc((size_t)run->train_rows.n_rows, sizeof *run->order);
     run->step_idx = mt_xcalloc((size_t)r->train.micro_batch * r->train.grad_accum, sizeof *run->step_idx);
 
-    if (!resuming) TRY(thresholds(run, err)); /* the base alone: before any adapter exists */
+    if (!resuming) MT_TRY(thresholds(run, err)); /* the base alone: before any adapter exists */
     if (r->adapter.type == MT_RECIPE_ADAPTER_LORA)
-        TRY(attach_lora(run, err));
+        MT_TRY(attach_lora(run, err));
     else
-        TRY(require_all(run, err));
+        MT_TRY(require_all(run, err));
     res->trainable_params = run->optim.n_params;
 
     if (resuming) {
-        TRY(mt_ckpt_load(ckpt, &run->optim, &run->st, err));
+        MT_TRY(mt_ckpt_load(ckpt, &run->optim, &run->st, err));
         char sha[65];
         mt_recipe_hash(r, sha);
         if (strcmp(sha, run->st.recipe_sha256) != 0)
@@ -394,21 +394,21 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     format_thresholds(run);
     mt_rows_epoch_order(run->train_rows.n_rows, (uint64_t)r->train.seed, run->st.epoch, r->data.shuffle, run->order);
 
-    TRY(begin_record(run, resuming, err));
+    MT_TRY(begin_record(run, resuming, err));
     res->run_id = run->run_id;
     run->st.run_id = run->run_id;
     if (run->store && !resuming) {
-        TRY(mt_store_log_event(run->store, run->run_id, 0, "thresholds", run->thresholds_json, err));
-        TRY(mt_store_log_event(run->store, run->run_id, 0, "trainable", run->trained_json, err));
+        MT_TRY(mt_store_log_event(run->store, run->run_id, 0, "thresholds", run->thresholds_json, err));
+        MT_TRY(mt_store_log_event(run->store, run->run_id, 0, "trainable", run->trained_json, err));
         mt_metric m[] = {{"dap_threshold", run->st.dap_threshold}, {"data_mean_entropy", run->st.mean_entropy}};
-        TRY(mt_store_log_metrics(run->store, run->run_id, 0, m, run->st.mean_entropy >= 0 ? 2 : 1, err));
+        MT_TRY(mt_store_log_metrics(run->store, run->run_id, 0, m, run->st.mean_entropy >= 0 ? 2 : 1, err));
     }
 
     int max_rank = run->lora ? mt_lora_max_rank(run->lora) : 0;
-    TRY(mt_workspace_init(&run->ws, run->model, r->train.micro_batch, run->T, true, max_rank, err));
+    MT_TRY(mt_workspace_init(&run->ws, run->model, r->train.micro_batch, run->T, true, max_rank, err));
     mt_batch_buf_init(&run->buf, r->train.micro_batch, run->T);
     if (run->eval_rows.n_rows) {
-        TRY(mt_workspace_init(&run->eval_ws, run->model, r->train.micro_batch, run->T, false, max_rank, err));
+        MT_TRY(mt_workspace_init(&run->eval_ws, run->model, r->train.micro_batch, run->T, false, max_rank, err));
         mt_batch_buf_init(&run->eval_buf, r->train.micro_batch, run->T);
     }
     mt_run_note(o, "training: %lld steps of %d x %d rows x %d tokens, lr %g, %s schedule, warmup %lld; activations %.1f MB",

@@ -88,8 +88,8 @@ static mt_status train_step(mt_run *run, step_out *so, mt_error *err) {
             .adapter = mt_lora_adapter(run->lora),
         };
         mt_forward_result fr;
-        TRY(mt_model_forward(run->model, run->ws, &batch, &fo, &fr, err));
-        TRY(mt_model_backward(run->model, run->ws, run->buf.dloss, err));
+        MT_TRY(mt_model_forward(run->model, run->ws, &batch, &fo, &fr, err));
+        MT_TRY(mt_model_backward(run->model, run->ws, run->buf.dloss, err));
         loss_sum += fr.loss_sum;
         aux_sum += fr.aux_loss;
     }
@@ -112,13 +112,13 @@ static mt_status evaluate(mt_run *run, int64_t step, mt_train_result *res, mt_er
     if (!run->eval_rows.n_rows) return MT_OK;
     double loss;
     int64_t n;
-    TRY(mt_eval_rows(run->model, run->eval_ws, &run->eval_buf, &run->eval_rows, mt_lora_adapter(run->lora), &loss, &n,
-                     err));
+    MT_TRY(mt_eval_rows(run->model, run->eval_ws, &run->eval_buf, &run->eval_rows, mt_lora_adapter(run->lora), &loss,
+                        &n, err));
     res->eval_loss = loss;
     res->eval_ppl = exp(loss);
     res->eval_tokens = n;
     mt_metric m[] = {{"eval_loss", loss}, {"eval_ppl", exp(loss)}};
-    TRY(metrics(run, step, m, 2, err));
+    MT_TRY(metrics(run, step, m, 2, err));
     if (run->opts->on_progress) {
         mt_train_progress p = {.step = step, .total_steps = run->total_steps, .eval = true,
                                .eval_loss = loss, .eval_ppl = exp(loss), .log_line = true};
@@ -131,7 +131,7 @@ static mt_status checkpoint(mt_run *run, mt_error *err) {
     if (run->opts->no_checkpoints) return MT_OK;
     char path[4096];
     run->st.optim_step = run->optim.step;
-    TRY(mt_ckpt_save(run->r->output.dir, &run->optim, &run->st, run->r->train.save_total_limit, path, sizeof path,
+    MT_TRY(mt_ckpt_save(run->r->output.dir, &run->optim, &run->st, run->r->train.save_total_limit, path, sizeof path,
                      err));
     char *q = mt_json_quote(path);
     event(run, run->st.step, "checkpoint", "{\"path\":%s}", q);
@@ -154,7 +154,7 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
     while (run->st.step < run->total_steps) {
         if (o->max_steps > 0 && done_here >= o->max_steps) break;
         step_out so;
-        TRY(train_step(run, &so, err));
+        MT_TRY(train_step(run, &so, err));
         run->st.step++;
         done_here++;
         run->st.tokens_seen += tokens_per_step;
@@ -187,7 +187,7 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
                         run->st.step == run->total_steps;
         mt_metric m[] = {{"loss", so.loss},           {"lr", so.lr},          {"grad_norm", so.grad_norm},
                          {"aux_loss", so.aux},        {"tokens_per_sec", tps}, {"tokens", (double)so.n_tokens}};
-        if (log_line) TRY(metrics(run, run->st.step, m, sizeof m / sizeof m[0], err));
+        if (log_line) MT_TRY(metrics(run, run->st.step, m, sizeof m / sizeof m[0], err));
         if (o->on_progress) {
             double rate = (now - t0) / (double)done_here;
             mt_train_progress p = {.step = run->st.step,
@@ -203,10 +203,10 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
             o->on_progress(o->user, &p);
         }
         bool last = run->st.step == run->total_steps;
-        if (every(r->train.eval_every, run->st.step) || last) TRY(evaluate(run, run->st.step, res, err));
+        if (every(r->train.eval_every, run->st.step) || last) MT_TRY(evaluate(run, run->st.step, res, err));
         if ((every(r->train.save_every, run->st.step) && !last) ||
             (o->stop_flag && *o->stop_flag && !last))
-            TRY(checkpoint(run, err));
+            MT_TRY(checkpoint(run, err));
         if (o->stop_flag && *o->stop_flag && !last) {
             res->interrupted = true;
             break;

@@ -140,12 +140,6 @@ static mt_status type_error(const cfg_reader *r, const char *key, const char *wa
                         json_kind(v, num, sizeof num));
 }
 
-#define TRY(expr)                                                                                                      \
-    do {                                                                                                               \
-        mt_status try_s_ = (expr);                                                                                     \
-        if (try_s_ != MT_OK) return try_s_;                                                                            \
-    } while (0)
-
 /* The key's node in `obj`, trying `alias` (transformers' attribute_map) when the key is
  * absent; *name gets the spelling found, for messages. */
 static const cJSON *find(const cJSON *obj, const char *key, const char *alias, const char **name) {
@@ -204,7 +198,7 @@ static mt_status get_num(const cfg_reader *r, const cJSON *obj, const char *key,
 
 static mt_status get_float(const cfg_reader *r, const char *key, float def, float *out) {
     double d = def;
-    TRY(get_num(r, r->root, key, def, false, &d));
+    MT_TRY(get_num(r, r->root, key, def, false, &d));
     if (fabs(d) > FLT_MAX)
         return type_error(r, key, "a number within float range", cJSON_GetObjectItemCaseSensitive(r->root, key));
     *out = (float)d;
@@ -267,7 +261,7 @@ static mt_status read_token_ids(const cfg_reader *r, mt_config *c) {
     case MT_FAMILY_OLMOE: eos_def = 50279; break;
     default: break;
     }
-    TRY(get_int(r, "bos_token_id", NULL, bos_def, true, -1, &c->bos_token_id));
+    MT_TRY(get_int(r, "bos_token_id", NULL, bos_def, true, -1, &c->bos_token_id));
     const cJSON *eos = cJSON_GetObjectItemCaseSensitive(r->root, "eos_token_id");
     c->n_eos = 0;
     if (!eos) {
@@ -277,12 +271,12 @@ static mt_status read_token_ids(const cfg_reader *r, mt_config *c) {
             if (c->n_eos == MT_MAX_EOS)
                 return mt_error_set(r->err, MT_ERR_UNSUPPORTED, "%s: \"eos_token_id\" lists more than %d ids", r->file,
                                     MT_MAX_EOS);
-            TRY(as_int(r, "eos_token_id", e, &c->eos_token_ids[c->n_eos]));
+            MT_TRY(as_int(r, "eos_token_id", e, &c->eos_token_ids[c->n_eos]));
             c->n_eos++;
         }
     } else if (!cJSON_IsNull(eos)) {
         if (!cJSON_IsNumber(eos)) return type_error(r, "eos_token_id", "an integer or a list of integers", eos);
-        TRY(as_int(r, "eos_token_id", eos, &c->eos_token_ids[0]));
+        MT_TRY(as_int(r, "eos_token_id", eos, &c->eos_token_ids[0]));
         c->n_eos = 1;
     }
     return MT_OK;
@@ -305,7 +299,7 @@ static mt_status read_rope(const cfg_reader *r, mt_config *c) {
     }
     double default_theta = c->family == MT_FAMILY_MIXTRAL ? 1e6 : 1e4;
     double top_theta = 0;
-    TRY(get_num(r, r->root, "rope_theta", default_theta, true, &top_theta));
+    MT_TRY(get_num(r, r->root, "rope_theta", default_theta, true, &top_theta));
     c->rope_theta = top_theta;
     c->rope_scaling = MT_ROPE_SCALING_NONE;
     c->rope_factor = 1.0;
@@ -316,17 +310,17 @@ static mt_status read_rope(const cfg_reader *r, mt_config *c) {
     c->yarn_mscale_all_dim = 0;
 
     double partial = 0;
-    TRY(get_num(r, r->root, "partial_rotary_factor", 1.0, true, &partial));
-    if (rs) TRY(get_num(r, rs, "partial_rotary_factor", partial, true, &partial));
+    MT_TRY(get_num(r, r->root, "partial_rotary_factor", 1.0, true, &partial));
+    if (rs) MT_TRY(get_num(r, rs, "partial_rotary_factor", partial, true, &partial));
     if (partial != 1.0)
         return mt_error_set(r->err, MT_ERR_UNSUPPORTED, "%s: \"partial_rotary_factor\" %g is not supported (only 1)",
                             r->file, partial);
     if (!rs) return MT_OK;
 
-    TRY(get_num(r, rs, "rope_theta", c->rope_theta, true, &c->rope_theta));
+    MT_TRY(get_num(r, rs, "rope_theta", c->rope_theta, true, &c->rope_theta));
     const char *type = NULL;
-    TRY(get_str(r, rs, "type", "default", &type));
-    TRY(get_str(r, rs, "rope_type", type, &type));
+    MT_TRY(get_str(r, rs, "type", "default", &type));
+    MT_TRY(get_str(r, rs, "rope_type", type, &type));
     if (strcmp(type, "default") == 0) return MT_OK;
     if (strcmp(type, "linear") == 0) {
         const cJSON *f = cJSON_GetObjectItemCaseSensitive(rs, "factor");
@@ -344,11 +338,11 @@ static mt_status read_rope(const cfg_reader *r, mt_config *c) {
      * then the one in the object, then max_position_embeddings. */
     int orig = c->max_position_embeddings;
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(rs, "original_max_position_embeddings");
-    if (o && !cJSON_IsNull(o)) TRY(as_int(r, "original_max_position_embeddings", o, &orig));
-    TRY(get_int(r, "original_max_position_embeddings", NULL, orig, true, orig, &orig));
+    if (o && !cJSON_IsNull(o)) MT_TRY(as_int(r, "original_max_position_embeddings", o, &orig));
+    MT_TRY(get_int(r, "original_max_position_embeddings", NULL, orig, true, orig, &orig));
     c->rope_original_max_pos = orig;
     double factor = 0;
-    TRY(get_num(r, rs, "factor", NAN, true, &factor));
+    MT_TRY(get_num(r, rs, "factor", NAN, true, &factor));
     if (isnan(factor)) {
         if (orig <= 0) return mt_error_set(r->err, MT_ERR_INVALID, "%s: YaRN needs \"factor\"", r->file);
         factor = (double)c->max_position_embeddings / orig;
@@ -358,14 +352,14 @@ static mt_status read_rope(const cfg_reader *r, mt_config *c) {
      * mscale and mscale_all_dim stay 0 when absent, which is how transformers tells
      * "not given" apart (it tests their truthiness). */
     double v = 0;
-    TRY(get_num(r, rs, "beta_fast", 0, true, &v));
+    MT_TRY(get_num(r, rs, "beta_fast", 0, true, &v));
     c->yarn_beta_fast = v != 0 ? v : 32;
-    TRY(get_num(r, rs, "beta_slow", 0, true, &v));
+    MT_TRY(get_num(r, rs, "beta_slow", 0, true, &v));
     c->yarn_beta_slow = v != 0 ? v : 1;
-    TRY(get_num(r, rs, "mscale", 0, true, &c->yarn_mscale));
-    TRY(get_num(r, rs, "mscale_all_dim", 0, true, &c->yarn_mscale_all_dim));
+    MT_TRY(get_num(r, rs, "mscale", 0, true, &c->yarn_mscale));
+    MT_TRY(get_num(r, rs, "mscale_all_dim", 0, true, &c->yarn_mscale_all_dim));
     double af = 0;
-    TRY(get_num(r, rs, "attention_factor", NAN, true, &af));
+    MT_TRY(get_num(r, rs, "attention_factor", NAN, true, &af));
     if (!isnan(af))
         return mt_error_set(r->err, MT_ERR_UNSUPPORTED,
                             "%s: \"%s\": an explicit YaRN \"attention_factor\" is not supported", r->file, rs_key);
@@ -378,43 +372,43 @@ static mt_status read_rope(const cfg_reader *r, mt_config *c) {
 
 static mt_status read_deepseek(const cfg_reader *r, mt_config *c) {
     bool v3 = c->family == MT_FAMILY_DEEPSEEK_V3;
-    TRY(need_int(r, "n_routed_experts", v3 ? "num_local_experts" : "num_experts", &c->n_experts));
-    TRY(need_int(r, "num_experts_per_tok", NULL, &c->top_k));
-    TRY(need_int(r, "moe_intermediate_size", NULL, &c->moe_intermediate_size));
-    TRY(get_int(r, "n_shared_experts", NULL, v3 ? 1 : 2, false, 0, &c->n_shared_experts));
-    TRY(get_float(r, "routed_scaling_factor", v3 ? 2.5f : 1.0f, &c->routed_scaling_factor));
+    MT_TRY(need_int(r, "n_routed_experts", v3 ? "num_local_experts" : "num_experts", &c->n_experts));
+    MT_TRY(need_int(r, "num_experts_per_tok", NULL, &c->top_k));
+    MT_TRY(need_int(r, "moe_intermediate_size", NULL, &c->moe_intermediate_size));
+    MT_TRY(get_int(r, "n_shared_experts", NULL, v3 ? 1 : 2, false, 0, &c->n_shared_experts));
+    MT_TRY(get_float(r, "routed_scaling_factor", v3 ? 2.5f : 1.0f, &c->routed_scaling_factor));
     /* n_group/topk_group null: no grouping (one group holding every expert). */
-    TRY(get_int(r, "n_group", NULL, v3 ? 8 : 1, true, 1, &c->n_group));
-    TRY(get_int(r, "topk_group", NULL, v3 ? 4 : 1, true, 1, &c->topk_group));
-    TRY(get_int(r, "first_k_dense_replace", NULL, v3 ? 3 : 0, false, 0, &c->first_k_dense_replace));
+    MT_TRY(get_int(r, "n_group", NULL, v3 ? 8 : 1, true, 1, &c->n_group));
+    MT_TRY(get_int(r, "topk_group", NULL, v3 ? 4 : 1, true, 1, &c->topk_group));
+    MT_TRY(get_int(r, "first_k_dense_replace", NULL, v3 ? 3 : 0, false, 0, &c->first_k_dense_replace));
     /* moe_layer_freq is read by DeepSeek's remote code only; transformers' built-in
      * classes assume 1. */
-    TRY(get_int(r, "moe_layer_freq", NULL, 1, false, 0, &c->moe_layer_freq));
-    TRY(get_bool(r, "norm_topk_prob", !v3 ? false : true, true, false, &c->norm_topk_prob));
+    MT_TRY(get_int(r, "moe_layer_freq", NULL, 1, false, 0, &c->moe_layer_freq));
+    MT_TRY(get_bool(r, "norm_topk_prob", !v3 ? false : true, true, false, &c->norm_topk_prob));
     double alpha = 0;
-    TRY(get_num(r, r->root, "aux_loss_alpha", 0.001, true, &alpha));
+    MT_TRY(get_num(r, r->root, "aux_loss_alpha", 0.001, true, &alpha));
     c->router_aux_loss_coef = (float)alpha;
-    TRY(get_bool(r, "seq_aux", true, true, false, &c->seq_aux));
+    MT_TRY(get_bool(r, "seq_aux", true, true, false, &c->seq_aux));
 
     c->mla = true;
-    TRY(get_int(r, "q_lora_rank", NULL, 1536, true, 0, &c->q_lora_rank));
-    TRY(get_int(r, "kv_lora_rank", NULL, 512, false, 0, &c->kv_lora_rank));
-    TRY(get_int(r, "qk_rope_head_dim", NULL, 64, false, 0, &c->qk_rope_head_dim));
-    TRY(get_int(r, "qk_nope_head_dim", NULL, 128, false, 0, &c->qk_nope_head_dim));
-    TRY(get_int(r, "v_head_dim", NULL, 128, false, 0, &c->v_head_dim));
+    MT_TRY(get_int(r, "q_lora_rank", NULL, 1536, true, 0, &c->q_lora_rank));
+    MT_TRY(get_int(r, "kv_lora_rank", NULL, 512, false, 0, &c->kv_lora_rank));
+    MT_TRY(get_int(r, "qk_rope_head_dim", NULL, 64, false, 0, &c->qk_rope_head_dim));
+    MT_TRY(get_int(r, "qk_nope_head_dim", NULL, 128, false, 0, &c->qk_nope_head_dim));
+    MT_TRY(get_int(r, "v_head_dim", NULL, 128, false, 0, &c->v_head_dim));
     /* Both configuration classes overwrite head_dim with the rotary width. */
     c->head_dim = c->qk_rope_head_dim;
 
     if (v3) {
-        TRY(expect_str(r, "topk_method", "noaux_tc", "transformers' DeepseekV3 routes with noaux_tc only"));
-        TRY(expect_str(r, "scoring_func", "sigmoid", "transformers' DeepseekV3 scores with a sigmoid only"));
+        MT_TRY(expect_str(r, "topk_method", "noaux_tc", "transformers' DeepseekV3 routes with noaux_tc only"));
+        MT_TRY(expect_str(r, "scoring_func", "sigmoid", "transformers' DeepseekV3 scores with a sigmoid only"));
         bool interleave = false;
-        TRY(get_bool(r, "rope_interleave", true, true, false, &interleave));
+        MT_TRY(get_bool(r, "rope_interleave", true, true, false, &interleave));
         c->rope_style = interleave ? MT_ROPE_STYLE_INTERLEAVED : MT_ROPE_STYLE_HALF;
         c->route_method = MT_ROUTE_METHOD_NOAUX_TC;
     } else {
         const char *method;
-        TRY(get_str(r, r->root, "topk_method", "greedy", &method));
+        MT_TRY(get_str(r, r->root, "topk_method", "greedy", &method));
         if (strcmp(method, "greedy") == 0)
             c->route_method = MT_ROUTE_METHOD_GREEDY;
         else if (strcmp(method, "group_limited_greedy") == 0)
@@ -425,38 +419,38 @@ static mt_status read_deepseek(const cfg_reader *r, mt_config *c) {
                                 "group_limited_greedy)",
                                 r->file, method);
         if (c->route_method == MT_ROUTE_METHOD_GREEDY) c->n_group = c->topk_group = 1;
-        TRY(expect_str(r, "scoring_func", "softmax", "DeepSeek-V2 scores with a softmax"));
-        TRY(refuse_true(r, "mlp_bias", "DeepSeek MLPs without biases only"));
+        MT_TRY(expect_str(r, "scoring_func", "softmax", "DeepSeek-V2 scores with a softmax"));
+        MT_TRY(refuse_true(r, "mlp_bias", "DeepSeek MLPs without biases only"));
         /* DeepSeek-V2's rotary embedding multiplies complex pairs: always interleaved. */
         c->rope_style = MT_ROPE_STYLE_INTERLEAVED;
     }
-    TRY(refuse_true(r, "attention_bias", "DeepSeek attention without biases only"));
+    MT_TRY(refuse_true(r, "attention_bias", "DeepSeek attention without biases only"));
     return MT_OK;
 }
 
 static mt_status read_qwen(const cfg_reader *r, mt_config *c, bool *mlp_only) {
     bool q2 = c->family == MT_FAMILY_QWEN2_MOE;
-    TRY(need_int(r, "num_experts", "num_local_experts", &c->n_experts));
-    TRY(need_int(r, "num_experts_per_tok", NULL, &c->top_k));
-    TRY(need_int(r, "moe_intermediate_size", NULL, &c->moe_intermediate_size));
-    TRY(get_bool(r, "norm_topk_prob", false, true, false, &c->norm_topk_prob));
-    TRY(get_int(r, "decoder_sparse_step", NULL, 1, false, 0, &c->decoder_sparse_step));
-    TRY(get_float(r, "router_aux_loss_coef", 0.001f, &c->router_aux_loss_coef));
+    MT_TRY(need_int(r, "num_experts", "num_local_experts", &c->n_experts));
+    MT_TRY(need_int(r, "num_experts_per_tok", NULL, &c->top_k));
+    MT_TRY(need_int(r, "moe_intermediate_size", NULL, &c->moe_intermediate_size));
+    MT_TRY(get_bool(r, "norm_topk_prob", false, true, false, &c->norm_topk_prob));
+    MT_TRY(get_int(r, "decoder_sparse_step", NULL, 1, false, 0, &c->decoder_sparse_step));
+    MT_TRY(get_float(r, "router_aux_loss_coef", 0.001f, &c->router_aux_loss_coef));
     const cJSON *mo = cJSON_GetObjectItemCaseSensitive(r->root, "mlp_only_layers");
     if (mo && !cJSON_IsNull(mo)) {
         if (!cJSON_IsArray(mo)) return type_error(r, "mlp_only_layers", "a list of layer indices", mo);
         for (const cJSON *e = mo->child; e; e = e->next) {
             int i;
-            TRY(as_int(r, "mlp_only_layers", e, &i));
+            MT_TRY(as_int(r, "mlp_only_layers", e, &i));
             if (i >= 0 && i < MT_MAX_LAYERS) mlp_only[i] = true;
         }
     }
     bool sliding = false;
-    TRY(get_bool(r, "use_sliding_window", false, true, false, &sliding));
+    MT_TRY(get_bool(r, "use_sliding_window", false, true, false, &sliding));
     if (q2) {
-        TRY(get_int(r, "shared_expert_intermediate_size", NULL, 5632, false, 0, &c->shared_intermediate_size));
+        MT_TRY(get_int(r, "shared_expert_intermediate_size", NULL, 5632, false, 0, &c->shared_intermediate_size));
         c->shared_expert_gate = c->shared_intermediate_size > 0;
-        TRY(get_bool(r, "qkv_bias", true, false, false, &c->attention_bias));
+        MT_TRY(get_bool(r, "qkv_bias", true, false, false, &c->attention_bias));
         /* Qwen2-MoE's sliding window applies to some layers only (layer_types). */
         if (sliding)
             return mt_error_set(r->err, MT_ERR_UNSUPPORTED,
@@ -472,8 +466,8 @@ static mt_status read_qwen(const cfg_reader *r, mt_config *c, bool *mlp_only) {
         }
     } else {
         c->qk_norm = MT_QK_NORM_HEAD;
-        TRY(refuse_true(r, "attention_bias", "Qwen3-MoE attention without biases only"));
-        if (sliding) TRY(get_int(r, "sliding_window", NULL, 4096, true, 0, &c->sliding_window));
+        MT_TRY(refuse_true(r, "attention_bias", "Qwen3-MoE attention without biases only"));
+        if (sliding) MT_TRY(get_int(r, "sliding_window", NULL, 4096, true, 0, &c->sliding_window));
     }
     return MT_OK;
 }
@@ -489,11 +483,11 @@ static mt_status read_config(const cfg_reader *r, mt_config *c) {
                             r->file, mt, SUPPORTED_FAMILIES);
     mt_family f = c->family;
 
-    TRY(need_int(r, "vocab_size", NULL, &c->vocab_size));
-    TRY(need_int(r, "hidden_size", NULL, &c->hidden_size));
-    TRY(need_int(r, "intermediate_size", NULL, &c->intermediate_size));
-    TRY(need_int(r, "num_hidden_layers", NULL, &c->n_layers));
-    TRY(need_int(r, "num_attention_heads", NULL, &c->n_heads));
+    MT_TRY(need_int(r, "vocab_size", NULL, &c->vocab_size));
+    MT_TRY(need_int(r, "hidden_size", NULL, &c->hidden_size));
+    MT_TRY(need_int(r, "intermediate_size", NULL, &c->intermediate_size));
+    MT_TRY(need_int(r, "num_hidden_layers", NULL, &c->n_layers));
+    MT_TRY(need_int(r, "num_attention_heads", NULL, &c->n_heads));
     if (c->n_layers > MT_MAX_LAYERS)
         return mt_error_set(r->err, MT_ERR_UNSUPPORTED, "%s: \"num_hidden_layers\" %d exceeds the supported %d",
                             r->file, c->n_layers, MT_MAX_LAYERS);
@@ -509,24 +503,24 @@ static mt_status read_config(const cfg_reader *r, mt_config *c) {
         [MT_FAMILY_DEEPSEEK_V3] = 4096, [MT_FAMILY_DEEPSEEK_V2] = 2048, [MT_FAMILY_QWEN3_MOE] = 32768,
         [MT_FAMILY_QWEN2_MOE] = 32768,  [MT_FAMILY_MIXTRAL] = 131072,   [MT_FAMILY_OLMOE] = 4096};
     int kv_def = kv_default[f] < 0 ? c->n_heads : kv_default[f];
-    TRY(get_int(r, "num_key_value_heads", NULL, kv_def, true, c->n_heads, &c->n_kv_heads));
-    TRY(get_int(r, "head_dim", NULL, c->hidden_size / c->n_heads, true, c->hidden_size / c->n_heads, &c->head_dim));
+    MT_TRY(get_int(r, "num_key_value_heads", NULL, kv_def, true, c->n_heads, &c->n_kv_heads));
+    MT_TRY(get_int(r, "head_dim", NULL, c->hidden_size / c->n_heads, true, c->hidden_size / c->n_heads, &c->head_dim));
     float eps_def = (f == MT_FAMILY_MIXTRAL || f == MT_FAMILY_OLMOE) ? 1e-5f : 1e-6f;
-    TRY(get_float(r, "rms_norm_eps", eps_def, &c->rms_norm_eps));
-    TRY(get_int(r, "max_position_embeddings", NULL, max_pos_default[f], false, 0, &c->max_position_embeddings));
-    TRY(get_bool(r, "tie_word_embeddings", false, false, false, &c->tie_word_embeddings));
-    TRY(get_float(r, "initializer_range", 0.02f, &c->initializer_range));
-    TRY(expect_str(r, "hidden_act", "silu", "SwiGLU with silu only"));
-    TRY(read_token_ids(r, c));
+    MT_TRY(get_float(r, "rms_norm_eps", eps_def, &c->rms_norm_eps));
+    MT_TRY(get_int(r, "max_position_embeddings", NULL, max_pos_default[f], false, 0, &c->max_position_embeddings));
+    MT_TRY(get_bool(r, "tie_word_embeddings", false, false, false, &c->tie_word_embeddings));
+    MT_TRY(get_float(r, "initializer_range", 0.02f, &c->initializer_range));
+    MT_TRY(expect_str(r, "hidden_act", "silu", "SwiGLU with silu only"));
+    MT_TRY(read_token_ids(r, c));
 
     const char *dtype;
-    TRY(get_str(r, r->root, "torch_dtype", "", &dtype));
-    TRY(get_str(r, r->root, "dtype", dtype, &dtype));
+    MT_TRY(get_str(r, r->root, "torch_dtype", "", &dtype));
+    MT_TRY(get_str(r, r->root, "dtype", dtype, &dtype));
     if (strlen(dtype) >= sizeof c->torch_dtype)
         return mt_error_set(r->err, MT_ERR_INVALID, "%s: \"dtype\" \"%s\" is not a torch dtype", r->file, dtype);
     strcpy(c->torch_dtype, dtype);
 
-    TRY(read_rope(r, c));
+    MT_TRY(read_rope(r, c));
 
     c->n_group = c->topk_group = 1;
     c->moe_layer_freq = 1;
@@ -537,27 +531,27 @@ static mt_status read_config(const cfg_reader *r, mt_config *c) {
     switch (f) {
     case MT_FAMILY_DEEPSEEK_V3:
     case MT_FAMILY_DEEPSEEK_V2:
-        TRY(read_deepseek(r, c));
+        MT_TRY(read_deepseek(r, c));
         break;
     case MT_FAMILY_QWEN3_MOE:
     case MT_FAMILY_QWEN2_MOE:
-        TRY(read_qwen(r, c, mlp_only));
+        MT_TRY(read_qwen(r, c, mlp_only));
         break;
     case MT_FAMILY_MIXTRAL:
-        TRY(need_int(r, "num_local_experts", "num_experts", &c->n_experts));
-        TRY(need_int(r, "num_experts_per_tok", NULL, &c->top_k));
+        MT_TRY(need_int(r, "num_local_experts", "num_experts", &c->n_experts));
+        MT_TRY(need_int(r, "num_experts_per_tok", NULL, &c->top_k));
         c->moe_intermediate_size = c->intermediate_size; /* Mixtral's experts use intermediate_size */
-        TRY(get_float(r, "router_aux_loss_coef", 0.001f, &c->router_aux_loss_coef));
-        TRY(get_float(r, "router_jitter_noise", 0.0f, &c->router_jitter_noise));
-        TRY(get_int(r, "sliding_window", NULL, 0, true, 0, &c->sliding_window));
+        MT_TRY(get_float(r, "router_aux_loss_coef", 0.001f, &c->router_aux_loss_coef));
+        MT_TRY(get_float(r, "router_jitter_noise", 0.0f, &c->router_jitter_noise));
+        MT_TRY(get_int(r, "sliding_window", NULL, 0, true, 0, &c->sliding_window));
         break;
     case MT_FAMILY_OLMOE:
-        TRY(need_int(r, "num_experts", "num_local_experts", &c->n_experts));
-        TRY(need_int(r, "num_experts_per_tok", NULL, &c->top_k));
+        MT_TRY(need_int(r, "num_experts", "num_local_experts", &c->n_experts));
+        MT_TRY(need_int(r, "num_experts_per_tok", NULL, &c->top_k));
         c->moe_intermediate_size = c->intermediate_size; /* as Mixtral */
-        TRY(get_bool(r, "norm_topk_prob", false, true, false, &c->norm_topk_prob));
-        TRY(get_float(r, "router_aux_loss_coef", 0.01f, &c->router_aux_loss_coef));
-        TRY(refuse_true(r, "attention_bias", "OLMoE attention without biases only"));
+        MT_TRY(get_bool(r, "norm_topk_prob", false, true, false, &c->norm_topk_prob));
+        MT_TRY(get_float(r, "router_aux_loss_coef", 0.01f, &c->router_aux_loss_coef));
+        MT_TRY(refuse_true(r, "attention_bias", "OLMoE attention without biases only"));
         c->qk_norm = MT_QK_NORM_PROJ;
         {
             const cJSON *clip = cJSON_GetObjectItemCaseSensitive(r->root, "clip_qkv");
