@@ -1,5 +1,5 @@
 /* common.h — what every moetune room shares: status codes and error messages, assertions,
- * arenas, seeded random numbers, SHA-256, and small file helpers (read whole, atomic write).
+ * seeded random numbers, SHA-256, and small file helpers (read whole, atomic write).
  * It depends on nothing but libc; every other room may use it. */
 #ifndef MT_COMMON_H
 #define MT_COMMON_H
@@ -69,23 +69,6 @@ char *mt_xstrdup(const char *s);
 /* 64-byte aligned (cache line, AVX-512), zeroed; NULL on failure. Free with mt_free_aligned. */
 void *mt_alloc_aligned(size_t n);
 void mt_free_aligned(void *p);
-
-/* Bump allocator over one aligned block: activations are carved from it up front so that
- * the training step and the decode loop never call malloc. */
-typedef struct mt_arena {
-    uint8_t *base;
-    size_t cap;
-    size_t used;
-    size_t peak;
-} mt_arena;
-
-mt_status mt_arena_init(mt_arena *a, size_t cap, mt_error *err);
-void mt_arena_free(mt_arena *a);
-/* 64-byte aligned, zeroed. Aborts (MT_ASSERT) when the arena is too small: sizes are computed
- * up front, so running out is a sizing bug, not bad input. */
-void *mt_arena_alloc(mt_arena *a, size_t n);
-size_t mt_arena_mark(const mt_arena *a);
-void mt_arena_reset(mt_arena *a, size_t mark);
 
 /* ---- random numbers ---- */
 

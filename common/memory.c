@@ -1,5 +1,5 @@
-/* memory.c — checked allocation for bookkeeping, aligned blocks for tensors, and the arena
- * that activations are carved from. */
+/* memory.c — checked allocation for bookkeeping, and aligned blocks for tensors and
+ * activations. */
 #include "common/common.h"
 
 #include <stdio.h>
@@ -45,33 +45,3 @@ void *mt_alloc_aligned(size_t n) {
 }
 
 void mt_free_aligned(void *p) { free(p); }
-
-mt_status mt_arena_init(mt_arena *a, size_t cap, mt_error *err) {
-    memset(a, 0, sizeof *a);
-    a->base = mt_alloc_aligned(cap);
-    if (!a->base) return mt_error_set(err, MT_ERR_NOMEM, "cannot allocate %zu bytes of activation memory", cap);
-    a->cap = cap;
-    return MT_OK;
-}
-
-void mt_arena_free(mt_arena *a) {
-    mt_free_aligned(a->base);
-    memset(a, 0, sizeof *a);
-}
-
-void *mt_arena_alloc(mt_arena *a, size_t n) {
-    size_t start = (a->used + 63) & ~(size_t)63;
-    MT_ASSERT(start <= a->cap && n <= a->cap - start);
-    void *p = a->base + start;
-    memset(p, 0, n);
-    a->used = start + n;
-    if (a->used > a->peak) a->peak = a->used;
-    return p;
-}
-
-size_t mt_arena_mark(const mt_arena *a) { return a->used; }
-
-void mt_arena_reset(mt_arena *a, size_t mark) {
-    MT_ASSERT(mark <= a->used);
-    a->used = mark;
-}

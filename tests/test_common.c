@@ -1,5 +1,5 @@
 /* test_common.c — the shared utilities: SHA-256 against FIPS vectors, the RNG's determinism
- * and save/restore, atomic writes, arenas, and the first-error-wins message slot. */
+ * and save/restore, atomic writes, and the first-error-wins message slot. */
 #include "testutil.h"
 
 #include <stdio.h>
@@ -92,27 +92,10 @@ static void test_error_first_wins(void **state) {
     assert_int_equal(mt_edit_distance("", "abc"), 3);
 }
 
-static void test_arena(void **state) {
-    (void)state;
-    mt_arena a;
-    mt_error err = {0};
-    assert_int_equal(mt_arena_init(&a, 4096, &err), MT_OK);
-    float *x = mt_arena_alloc(&a, 100 * sizeof(float));
-    assert_true(((uintptr_t)x & 63) == 0);
-    size_t mark = mt_arena_mark(&a);
-    float *y = mt_arena_alloc(&a, 10 * sizeof(float));
-    assert_true(y > x);
-    mt_arena_reset(&a, mark);
-    float *z = mt_arena_alloc(&a, 10 * sizeof(float));
-    assert_ptr_equal(y, z);
-    mt_arena_free(&a);
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sha256_vectors), cmocka_unit_test(test_rng_restore),
         cmocka_unit_test(test_atomic_write),   cmocka_unit_test(test_error_first_wins),
-        cmocka_unit_test(test_arena),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
