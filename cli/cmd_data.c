@@ -50,20 +50,6 @@ static bool parse_bytes(const char *s, uint64_t *out) {
     return true;
 }
 
-/* Accepts "--name VALUE" and "--name=VALUE"; returns the value or NULL. */
-static const char *option_value(const char *name, int argc, char **argv, int *i) {
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n)) return NULL;
-    if (argv[*i][n] == '=') return argv[*i] + n + 1;
-    if (argv[*i][n] || *i + 1 >= argc) return NULL;
-    return argv[++*i];
-}
-
-static bool is_option(const char *a, const char *name) {
-    size_t n = strlen(name);
-    return !strncmp(a, name, n) && (a[n] == '\0' || a[n] == '=');
-}
-
 static void print_stats(mt_corpus_kind kind, const char *out, const char *eval, const mt_corpus_stats *s) {
     printf("corpus:            %s\n", mt_corpus_kind_name(kind));
     printf("train:             %s  (%llu documents, %llu bytes)\n", out, (unsigned long long)s->docs_train,
@@ -101,28 +87,28 @@ int mt_cmd_data(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
-        } else if (is_option(a, "--eval-fraction")) {
+        } else if (mt_cli_is_flag(a, "--eval-fraction")) {
             char *end;
-            if (!(v = option_value("--eval-fraction", argc, argv, &i)) || !*v ||
+            if (!(v = mt_cli_value("--eval-fraction", argc, argv, &i)) || !*v ||
                 ((opts.eval_fraction = strtod(v, &end)), *end) || !isfinite(opts.eval_fraction) ||
                 opts.eval_fraction < 0 || opts.eval_fraction > 0.5) {
                 fprintf(stderr, "moetune data: --eval-fraction needs a number in [0, 0.5]\n");
                 return 2;
             }
-        } else if (is_option(a, "--max-bytes")) {
-            if (!(v = option_value("--max-bytes", argc, argv, &i)) || !parse_bytes(v, &opts.max_bytes)) {
+        } else if (mt_cli_is_flag(a, "--max-bytes")) {
+            if (!(v = mt_cli_value("--max-bytes", argc, argv, &i)) || !parse_bytes(v, &opts.max_bytes)) {
                 fprintf(stderr, "moetune data: --max-bytes needs a size > 0 (e.g. 8M) or 'none'\n");
                 return 2;
             }
-        } else if (is_option(a, "--root")) {
-            if (!(v = option_value("--root", argc, argv, &i)) || !*v) {
+        } else if (mt_cli_is_flag(a, "--root")) {
+            if (!(v = mt_cli_value("--root", argc, argv, &i)) || !*v) {
                 fprintf(stderr, "moetune data: --root needs a folder\n");
                 return 2;
             }
             opts.root = v;
-        } else if (is_option(a, "--seed")) {
+        } else if (mt_cli_is_flag(a, "--seed")) {
             char *end;
-            if (!(v = option_value("--seed", argc, argv, &i)) || !*v || v[0] == '-' ||
+            if (!(v = mt_cli_value("--seed", argc, argv, &i)) || !*v || v[0] == '-' ||
                 ((errno = 0), (opts.seed = strtoull(v, &end, 10)), *end) || errno) {
                 fprintf(stderr, "moetune data: --seed needs a whole number ≥ 0\n");
                 return 2;

@@ -53,19 +53,6 @@ static void usage(FILE *f) {
     fprintf(f, "usage: moetune tokenizer train|encode|decode [options]   (--help after each for its options)\n");
 }
 
-static const char *option_value(const char *name, int argc, char **argv, int *i) {
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n)) return NULL;
-    if (argv[*i][n] == '=') return argv[*i] + n + 1;
-    if (argv[*i][n] || *i + 1 >= argc) return NULL;
-    return argv[++*i];
-}
-
-static bool is_option(const char *a, const char *name) {
-    size_t n = strlen(name);
-    return !strncmp(a, name, n) && (a[n] == '\0' || a[n] == '=');
-}
-
 static int bad_value(const char *cmd, const char *opt, const char *v) {
     fprintf(stderr, "moetune tokenizer %s: bad or missing value for %s%s%s\n", cmd, opt, v ? ": " : "", v ? v : "");
     return 2;
@@ -84,33 +71,33 @@ static int cmd_train(int argc, char **argv) {
             usage_train(stdout);
             rc = 0;
             goto done;
-        } else if (is_option(a, "--out")) {
-            if (!(out = option_value("--out", argc, argv, &i))) goto bad_opt;
-        } else if (is_option(a, "--vocab-size")) {
-            if (!(v = option_value("--vocab-size", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 1 << 24, &num)) goto bad_opt;
+        } else if (mt_cli_is_flag(a, "--out")) {
+            if (!(out = mt_cli_value("--out", argc, argv, &i))) goto bad_opt;
+        } else if (mt_cli_is_flag(a, "--vocab-size")) {
+            if (!(v = mt_cli_value("--vocab-size", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 1 << 24, &num)) goto bad_opt;
             o.vocab_size = (int)num;
-        } else if (is_option(a, "--min-frequency")) {
-            if (!(v = option_value("--min-frequency", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 1L << 30, &num))
+        } else if (mt_cli_is_flag(a, "--min-frequency")) {
+            if (!(v = mt_cli_value("--min-frequency", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 1L << 30, &num))
                 goto bad_opt;
             o.min_frequency = (int)num;
-        } else if (is_option(a, "--max-bytes")) {
-            if (!(v = option_value("--max-bytes", argc, argv, &i)) || !mt_cli_parse_long(v, 1, LONG_MAX, &num)) goto bad_opt;
+        } else if (mt_cli_is_flag(a, "--max-bytes")) {
+            if (!(v = mt_cli_value("--max-bytes", argc, argv, &i)) || !mt_cli_parse_long(v, 1, LONG_MAX, &num)) goto bad_opt;
             o.max_bytes = (size_t)num;
-        } else if (is_option(a, "--pretok")) {
+        } else if (mt_cli_is_flag(a, "--pretok")) {
             static const char *const names[] = {"gpt2", "llama3", "qwen2", "deepseek_v3"};
-            if (!(v = option_value("--pretok", argc, argv, &i))) goto bad_opt;
+            if (!(v = mt_cli_value("--pretok", argc, argv, &i))) goto bad_opt;
             int found = -1;
             for (int k = 0; k < 4; k++)
                 if (!strcmp(v, names[k])) found = k;
             if (found < 0) goto bad_opt;
             o.pretok = (mt_pretok_style)found;
-        } else if (is_option(a, "--special")) {
-            if (!(v = option_value("--special", argc, argv, &i))) goto bad_opt;
+        } else if (mt_cli_is_flag(a, "--special")) {
+            if (!(v = mt_cli_value("--special", argc, argv, &i))) goto bad_opt;
             specials[o.n_special++] = v;
-        } else if (is_option(a, "--bos")) {
-            if (!(o.bos_token = option_value("--bos", argc, argv, &i))) goto bad_opt;
-        } else if (is_option(a, "--eos")) {
-            if (!(o.eos_token = option_value("--eos", argc, argv, &i))) goto bad_opt;
+        } else if (mt_cli_is_flag(a, "--bos")) {
+            if (!(o.bos_token = mt_cli_value("--bos", argc, argv, &i))) goto bad_opt;
+        } else if (mt_cli_is_flag(a, "--eos")) {
+            if (!(o.eos_token = mt_cli_value("--eos", argc, argv, &i))) goto bad_opt;
         } else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "moetune tokenizer train: unknown option '%s'\n", a);
             usage_train(stderr);
@@ -169,10 +156,10 @@ static int cmd_encode(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage_encode(stdout);
             return 0;
-        } else if (is_option(a, "--tokenizer")) {
-            if (!(path = option_value("--tokenizer", argc, argv, &i))) return bad_value("encode", a, NULL);
-        } else if (is_option(a, "--text")) {
-            if (!(text = option_value("--text", argc, argv, &i))) return bad_value("encode", a, NULL);
+        } else if (mt_cli_is_flag(a, "--tokenizer")) {
+            if (!(path = mt_cli_value("--tokenizer", argc, argv, &i))) return bad_value("encode", a, NULL);
+        } else if (mt_cli_is_flag(a, "--text")) {
+            if (!(text = mt_cli_value("--text", argc, argv, &i))) return bad_value("encode", a, NULL);
         } else if (!strcmp(a, "--no-special")) {
             special = false;
         } else {
@@ -223,8 +210,8 @@ static int cmd_decode(int argc, char **argv) {
             usage_decode(stdout);
             free(ids);
             return 0;
-        } else if (is_option(a, "--tokenizer")) {
-            if (!(path = option_value("--tokenizer", argc, argv, &i))) {
+        } else if (mt_cli_is_flag(a, "--tokenizer")) {
+            if (!(path = mt_cli_value("--tokenizer", argc, argv, &i))) {
                 free(ids);
                 return bad_value("decode", a, NULL);
             }
