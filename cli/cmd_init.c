@@ -35,128 +35,6 @@ static bool parse_u64(const char *s, uint64_t *out) {
     return true;
 }
 
-/* ---- the default tokenizer ---- */
-
-/* GPT-2's bytes_to_unicode: printable bytes stand for themselves, the other 68 map in order
- * to U+0100.. (space → 'Ġ'). Writes the UTF-8 of byte b's character, JSON-escaped. */
-static size_t byte_token(int b, char *out) {
-    int cp;
-    bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    if (printable) {
-        cp = b;
-    } else {
-        int n = 0;
-        for (int x = 0; x < b; x++) {
-            bool px = (x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF);
-            if (!px) n++;
-        }
-        cp = 0x100 + n;
-    }
-    size_t k = 0;
-    if (cp == '"' || cp == '\\') {
-        out[k++] = '\\';
-        out[k++] = (char)cp;
-    } else if (cp < 0x80) {
-        out[k++] = (char)cp;
-    } else {
-        out[k++] = (char)(0xC0 | (cp >> 6));
-        out[k++] = (char)(0x80 | (cp & 0x3F));
-    }
-    out[k] = '\0';
-    return k;
-}
-
-#define BOS_TOKEN "<|bos|>"
-#define EOS_TOKEN "<|eos|>"
-
-static mt_status write_byte_tokenizer(const char *dir, int max_len, mt_error *err) {
-    size_t cap = 64 * 1024, n = 0;
-    char *s = mt_xmalloc(cap);
-#define OUT(...) n += (size_t)snprintf(s + n, cap - n, __VA_ARGS__)
-    OUT("{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n  \"added_tokens\": [\n");
-    const char *special[2] = {BOS_TOKEN, EOS_TOKEN};
-    for (int i = 0; i < 2; i++)
-        OUT("    {\"id\": %d, \"content\": \"%s\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, "
-            "\"normalized\": false, \"special\": true}%s\n",
-            256 + i, special[i], i ? "" : ",");
-    OUT("  ],\n  \"normalizer\": null,\n");
-    OUT("  \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, "
-        "\"use_regex\": true},\n");
-    OUT("  \"post_processor\": {\"type\": \"TemplateProcessing\", "
-        "\"single\": [{\"SpecialToken\": {\"id\": \"%s\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], "
-        "\"pair\": [{\"SpecialToken\": {\"id\": \"%s\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}, "
-        "{\"Sequence\": {\"id\": \"B\", \"type_id\": 1}}], "
-        "\"special_tokens\": {\"%s\": {\"id\": \"%s\", \"ids\": [256], \"tokens\": [\"%s\"]}}},\n",
-        BOS_TOKEN, BOS_TOKEN, BOS_TOKEN, BOS_TOKEN, BOS_TOKEN);
-    OUT("  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, \"use_regex\": true},\n");
-    OUT("  \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"continuing_subword_prefix\": null, "
-        "\"end_of_word_suffix\": null, \"fuse_unk\": false, \"byte_fallback\": false, \"ignore_merges\": false,\n");
-    OUT("    \"vocab\": {");
-    for (int b = 0; b < 256; b++) {
-        char tok[8];
-        byte_token(b, tok);
-        OUT("%s\"%s\": %d", b ? ", " : "", tok, b);
-    }
-    OUT("},\n    \"merges\": []\n  }\n}\n");
-#undef OUT
-    MT_ASSERT(n < cap);
-    char path[4096];
-    mt_status st = MT_OK;
-    if (!mt_path_join(path, sizeof path, dir, "tokenizer.json"))
-        st = mt_error_set(err, MT_ERR_INVALID, "%s: path too long", dir);
-    if (!st) st = mt_write_file_atomic(path, s, n, err);
-    if (!st) {
-        n = (size_t)snprintf(s, cap,
-                             "{\n  \"bos_token\": \"%s\",\n  \"eos_token\": \"%s\",\n  \"add_bos_token\": true,\n"
-                             "  \"clean_up_tokenization_spaces\": false,\n  \"model_max_length\": %d,\n"
-                             "  \"tokenizer_class\": \"PreTrainedTokenizerFast\"\n}\n",
-                             BOS_TOKEN, EOS_TOKEN, max_len);
-        if (!mt_path_join(path, sizeof path, dir, "tokenizer_config.json"))
-            st = mt_error_set(err, MT_ERR_INVALID, "%s: path too long", dir);
-        else
-            st = mt_write_file_atomic(path, s, n, err);
-    }
-    free(s);
-    return st;
-}
-
-/* Copies tokenizer.json (and tokenizer_config.json, special_tokens_map.json when present)
- * from a file or a folder into dir. */
-static mt_status copy_tokenizer(const char *src, const char *dir, mt_error *err) {
-    static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"};
-    char from_dir[4096];
-    if (mt_is_dir(src)) {
-        snprintf(from_dir, sizeof from_dir, "%s", src);
-    } else {
-        snprintf(from_dir, sizeof from_dir, "%s", src);
-        char *slash = strrchr(from_dir, '/');
-        if (slash)
-            *slash = '\0';
-        else
-            snprintf(from_dir, sizeof from_dir, ".");
-    }
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        char in[4096], out[4096];
-        if (i == 0 && !mt_is_dir(src))
-            snprintf(in, sizeof in, "%s", src);
-        else if (!mt_path_join(in, sizeof in, from_dir, files[i]))
-            return mt_error_set(err, MT_ERR_INVALID, "%s: path too long", from_dir);
-        if (i > 0 && !mt_path_exists(in)) continue;
-        char *data = NULL;
-        size_t len = 0;
-        mt_status st = mt_read_file(in, &data, &len, err);
-        if (st) return st;
-        if (!mt_path_join(out, sizeof out, dir, files[i])) {
-            free(data);
-            return mt_error_set(err, MT_ERR_INVALID, "%s: path too long", dir);
-        }
-        st = mt_write_file_atomic(out, data, len, err);
-        free(data);
-        if (st) return st;
-    }
-    return MT_OK;
-}
-
 int mt_cmd_init(int argc, char **argv) {
     const char *preset = NULL, *family_name = "deepseek_v3", *dtype_name = "f32", *tok_path = NULL, *out = NULL;
     uint64_t seed = 0, threads = 0;
@@ -220,7 +98,7 @@ int mt_cmd_init(int argc, char **argv) {
     int vocab = 258, bos = 256, eos = 257;
     mt_status st;
     if (tok_path) {
-        st = copy_tokenizer(tok_path, out, &err);
+        st = mt_tokenizer_copy_files(tok_path, out, &err);
         mt_tokenizer *tok = NULL;
         if (!st) st = mt_tokenizer_load(&tok, out, &err);
         if (st) return mt_cli_fail("init", &err);
@@ -236,7 +114,7 @@ int mt_cmd_init(int argc, char **argv) {
     cfg.n_eos = 0;
     if (eos >= 0) cfg.eos_token_ids[cfg.n_eos++] = eos;
     if (!tok_path) {
-        st = write_byte_tokenizer(out, cfg.max_position_embeddings, &err);
+        st = mt_tokenizer_write_bytes(out, cfg.max_position_embeddings, &err);
         if (st) return mt_cli_fail("init", &err);
     }
     mt_backend *be = mt_cli_backend("init", NULL, (int)threads);

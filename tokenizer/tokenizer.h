@@ -73,6 +73,18 @@ void mt_detok_flush(mt_detok *d, const char **text, size_t *len);
 /* Everything emitted so far, NUL-terminated. */
 const char *mt_detok_text(const mt_detok *d, size_t *len);
 
+/* ---- tokenizer folders ---- */
+
+/* Writes dir/tokenizer.json and tokenizer_config.json for a byte-level BPE with the 256 byte
+ * tokens, no merges, and the special tokens <|bos|> (256, which the post-processor prepends)
+ * and <|eos|> (257); model_max_length is max_len. The Hugging Face tokenizers library loads it. */
+mt_status mt_tokenizer_write_bytes(const char *dir, int max_len, mt_error *err);
+/* Copies tokenizer.json (and tokenizer_config.json, special_tokens_map.json when present) from
+ * src, a tokenizer.json or a folder holding one, into dir. */
+mt_status mt_tokenizer_copy_files(const char *src, const char *dir, mt_error *err);
+
+/* ---- BPE training ---- */
+
 typedef enum mt_pretok_style {
     MT_PRETOK_GPT2 = 0,
     MT_PRETOK_LLAMA3,
