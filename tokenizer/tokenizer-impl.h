@@ -79,7 +79,8 @@ bool tk_is_numeric(uint32_t cp);
 /* The Rust regex crate's \w: letters, marks, decimal digits, connector punctuation, ZWJ/ZWNJ. */
 bool tk_is_word_char(uint32_t cp);
 
-/* ---- GPT-2 byte-level map (REFERENCE.md §6) ---- */
+/* ---- GPT-2 byte-level map (bytes_to_unicode of GPT-2's encoder.py: the printable bytes
+ * 0x21-0x7E, 0xA1-0xAC, 0xAE-0xFF stand for themselves, the other 68 map in order to U+0100...) ---- */
 
 extern const uint16_t tk_byte_to_cp[256]; /* byte → code point */
 int tk_cp_to_byte(uint32_t cp);           /* code point → byte, −1 when not in the map */
