@@ -35,6 +35,7 @@ int mt_cmd_eval(int argc, char **argv);
 int mt_cmd_export(int argc, char **argv);
 int mt_cmd_init(int argc, char **argv);
 int mt_cmd_generate(int argc, char **argv);
+int mt_cmd_serve(int argc, char **argv);
 int mt_cmd_bench(int argc, char **argv);
 int mt_cmd_bench_train(int argc, char **argv);
 int mt_cmd_bench_decode(int argc, char **argv);
@@ -42,5 +43,6 @@ int mt_cmd_tokenizer(int argc, char **argv);
 int mt_cmd_recipe(int argc, char **argv);
 int mt_cmd_runs(int argc, char **argv);
 int mt_cmd_data(int argc, char **argv);
+int mt_cmd_pairs(int argc, char **argv);
 
 #endif

@@ -10,6 +10,7 @@
 static const mt_cli_command commands[] = {
     {"init", "write a randomly initialised model in Hugging Face layout", mt_cmd_init},
     {"generate", "generate text from a prompt", mt_cmd_generate},
+    {"serve", "serve the model and its adapters over HTTP (OpenAI and vLLM APIs)", mt_cmd_serve},
     {"tokenizer", "train or apply a BPE tokenizer", mt_cmd_tokenizer},
     {"train", "train a LoRA adapter or every weight from a recipe", mt_cmd_train},
     {"eval", "held-out perplexity of a base model, with and without an adapter", mt_cmd_eval},
@@ -18,6 +19,7 @@ static const mt_cli_command commands[] = {
     {"recipe", "check a training recipe and print its effective values", mt_cmd_recipe},
     {"runs", "list, show, compare and plot recorded runs", mt_cmd_runs},
     {"data", "build legal, medical or general corpora from text on this machine", mt_cmd_data},
+    {"pairs", "import, list, inspect and export preference pairs in the store", mt_cmd_pairs},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -3,6 +3,9 @@
  * Never edit a released entry: append a new one (docs/store.md describes every column). */
 #include "store-impl.h"
 
+extern const char mt_st_migration_served[]; /* 1 -> 2, beside the code that uses it (served.c) */
+extern const char mt_st_migration_pairs[];  /* 2 -> 3, preference pairs and reference log-probs (pairs.c) */
+
 const char *const mt_st_migrations[] = {
     /* 0 -> 1: the first schema. Times are Unix seconds (REAL, UTC) so that the sqlite3 shell can
      * show them with datetime(col, 'unixepoch'). JSON columns are checked with json_valid so a
@@ -92,6 +95,8 @@ const char *const mt_st_migrations[] = {
     "  hash TEXT NOT NULL,"
     "  UNIQUE (dataset_id, hash)"
     ");",
+    mt_st_migration_served,
+    mt_st_migration_pairs,
 };
 
 _Static_assert(sizeof mt_st_migrations / sizeof mt_st_migrations[0] == MT_STORE_SCHEMA_VERSION,
