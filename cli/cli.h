@@ -43,5 +43,6 @@ int mt_cmd_tokenizer(int argc, char **argv);
 int mt_cmd_recipe(int argc, char **argv);
 int mt_cmd_runs(int argc, char **argv);
 int mt_cmd_data(int argc, char **argv);
+int mt_cmd_pairs(int argc, char **argv);
 
 #endif

@@ -19,6 +19,7 @@ static const mt_cli_command commands[] = {
     {"recipe", "check a training recipe and print its effective values", mt_cmd_recipe},
     {"runs", "list, show, compare and plot recorded runs", mt_cmd_runs},
     {"data", "build legal, medical or general corpora from text on this machine", mt_cmd_data},
+    {"pairs", "import, list, inspect and export preference pairs in the store", mt_cmd_pairs},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

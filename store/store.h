@@ -12,7 +12,7 @@
 
 /* The schema version this binary writes (PRAGMA user_version). A store with a higher version is
  * refused: an older binary must not write into tables whose meaning it does not know. */
-#define MT_STORE_SCHEMA_VERSION 2
+#define MT_STORE_SCHEMA_VERSION 3
 
 typedef struct mt_store mt_store;
 
@@ -266,6 +266,156 @@ void mt_store_pair_list_free(mt_store_pair_list *l);
 /* The dedup key: lowercase hex SHA-256 over the three texts, each prefixed by its length as a
  * little-endian u64 (so ("ab","c") and ("a","bc") differ). */
 void mt_store_pair_hash(const char *prompt, const char *chosen, const char *rejected, char out[65]);
+
+/* ------------------------- pair datasets: import, list, stats (pairs.c) ------------------------- */
+
+/* The JSONL forms TRL reads. Conversational pairs keep prompt, chosen and rejected as JSON
+ * message lists ([{"role","content"},...], unformatted); implicit ones had no "prompt" and had
+ * it extracted as TRL's extract_prompt does (the longest common prefix, backed up over a space;
+ * for messages, the shared leading messages). */
+typedef enum mt_pair_format {
+    MT_PAIR_STANDARD = 0,            /* {"prompt","chosen","rejected"} strings */
+    MT_PAIR_CONVERSATIONAL,          /* the same with message lists */
+    MT_PAIR_IMPLICIT,                /* {"chosen","rejected"} strings sharing a prefix */
+    MT_PAIR_IMPLICIT_CONVERSATIONAL, /* message lists sharing leading messages */
+    MT_PAIR_FORMAT_COUNT
+} mt_pair_format;
+const char *mt_pair_format_name(mt_pair_format f); /* "standard", "conversational", ... */
+
+/* One line, parsed. Optional keys: "score" (number), "label_source" or "source" (string),
+ * "annotator" (string); any other key goes into label_json as an object. */
+typedef struct mt_pair_parsed {
+    mt_pair_format format;
+    char *prompt, *chosen, *rejected; /* text, or JSON message lists */
+    double score;                     /* NaN when none */
+    char *source, *annotator;         /* NULL when none */
+    char *label_json;                 /* the other keys as an object; NULL when none */
+    char hash[65];                    /* mt_store_pair_hash of the three texts */
+} mt_pair_parsed;
+
+/* Parses one JSONL line (len bytes, no terminator needed). False with a reason for a person
+ * ("missing \"rejected\"", "not valid JSON", ...) when the line is not a usable pair; out is
+ * then empty. Refused: not an object, chosen/rejected missing or of mixed types, a malformed
+ * message, an empty completion, identical chosen and rejected, no shared prefix for an
+ * implicit prompt, a non-numeric score. Trainers reading pairs straight from a file use it too. */
+bool mt_pairs_parse_line(const char *line, size_t len, mt_pair_parsed *out, char *reason, size_t cap);
+void mt_pair_parsed_free(mt_pair_parsed *p);
+/* The split of a pair, from its hash alone: eval when the first 64 bits of the hash, as a
+ * fraction of 2^64, are below eval_fraction. The same pair lands in the same split whatever
+ * the file, the order or the dataset. */
+bool mt_pairs_is_eval(const char *hash, double eval_fraction);
+
+typedef struct mt_pairs_import_opts {
+    const char *dataset;  /* the pair dataset's name; created on first import */
+    bool strict;          /* any refused line fails the whole import (nothing is written) */
+    double eval_fraction; /* [0, 1): share of pairs, by hash, in the eval split */
+} mt_pairs_import_opts;
+
+typedef struct mt_pairs_refusal {
+    char *file;
+    int64_t line; /* 1-based */
+    char *reason;
+} mt_pairs_refusal;
+
+typedef struct mt_pairs_import_report {
+    int64_t dataset_id, import_id;
+    size_t n_lines;       /* non-blank lines read */
+    size_t n_added;       /* new pairs */
+    size_t n_duplicates;  /* same content already in the dataset, or earlier in the file */
+    size_t n_train, n_eval;                   /* of the added */
+    size_t n_by_format[MT_PAIR_FORMAT_COUNT]; /* of the added */
+    mt_pairs_refusal *refused;                /* [n_refused], every refused line */
+    size_t n_refused;
+} mt_pairs_import_report;
+
+/* Imports a JSONL file into a named pair dataset in ONE transaction: every line is parsed first,
+ * then the pairs, the import record (file, its SHA-256, time, counts, refused lines with their
+ * reasons) and the dataset's digest are written together or not at all. A refused line is
+ * listed in the report and skipped; with strict, any refused line is MT_ERR_FORMAT
+ * ("FILE:LINE: reason") and nothing is written. A file with no usable pair is MT_ERR_FORMAT.
+ * The report (free with mt_pairs_import_report_free) keeps the refusals even on failure. */
+mt_status mt_store_pairs_import(mt_store *s, const char *path, const mt_pairs_import_opts *o,
+                                mt_pairs_import_report *rep, mt_error *err);
+void mt_pairs_import_report_free(mt_pairs_import_report *r);
+
+/* The id of a named pair dataset; MT_ERR_NOT_FOUND naming it when there is none. */
+mt_status mt_store_pairs_dataset_id(mt_store *s, const char *name, int64_t *id, mt_error *err);
+/* Every named pair dataset, by name; in each entry `path` holds the name, sha256 the digest of
+ * its pair hashes (the content's identity) and n_docs its pair count. */
+mt_status mt_store_pair_datasets(mt_store *s, mt_store_dataset_list *out, mt_error *err);
+
+/* A stored pair with its provenance. Strings owned by the list. */
+typedef struct mt_pair_record {
+    int64_t id;
+    mt_pair_format format;
+    char *prompt, *chosen, *rejected;
+    char hash[65];
+    bool eval;                     /* split: eval or train */
+    double score;                  /* NaN when none */
+    char *source, *annotator, *label_json;
+    char *file;                    /* the file it was imported from (NULL for pairs added otherwise) */
+    int64_t line;                  /* its line there; -1 when unknown */
+    double created;                /* Unix seconds; NaN when unknown */
+} mt_pair_record;
+
+typedef struct mt_pair_record_list {
+    mt_pair_record *items; /* [n], by id (import order) */
+    size_t n;
+} mt_pair_record_list;
+
+typedef struct mt_pairs_query {
+    const char *dataset; /* name */
+    const char *split;   /* "train", "eval" or NULL for both */
+    int64_t offset;
+    int64_t limit; /* < 0: all */
+} mt_pairs_query;
+
+mt_status mt_store_pairs_list(mt_store *s, const mt_pairs_query *q, mt_pair_record_list *out, mt_error *err);
+void mt_pair_record_list_free(mt_pair_record_list *l);
+/* One pair as a TRL JSONL line (no newline; malloc'ed): "prompt", "chosen", "rejected" as
+ * strings or message lists, then "score", "label_source", "annotator" and the label keys.
+ * Implicit pairs come out with their extracted prompt. */
+char *mt_pair_record_json(const mt_pair_record *r);
+
+typedef struct mt_pairs_stats {
+    int64_t dataset_id;
+    int64_t n_pairs, n_train, n_eval;
+    int64_t n_by_format[MT_PAIR_FORMAT_COUNT];
+    int64_t n_imports, n_lines, n_duplicates, n_refused; /* summed over the imports */
+    mt_pairs_refusal *refused;                            /* [n_refused_listed], every import's */
+    size_t n_refused_listed;
+} mt_pairs_stats;
+
+mt_status mt_store_pairs_stats(mt_store *s, const char *dataset, mt_pairs_stats *out, mt_error *err);
+void mt_pairs_stats_free(mt_pairs_stats *st);
+
+/* ------------------------ cached reference log-probs per pair (pairs.c) ------------------------ */
+
+/* What a reference log-prob depends on. A DPO run asks for its batch's pairs by content hash
+ * and computes only the misses, so an edited or grown dataset recomputes only new pairs. */
+typedef struct mt_ref_key {
+    const char *base_hash;      /* content hash of the base weights */
+    const char *adapter_hash;   /* the frozen reference adapter's; NULL or "" for the base alone */
+    const char *tokenizer_hash; /* e.g. SHA-256 of tokenizer.json (+ chat template) */
+    const char *truncation;     /* the settings as one string: mt_ref_truncation_key */
+} mt_ref_key;
+
+typedef struct mt_ref_logps {
+    double chosen, rejected;               /* summed completion-token log-probs */
+    int64_t chosen_tokens, rejected_tokens; /* completion lengths after truncation */
+} mt_ref_logps;
+
+/* The canonical truncation string ("max_length=…;max_prompt_length=…;
+ * max_completion_length=…;mode=…"; values <= 0 mean none); returns its length. */
+size_t mt_ref_truncation_key(char *out, size_t cap, int64_t max_length, int64_t max_prompt_length,
+                             int64_t max_completion_length, const char *truncation_mode);
+/* Stores n entries (pair_hashes[i] → v[i]) in one transaction, replacing earlier ones.
+ * Non-finite log-probs are MT_ERR_NUMERIC (nothing written). */
+mt_status mt_store_ref_logps_put(mt_store *s, const mt_ref_key *k, const char *const *pair_hashes,
+                                 const mt_ref_logps *v, size_t n, mt_error *err);
+/* Looks up n pairs: found[i] says whether out[i] was filled; *n_found (may be NULL) counts them. */
+mt_status mt_store_ref_logps_get(mt_store *s, const mt_ref_key *k, const char *const *pair_hashes, size_t n,
+                                 mt_ref_logps *out, bool *found, size_t *n_found, mt_error *err);
 
 /* ===================================== comparisons ===================================== */
 
