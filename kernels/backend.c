@@ -24,6 +24,7 @@ static const char *const op_names[MT_OP_COUNT] = {
     [MT_OP_ADD_BIAS] = "add_bias",
     [MT_OP_COPY_2D] = "copy_2d",
     [MT_OP_PAGED_ATTENTION] = "paged_attention",
+    [MT_OP_LOWRANK] = "lowrank",
 };
 
 const char *mt_op_name(mt_op op) {
@@ -175,6 +176,12 @@ void mt_attention_backward(mt_backend *be, const mt_attn_args *a, const float *q
                            const float *o, const float *lse, const float *dout, float *dq, float *dk, float *dv) {
     REQUIRE(MT_OP_ATTENTION);
     be->iface->attention_backward(be, a, q, k, v, o, lse, dout, dq, dk, dv);
+}
+
+void mt_lowrank_forward(mt_backend *be, int n, int in, int out, int r, float scale, const float *x, int ldx,
+                        const float *A, bool a_t, const float *B, bool b_t, float *h, float *y, int ldy) {
+    REQUIRE(MT_OP_LOWRANK);
+    be->iface->lowrank_forward(be, n, in, out, r, scale, x, ldx, A, a_t, B, b_t, h, y, ldy);
 }
 
 void mt_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o) {

@@ -45,6 +45,7 @@ typedef enum mt_op {
     MT_OP_ADD_BIAS,
     MT_OP_COPY_2D,
     MT_OP_PAGED_ATTENTION,
+    MT_OP_LOWRANK,
     MT_OP_COUNT
 } mt_op;
 
@@ -91,6 +92,15 @@ void mt_backend_sync(mt_backend *be);
  * differently for 1 and 2 threads. A fixed thread count still gives the same bits every run. */
 void mt_matmul(mt_backend *be, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
                const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+
+/* The low-rank delta of a LoRA adapter on n rows: y [n, out] += scale·(x·A')·B' with x [n, in]
+ * (row stride ldx), A' = Aᵀ for A [r, in] (or A itself, [in, r], when a_t), B' = Bᵀ for
+ * B [out, r] (or B itself, [r, out], when b_t), y row stride ldy; h [n, r] is scratch (it
+ * holds x·A' afterwards). Decode steps call this on runs of a few rows per adapter, where a
+ * GEMM library's per-call cost (packing, waking threads) exceeds the work, so the CPU backend
+ * computes small products itself and hands large ones to sgemm. */
+void mt_lowrank_forward(mt_backend *be, int n, int in, int out, int r, float scale, const float *x, int ldx,
+                        const float *A, bool a_t, const float *B, bool b_t, float *h, float *y, int ldy);
 
 /* y[i] += alpha · x[i] */
 void mt_add(mt_backend *be, float *y, const float *x, float alpha, size_t n);

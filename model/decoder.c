@@ -170,22 +170,19 @@ static void mla_delta(const mt_model *m, const mt_layer *ly, const mt_lin_ctx *c
         const mt_lowrank *dl = mt_lin_delta(m, ly->kv_b, c, slot);
         int n = j - i;
         if (dl) {
-            int r = dl->r;
             float *t = c->scratch; /* [n, r] */
-            MT_ASSERT((size_t)n * r <= c->scratch_cap);
+            MT_ASSERT((size_t)n * dl->r <= c->scratch_cap);
             for (int h = 0; h < dm.nh; h++) {
-                if (!out) {
-                    const float *qn = d->a.q + (size_t)i * dm.q_dim + (size_t)h * dm.qk_hd;
-                    mt_matmul(be, false, false, n, r, dm.nope, 1.0f, qn, dm.q_dim, dl->B + (size_t)h * hw * r, r, 0.0f,
-                              t, r);
-                    mt_matmul(be, false, false, n, dm.kvl, r, dl->scale, t, r, dl->A, dm.kvl, 1.0f,
-                              d->qabs + (size_t)i * qa_row + (size_t)h * dm.kva_dim, qa_row);
-                } else {
-                    const float *oh = d->olat + (size_t)i * ol_row + (size_t)h * dm.kvl;
-                    mt_matmul(be, false, true, n, r, dm.kvl, 1.0f, oh, ol_row, dl->A, dm.kvl, 0.0f, t, r);
-                    mt_matmul(be, false, true, n, dm.vh, r, dl->scale, t, r, dl->B + ((size_t)h * hw + dm.nope) * r, r,
-                              1.0f, d->a.att + (size_t)i * dm.o_dim + (size_t)h * dm.vh, dm.o_dim);
-                }
+                if (!out) /* qabs_h += s·(q_nope,h·B_UK,h)·A: both factors as stored, untransposed */
+                    mt_lowrank_forward(be, n, dm.nope, dm.kvl, dl->r, dl->scale,
+                                       d->a.q + (size_t)i * dm.q_dim + (size_t)h * dm.qk_hd, dm.q_dim,
+                                       dl->B + (size_t)h * hw * dl->r, true, dl->A, true, t,
+                                       d->qabs + (size_t)i * qa_row + (size_t)h * dm.kva_dim, qa_row);
+                else /* att_h += s·(olat_h·Aᵀ)·B_UV,hᵀ */
+                    mt_lowrank_forward(be, n, dm.kvl, dm.vh, dl->r, dl->scale,
+                                       d->olat + (size_t)i * ol_row + (size_t)h * dm.kvl, ol_row, dl->A, false,
+                                       dl->B + ((size_t)h * hw + dm.nope) * dl->r, false, t,
+                                       d->a.att + (size_t)i * dm.o_dim + (size_t)h * dm.vh, dm.o_dim);
             }
         }
         i = j;

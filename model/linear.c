@@ -97,6 +97,11 @@ static void project(mt_backend *be, const run *r, const float *x) {
 }
 
 static void run_forward(mt_backend *be, const run *r, const float *x, float *y) {
+    if (r->p <= 0.0f) {
+        mt_lowrank_forward(be, r->n, r->in, r->out, r->d->r, r->d->scale, x, r->in, r->d->A, false, r->d->B, false, r->h,
+                           y, r->out);
+        return;
+    }
     project(be, r, x);
     mt_matmul(be, false, true, r->n, r->out, r->d->r, r->d->scale, r->h, r->d->r, r->d->B, r->d->r, 1.0f, y, r->out);
 }

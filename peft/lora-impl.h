@@ -50,7 +50,8 @@ struct mt_lora {
     int n_tensors;
     mt_lora_tensor *tensors; /* [2·n_mods]: A then B of each module */
     char *names;        /* the tensors' names, NUL-separated */
-    float *block;       /* backend memory: every A and B, then every dA and dB */
+    float *block;       /* backend memory: every A and B */
+    float *grads;       /* every dA and dB at the same offsets, or NULL (mt_lora_alloc_grads) */
     size_t n_values;    /* floats of A and B together (the gradients take as many again) */
 
     /* how the adapter was specified, for adapter_config.json */

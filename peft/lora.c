@@ -65,16 +65,16 @@ mt_status mt_lora_build(mt_lora **out, mt_model *m, const mt_lora_spec *specs_in
         name_bytes += 2 * (strlen(L->module) + sizeof "base_model.model..lora_A.weight");
     }
     l->n_values = values;
-    l->block = mt_backend_alloc(be, 2 * values * sizeof(float) + 64);
+    /* values only: a loaded adapter that is served never needs gradient memory */
+    l->block = mt_backend_alloc(be, values * sizeof(float) + 64);
     if (!l->block) {
         free(l->mods);
         free(l->tensors);
         free(l);
         free(specs);
         return mt_error_set(err, MT_ERR_NOMEM, "lora: cannot allocate %.1f MB for the adapter",
-                            2.0 * (double)values * sizeof(float) / 1e6);
+                            (double)values * sizeof(float) / 1e6);
     }
-    mt_backend_memset0(be, l->block, 2 * values * sizeof(float));
     l->names = mt_xmalloc(name_bytes + 1);
     l->deltas = mt_xcalloc((size_t)(n > 0 ? n : 1), sizeof *l->deltas);
     l->by_linear = mt_xcalloc((size_t)mt_model_linear_count(m), sizeof *l->by_linear);
@@ -91,10 +91,8 @@ mt_status mt_lora_build(mt_lora **out, mt_model *m, const mt_lora_spec *specs_in
         md->scale = mt_lora_scale(md->alpha, md->r, use_rslora);
         size_t na = (size_t)md->r * L->in, nb = (size_t)L->out * md->r;
         md->A = l->block + off;
-        md->dA = l->block + values + off;
         off += na;
         md->B = l->block + off;
-        md->dB = l->block + values + off;
         off += nb;
         for (int k = 0; k < 2; k++) {
             mt_lora_tensor *t = &l->tensors[2 * i + k];
@@ -105,9 +103,8 @@ mt_status mt_lora_build(mt_lora **out, mt_model *m, const mt_lora_spec *specs_in
             t->shape[1] = k ? md->r : L->in;
             t->numel = t->shape[0] * t->shape[1];
             t->data = k ? md->B : md->A;
-            t->grad = k ? md->dB : md->dA;
         }
-        l->deltas[i] = (mt_lowrank){.r = md->r, .scale = md->scale, .A = md->A, .B = md->B, .dA = md->dA, .dB = md->dB};
+        l->deltas[i] = (mt_lowrank){.r = md->r, .scale = md->scale, .A = md->A, .B = md->B};
         l->by_linear[md->index] = &l->deltas[i];
         if (md->r > l->max_rank) l->max_rank = md->r;
     }
@@ -124,6 +121,7 @@ void mt_lora_free(mt_lora *l) {
     if (!l) return;
     if (l->merged) mt_lora_unmerge(l, NULL);
     mt_backend_release(l->be, l->block);
+    if (l->grads) mt_backend_release(l->be, l->grads);
     free(l->deltas);
     free(l->by_linear);
     for (int i = 0; i < l->n_rank; i++) free(l->rank_keys[i]);
@@ -149,7 +147,28 @@ mt_lora_tensor *mt_lora_tensor_at(mt_lora *l, int i) {
     return &l->tensors[i];
 }
 
-void mt_lora_zero_grad(mt_lora *l) { mt_backend_memset0(l->be, l->block + l->n_values, l->n_values * sizeof(float)); }
+void mt_lora_zero_grad(mt_lora *l) {
+    if (l->grads) mt_backend_memset0(l->be, l->grads, l->n_values * sizeof(float));
+}
+
+mt_status mt_lora_alloc_grads(mt_lora *l, mt_error *err) {
+    if (l->grads) return MT_OK;
+    l->grads = mt_backend_alloc(l->be, l->n_values * sizeof(float) + 64);
+    if (!l->grads)
+        return mt_error_set(err, MT_ERR_NOMEM, "lora: cannot allocate %.1f MB for the adapter's gradients",
+                            (double)l->n_values * sizeof(float) / 1e6);
+    mt_backend_memset0(l->be, l->grads, l->n_values * sizeof(float));
+    for (int i = 0; i < l->n_mods; i++) {
+        mt_lora_mod *md = &l->mods[i];
+        md->dA = l->grads + (md->A - l->block);
+        md->dB = l->grads + (md->B - l->block);
+        l->tensors[2 * i].grad = md->dA;
+        l->tensors[2 * i + 1].grad = md->dB;
+        l->deltas[i].dA = md->dA;
+        l->deltas[i].dB = md->dB;
+    }
+    return MT_OK;
+}
 
 void mt_lora_get_summary(const mt_lora *l, mt_lora_summary *s) {
     memset(s, 0, sizeof *s);
@@ -252,6 +271,12 @@ mt_status mt_lora_attach(mt_lora **out, mt_model *m, const mt_lora_config *c, mt
     if (!st && n == 0) st = mt_error_set(err, MT_ERR_NOT_FOUND, "lora: exclude removes every targeted linear layer");
     mt_lora *l = NULL;
     if (!st) st = mt_lora_build(&l, m, specs, n, c->dropout, c->use_rslora, err);
+    /* a new adapter is made to be trained */
+    if (!st) st = mt_lora_alloc_grads(l, err);
+    if (st && l) {
+        mt_lora_free(l);
+        l = NULL;
+    }
     if (!st) {
         l->r = c->r;
         l->alpha = c->alpha;

@@ -69,11 +69,16 @@ typedef struct mt_lora_tensor {
     int64_t shape[2];  /* A: [r, in]; B: [out, r] */
     int64_t numel;
     float *data;
-    float *grad;       /* accumulated by backward; zero with mt_lora_zero_grad */
+    float *grad;       /* accumulated by backward; zero with mt_lora_zero_grad; NULL before
+                          mt_lora_alloc_grads */
 } mt_lora_tensor;
 
 int mt_lora_tensor_count(const mt_lora *l);
 mt_lora_tensor *mt_lora_tensor_at(mt_lora *l, int i);
+/* Gradient buffers (zeroed) for every tensor and for backward passes through the adapter.
+ * mt_lora_attach makes them; an adapter read by mt_lora_load_peft has none (grad NULL, a
+ * frozen adapter to passes) until this is called, so serving never pays for them. */
+mt_status mt_lora_alloc_grads(mt_lora *l, mt_error *err);
 void mt_lora_zero_grad(mt_lora *l);
 
 /* What was adapted, by kind of linear. */

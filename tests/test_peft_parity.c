@@ -100,6 +100,7 @@ static void made_case(const char *variant) {
     mt_lora *l = NULL;
     snprintf(rel, sizeof rel, "peft/made/%s", variant);
     if (mt_lora_load_peft(&l, m, mt_test_fixture(rel), NULL, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_lora_alloc_grads(l, &err) != MT_OK) fail_msg("%s", err.msg);
     const mt_config *cfg = mt_model_config(m);
     size_t nlog = (size_t)NB * NT * cfg->vocab_size;
 

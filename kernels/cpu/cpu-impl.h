@@ -79,6 +79,10 @@ void mt_cpu_rmsnorm_backward(mt_backend *be, const float *dy, const float *x, co
 void mt_cpu_rope_forward(mt_backend *be, const mt_rope_args *a, float *x);
 void mt_cpu_rope_backward(mt_backend *be, const mt_rope_args *a, float *dx);
 
+/* lowrank.c */
+void mt_cpu_lowrank_forward(mt_backend *be, int n, int in, int out, int r, float scale, const float *x, int ldx,
+                            const float *A, bool a_t, const float *B, bool b_t, float *h, float *y, int ldy);
+
 /* paged_attention.c */
 void mt_cpu_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o);
 

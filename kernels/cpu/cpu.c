@@ -116,6 +116,7 @@ static const mt_backend_iface cpu_iface = {
     .attention_forward = mt_cpu_attention_forward,
     .attention_backward = mt_cpu_attention_backward,
     .paged_attention_forward = mt_cpu_paged_attention_forward,
+    .lowrank_forward = mt_cpu_lowrank_forward,
     .swiglu_forward = mt_cpu_swiglu_forward,
     .swiglu_backward = mt_cpu_swiglu_backward,
     .sigmoid_gate_forward = mt_cpu_sigmoid_gate_forward,
