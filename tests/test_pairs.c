@@ -536,6 +536,23 @@ static void test_cli(void **state) {
     assert_int_equal(mt_read_file(ep, &text, &len, &err), MT_OK);
     assert_non_null(strstr(text, "{\"prompt\":\"p1\",\"chosen\":\"a\",\"rejected\":\"b\"}\n"));
     free(text);
+    /* token lengths with a tokenizer; the counts are those of HF tokenizers on the same file
+     * ("Hello" 3, " world" 1, " there friend" 4, "Hi there" 3, "Hello you" 4, "No" 2) */
+    const char *tl = write_file(dir, "tok.jsonl",
+                                "{\"prompt\": \"Hello\", \"chosen\": \" world\", \"rejected\": \" there friend\"}\n"
+                                "{\"chosen\": [{\"role\": \"user\", \"content\": \"Hi there\"}, {\"role\": \"assistant\","
+                                " \"content\": \"Hello you\"}], \"rejected\": [{\"role\": \"user\", \"content\":"
+                                " \"Hi there\"}, {\"role\": \"assistant\", \"content\": \"No\"}]}\n");
+    rc = mt_test_run_cli(&out, "pairs --store %s/cli.db import %s --dataset tok", dir, tl);
+    assert_int_equal(rc, 0);
+    free(out);
+    rc = mt_test_run_cli(&out, "pairs --store %s/cli.db stats --dataset tok --tokenizer %s", dir,
+                         mt_test_fixture("tokenizers/gpt2/tokenizer.json"));
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "prompt    min 3  mean 3.0  max 3"));
+    assert_non_null(strstr(out, "chosen    min 1  mean 2.5  max 4"));
+    assert_non_null(strstr(out, "rejected  min 2  mean 3.0  max 4"));
+    free(out);
     /* readers do not create stores; unknown datasets are named */
     rc = mt_test_run_cli(&out, "pairs --store %s/none.db list", dir);
     assert_int_not_equal(rc, 0);
