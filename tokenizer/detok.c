@@ -174,7 +174,7 @@ static int release(mt_detok *d, bool at_end, const char **text, size_t *len) {
                 break;
             }
         }
-    tk_buf_put(&d->out, d->text.p + from, upto - from);
+    if (upto > from) tk_buf_put(&d->out, d->text.p + from, upto - from);
     if (hit >= 0) d->stopped = true;
     *text = d->out.p + from;
     *len = upto - from;
