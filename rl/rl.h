@@ -20,6 +20,17 @@ typedef struct mt_rl_metric {
     double value;
 } mt_rl_metric;
 
+/* ================================ sequence log-probs ================================ */
+
+/* Per-row sums of per-token log-probs over the tokens that count (completion tokens; the
+ * prompt and padding masked): sums[b] = Σ_t mask·logp, counts[b] = Σ_t mask (may be NULL).
+ * The DPO family takes the sums, SimPO and ORPO the averages sums/counts. */
+void mt_rl_seq_logps(size_t B, size_t T, const float *token_logp, const uint8_t *mask, float *sums, float *counts);
+/* Its backward: d_token[b,t] = mask[b,t]·(d_sum[b] + d_avg[b]/max(count_b, 1)); either
+ * gradient may be NULL (0). This is where the model's backward starts from. */
+void mt_rl_seq_logps_backward(size_t B, size_t T, const uint8_t *mask, const float *d_sum, const float *d_avg,
+                              float *d_token);
+
 /* ====================================== DPO family ====================================== */
 
 /* The per-pair losses of TRL's DPOTrainer (loss_type), in TRL's spelling. */
@@ -163,6 +174,14 @@ mt_status mt_reward_bt_loss(size_t n, const float *r_chosen, const float *r_reje
                             double center_coef, double *loss, float *d_chosen, float *d_rejected,
                             mt_reward_metrics *m, mt_error *err);
 
+#define MT_REWARD_N_METRICS 5
+/* accuracy, margin, mean_reward, min_reward, max_reward (TRL's RewardTrainer names). */
+void mt_reward_metrics_list(const mt_reward_metrics *m, mt_rl_metric out[MT_REWARD_N_METRICS]);
+
+#define MT_PREF_FREE_N_METRICS (MT_DPO_N_METRICS + 3)
+/* The DPO names plus nll_loss, log_odds_ratio, log_odds_chosen (NaN for SimPO). */
+void mt_pref_free_metrics_list(const mt_pref_free_metrics *m, mt_rl_metric out[MT_PREF_FREE_N_METRICS]);
+
 /* ========================================== PPO ========================================== */
 
 typedef enum mt_kl_estimator {
@@ -210,6 +229,24 @@ mt_status mt_ppo_policy_loss(size_t n, const float *new_logp, const float *old_l
 mt_status mt_ppo_value_loss(size_t n, const float *vpred, const float *old_values, const float *returns,
                             const uint8_t *mask, double cliprange_value, double *loss, float *d_vpred,
                             mt_ppo_stats *st, mt_error *err);
+
+/* TRL's rollout-level PPO metrics for B responses: objective/kl = mean_b Σ_t KL,
+ * objective/entropy = mean_b Σ_t −logπ over response tokens, objective/non_score_reward =
+ * −kl_coef·objective/kl, objective/scores = mean score, objective/rlhf_reward = the sum of the
+ * two. (TRL's own entropy figure also counts its filler log-prob of 1 at padded positions; this
+ * one counts response tokens only.) */
+typedef struct mt_ppo_objective {
+    double kl, entropy, non_score_reward, rlhf_reward, scores;
+} mt_ppo_objective;
+void mt_ppo_objective_metrics(size_t B, size_t T, const float *kl, const float *logp, const uint8_t *mask,
+                              const float *scores, double kl_coef, mt_ppo_objective *out);
+
+#define MT_PPO_N_METRICS 10
+/* The rollout metrics and one step's policy and value statistics under TRL's names
+ * (objective/..., policy/approxkl_avg, policy/clipfrac_avg, loss/policy_avg, loss/value_avg,
+ * val/clipfrac_avg); writes MT_PPO_N_METRICS entries. */
+void mt_ppo_metrics_list(const mt_ppo_objective *o, const mt_ppo_stats *policy, double policy_loss,
+                         const mt_ppo_stats *value, double value_loss, mt_rl_metric out[MT_PPO_N_METRICS]);
 
 /* ========================================== GRPO ========================================== */
 
@@ -273,6 +310,11 @@ typedef struct mt_grpo_metrics {
     double clip_low_min;       /* clip_ratio/low_min: min over sequences of their low share */
     double clip_high_max;      /* clip_ratio/high_max */
 } mt_grpo_metrics;
+
+#define MT_GRPO_N_METRICS 9
+/* reward, reward_std, frac_reward_zero_std, kl (when beta != 0, else NaN), clip_ratio/... under
+ * TRL's names; writes MT_GRPO_N_METRICS entries. */
+void mt_grpo_metrics_list(const mt_grpo_adv_stats *a, const mt_grpo_metrics *m, mt_rl_metric out[MT_GRPO_N_METRICS]);
 
 /* The loss of the micro-batch before any gradient-accumulation scaling, d loss / d logp
  * [B,T] (may be NULL; 0 where masked) and metrics (may be NULL). */

@@ -144,6 +144,69 @@ static void test_dpo_matches_trl(void **state) {
     free(pc), free(pr), free(rc), free(rr), free(lc), free(lr);
 }
 
+/* The data path as TRL runs it: per-token log-probs summed over the completion mask, the loss,
+ * and its gradient broadcast back to every completion token. */
+static void test_dpo_token_path_matches_trl(void **state) {
+    (void)state;
+    const cJSON *d = get(fixture, "dpo");
+    size_t n, nt;
+    float *pc = floats(d, "policy_chosen", &n), *pr = floats(d, "policy_rejected", NULL);
+    float *rc = floats(d, "ref_chosen", NULL), *rr = floats(d, "ref_rejected", NULL);
+    float *lc = floats(d, "chosen_len", NULL), *lr = floats(d, "rejected_len", NULL);
+    float *tok = floats(d, "token_logp", &nt), *maskf = floats(d, "token_mask", NULL);
+    size_t T = (size_t)num(d, "T"), rows = 2 * n;
+    assert_int_equal(nt, rows * T);
+    uint8_t *mask = calloc(nt, 1);
+    for (size_t i = 0; i < nt; i++) mask[i] = maskf[i] != 0;
+    float *sums = calloc(rows, sizeof(float)), *counts = calloc(rows, sizeof(float));
+    mt_rl_seq_logps(rows, T, tok, mask, sums, counts);
+    check_grad("summed chosen log-probs", sums, pc, n);
+    check_grad("summed rejected log-probs", sums + n, pr, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_float_equal(counts[i], lc[i], 0);
+        assert_float_equal(counts[n + i], lr[i], 0);
+    }
+    mt_dpo_batch b = {.n = n, .policy_chosen = sums, .policy_rejected = sums + n, .ref_chosen = rc,
+                      .ref_rejected = rr, .chosen_len = counts, .rejected_len = counts + n};
+    float *dsum = calloc(rows, sizeof(float)), *dtok = calloc(nt, sizeof(float));
+    mt_dpo_grads g = {.policy_chosen = dsum, .policy_rejected = dsum + n};
+    const cJSON *c;
+    int checked = 0;
+    cJSON_ArrayForEach(c, get(d, "cases")) {
+        mt_dpo_config cfg;
+        mt_dpo_config_default(&cfg);
+        cfg.n_terms = 0;
+        const cJSON *t;
+        cJSON_ArrayForEach(t, get(c, "types")) assert_int_equal(mt_dpo_loss_parse(t->valuestring, &cfg.types[cfg.n_terms++], NULL), MT_OK);
+        int k = 0;
+        cJSON_ArrayForEach(t, get(c, "weights")) cfg.weights[k++] = t->valuedouble;
+        cfg.beta = num(c, "beta");
+        cfg.label_smoothing = num(c, "label_smoothing");
+        cfg.discopop_tau = num(c, "discopop_tau");
+        size_t sb = mt_dpo_scratch_bytes(&cfg, n);
+        void *scratch = sb ? malloc(sb) : NULL;
+        double loss;
+        assert_int_equal(mt_dpo_loss_compute(&cfg, &b, &loss, NULL, &g, NULL, scratch, NULL), MT_OK);
+        free(scratch);
+        check_loss("token path loss", loss, num(c, "loss"));
+        mt_rl_seq_logps_backward(rows, T, mask, dsum, NULL, dtok);
+        float *want = floats(c, "token_grad", NULL);
+        check_grad("d per-token log-probs", dtok, want, nt);
+        free(want);
+        checked++;
+    }
+    assert_true(checked >= 30);
+    /* the average's backward spreads d_avg over the row's tokens */
+    float da[2] = {3.0f, 0.0f}, dt[4];
+    uint8_t m2[4] = {1, 1, 0, 0};
+    mt_rl_seq_logps_backward(2, 2, m2, NULL, da, dt);
+    assert_float_equal(dt[0], 1.5, 0);
+    assert_float_equal(dt[1], 1.5, 0);
+    assert_float_equal(dt[2], 0, 0);
+    free(pc), free(pr), free(rc), free(rr), free(lc), free(lr), free(tok), free(maskf), free(mask);
+    free(sums), free(counts), free(dsum), free(dtok);
+}
+
 static void test_dpo_config_checks(void **state) {
     (void)state;
     mt_dpo_config c;
@@ -242,6 +305,12 @@ static void test_simpo_orpo_match_trl(void **state) {
         check_loss("orpo log_odds_ratio", m.log_odds_ratio, num(c, "log_odds_ratio"));
         check_loss("orpo log_odds_chosen", m.log_odds_chosen, num(c, "log_odds_chosen"));
         check_loss("orpo rewards/chosen", m.base.rewards_chosen, num(c, "rewards_chosen"));
+        mt_rl_metric ml[MT_PREF_FREE_N_METRICS];
+        mt_pref_free_metrics_list(&m, ml);
+        assert_string_equal(ml[0].name, "rewards/chosen");
+        assert_string_equal(ml[MT_DPO_N_METRICS + 1].name, "log_odds_ratio");
+        check_loss("log_odds_ratio", ml[MT_DPO_N_METRICS + 1].value, num(c, "log_odds_ratio"));
+        assert_float_equal(ml[MT_DPO_N_METRICS].value, b.nll, 0);
         free(wc), free(wr);
     }
     /* ORPO's odds are undefined at log-prob 0 */
@@ -278,6 +347,9 @@ static void test_reward_matches_trl(void **state) {
         check_loss("mean_reward", m.mean_reward, num(tm, "mean_reward"));
         check_loss("min_reward", m.min_reward, num(tm, "min_reward"));
         check_loss("max_reward", m.max_reward, num(tm, "max_reward"));
+        mt_rl_metric ml[MT_REWARD_N_METRICS];
+        mt_reward_metrics_list(&m, ml);
+        for (int j = 0; j < MT_REWARD_N_METRICS; j++) check_loss(ml[j].name, ml[j].value, num(tm, ml[j].name));
         free(wc), free(wr);
     }
     free(rc), free(rr), free(mg), free(gc), free(gr);
@@ -350,6 +422,20 @@ static void test_grpo_matches_trl(void **state) {
         check_loss("clip_ratio/region_mean", m.clip_region_mean, num(tm, "clip_ratio/region_mean"));
         check_loss("clip_ratio/low_min", m.clip_low_min, num(tm, "clip_ratio/low_min"));
         check_loss("clip_ratio/high_max", m.clip_high_max, num(tm, "clip_ratio/high_max"));
+        /* the list carries TRL's names: every key TRL logged is there with the same value */
+        mt_grpo_adv_stats as = {0};
+        mt_rl_metric ml[MT_GRPO_N_METRICS];
+        mt_grpo_metrics_list(&as, &m, ml);
+        const cJSON *kv;
+        cJSON_ArrayForEach(kv, tm) {
+            bool seen = false;
+            for (int j = 0; j < MT_GRPO_N_METRICS; j++)
+                if (!strcmp(ml[j].name, kv->string)) {
+                    check_loss(kv->string, ml[j].value, kv->valuedouble);
+                    seen = true;
+                }
+            if (!seen) fail_msg("TRL logs %s; the GRPO metric list lacks it", kv->string);
+        }
     }
     free(per_func), free(combined), free(want_combined), free(adv);
     free(logp), free(old), free(ref), free(maskf), free(a), free(mask), free(grad);
@@ -418,6 +504,24 @@ static void test_ppo_matches_trl(void **state) {
         check_grad("ppo d vpred", grad, w, n);
         free(w);
         check_loss("val/clipfrac", st.clipfrac, num(c, "vf_clipfrac"));
+        /* whiten_rewards: over the value positions, mean kept */
+        float *wr = calloc(n, sizeof(float));
+        assert_int_equal(mt_rl_masked_whiten(n, rw, mask_p1, false, wr, NULL), MT_OK);
+        w = floats(c, "whitened_rewards", NULL);
+        check_grad("ppo whitened rewards", wr, w, n);
+        free(w), free(wr);
+        mt_ppo_objective ob;
+        mt_ppo_objective_metrics(B, T, kl, logp, mask, scores, num(d, "kl_coef"), &ob);
+        check_loss("objective/kl", ob.kl, num(c, "objective_kl"));
+        check_loss("objective/entropy", ob.entropy, num(c, "objective_entropy"));
+        check_loss("objective/non_score_reward", ob.non_score_reward, num(c, "objective_non_score_reward"));
+        check_loss("objective/rlhf_reward", ob.rlhf_reward, num(c, "objective_rlhf_reward"));
+        check_loss("objective/scores", ob.scores, num(c, "objective_scores"));
+        mt_rl_metric ml[MT_PPO_N_METRICS];
+        mt_ppo_metrics_list(&ob, &st, 0.0, &st, loss, ml);
+        assert_string_equal(ml[0].name, "objective/kl");
+        assert_string_equal(ml[8].name, "loss/value_avg");
+        assert_float_equal(ml[8].value, loss, 0);
         free(newlp), free(vpred);
     }
     /* entropy and the KL estimators */
@@ -598,6 +702,7 @@ static void test_rule_rewards(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dpo_matches_trl),
+        cmocka_unit_test(test_dpo_token_path_matches_trl),
         cmocka_unit_test(test_dpo_config_checks),
         cmocka_unit_test(test_dpo_sigmoid_by_hand),
         cmocka_unit_test(test_simpo_orpo_match_trl),

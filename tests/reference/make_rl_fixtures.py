@@ -127,6 +127,7 @@ def run_dpo(loss_types, loss_weights, beta, ls, tau=0.05):
     g = (P.grad * shift_mask).sum(1) / shift_mask.sum(1)
     m = {k: v[-1] for k, v in s._metrics["train"].items() if k.startswith(("rewards/", "logps/"))}
     return {
+        "token_grad": lst(P.grad),
         "types": loss_types,
         "weights": loss_weights,
         "beta": beta,
@@ -159,6 +160,9 @@ dpo = {
     "policy_rejected": lst(policy_sum[N:]),
     "ref_chosen": lst(ref_sum[:N]),
     "ref_rejected": lst(ref_sum[N:]),
+    "token_logp": lst(per_tok),
+    "token_mask": lst(shift_mask.to(DT)),
+    "T": T - 1,
     "chosen_len": comp_len[:N],
     "rejected_len": comp_len[N:],
     "cases": dpo_cases,
@@ -397,12 +401,21 @@ def ppo_case(kl_estimator):
     pg_clipfrac = masked_mean((pg_losses2 > pg_losses).float(), ~padding_mask)
     pg_loss.backward()
     vf_loss.backward()
+    whitened_rewards = torch.masked_fill(masked_whiten(rewards, ~padding_mask_p1, shift_mean=False), padding_mask_p1, 0)
     return {"kl_estimator": kl_estimator, "kl": lst(kl), "rewards": lst(rewards), "raw_advantages": lst(raw_adv),
             "returns": lst(returns), "advantages": lst(advantages), "new_logp": lst(new_leaf),
             "vpred": lst(vpred_leaf), "masked_values": lst(values), "pg_loss": pg_loss.item(),
             "pg_grad": lst(new_leaf.grad), "pg_clipfrac": pg_clipfrac.item(),
             "approxkl": (0.5 * (logprobs_diff**2).mean()).item(), "ratio_mean": ratio.mean().item(),
-            "vf_loss": vf_loss.item(), "vf_grad": lst(vpred_leaf.grad), "vf_clipfrac": vf_clipfrac.item()}
+            "vf_loss": vf_loss.item(), "vf_grad": lst(vpred_leaf.grad), "vf_clipfrac": vf_clipfrac.item(),
+            "whitened_rewards": lst(whitened_rewards),
+            # PPOTrainer's rollout metrics; the entropy over response tokens only (TRL's own
+            # figure also sums its filler log-prob of 1 at padded positions)
+            "objective_kl": kl.sum(1).mean().item(),
+            "objective_entropy": (-(p_logp * (~padding_mask))).sum(1).mean().item(),
+            "objective_non_score_reward": non_score_reward.sum(1).mean().item(),
+            "objective_rlhf_reward": (non_score_reward.sum(1).mean() + p_scores.mean()).item(),
+            "objective_scores": p_scores.mean().item()}
 
 
 ent_logits = f32(3 * torch.randn(4, 11, dtype=DT))
