@@ -38,6 +38,7 @@ int mt_cmd_generate(int argc, char **argv);
 int mt_cmd_serve(int argc, char **argv);
 int mt_cmd_bench(int argc, char **argv);
 int mt_cmd_bench_train(int argc, char **argv);
+int mt_cmd_bench_serve(int argc, char **argv);
 int mt_cmd_bench_decode(int argc, char **argv);
 int mt_cmd_tokenizer(int argc, char **argv);
 int mt_cmd_recipe(int argc, char **argv);

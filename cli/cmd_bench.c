@@ -14,6 +14,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: moetune bench model --model DIR [--batch B] [--seq T] [--steps N] [--threads N]\n"
             "       moetune bench train --recipe RECIPE.yaml [--steps N]   (see bench train --help)\n"
+            "       moetune bench serve --model DIR [--adapters N]        (see bench serve --help)\n"
             "       moetune bench decode --model DIR [--batch 1,8,32] [--adapters N]   (see bench decode --help)\n"
             "\n"
             "Times forward, forward+backward with a frozen base (gradients for activations only, what\n"
@@ -60,6 +61,7 @@ int mt_cmd_bench(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "train")) return mt_cmd_bench_train(argc, argv);
+    if (!strcmp(argv[1], "serve")) return mt_cmd_bench_serve(argc, argv);
     if (!strcmp(argv[1], "decode")) return mt_cmd_bench_decode(argc, argv);
     if (strcmp(argv[1], "model")) {
         fprintf(stderr, "moetune bench: unknown benchmark '%s' (model, train, decode)\n", argv[1]);

@@ -146,3 +146,10 @@ void mt_engine_free(mt_engine *e) {
 int mt_engine_live_versions(mt_engine *e) { return mt_registry_live_versions(e->reg); }
 
 int mt_engine_seqs_open(mt_engine *e) { return atomic_load(&e->seqs_open); }
+
+const char *mt_engine_served_name(const mt_engine *e) { return e->served_name; }
+
+double mt_engine_adapter_load_seconds(mt_engine *e, const char *name) {
+    mt_registry_info in;
+    return mt_registry_find(e->reg, name, &in) ? in.load_seconds : -1;
+}

@@ -99,6 +99,16 @@ typedef struct mt_bench_serve_row {
     double ttft_p50_s;         /* time to the first streamed token */
 } mt_bench_serve_row;
 
+/* Writes n random rank-r LoRA adapters (every linear) for the engine's base into dir/bench-NN
+ * (the base's hash recorded), for benchmarks that need many distinct adapters. */
+mt_status mt_bench_make_adapters(mt_engine *e, const char *dir, int n, int rank, mt_error *err);
+/* POST /v1/load_lora_adapter {name, path, load_inplace}: the wall time of the HTTP call. */
+mt_status mt_bench_hot_load(const mt_bench_serve_opts *o, const char *name, const char *path, double *http_seconds,
+                            mt_error *err);
+/* The base's "model" name; the time the last load of `name` took in the registry (−1 if absent). */
+const char *mt_engine_served_name(const mt_engine *e);
+double mt_engine_adapter_load_seconds(mt_engine *e, const char *name);
+
 /* Runs the levels {1, 8, 32} concurrent streams for the base and with every request on a
  * different adapter, over HTTP (the requests go through the loopback like any client's).
  * rows must hold 6; *n_rows receives how many were filled. */

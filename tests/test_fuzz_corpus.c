@@ -28,6 +28,10 @@
 #include "fuzz/fuzz_chat.c"
 #undef LLVMFuzzerTestOneInput
 
+#define LLVMFuzzerTestOneInput fuzz_request_one
+#include "fuzz/fuzz_request.c"
+#undef LLVMFuzzerTestOneInput
+
 typedef int (*fuzz_fn)(const uint8_t *data, size_t size);
 
 static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -103,12 +107,18 @@ static void test_chat(void **state) {
     smoke("fuzz_chat", fuzz_chat_one);
 }
 
+static void test_request(void **state) {
+    (void)state;
+    smoke("fuzz_request", fuzz_request_one);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_safetensors),
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_tokenizer),
         cmocka_unit_test(test_chat),
+        cmocka_unit_test(test_request),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
