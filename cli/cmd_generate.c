@@ -181,9 +181,11 @@ int mt_cmd_generate(int argc, char **argv) {
         long prompt_tok = 0, new_tok = 0;
         for (int j = 0, p = 0, k = 0; j < n_out; j++) {
             if (n_out > 1) {
-                printf("=== output %d: prompt %d, sample %d, %s, %d tokens, finish %s ===\n%s\n", j + 1, p + 1, k + 1,
+                printf("=== output %d: prompt %d, sample %d, %s, %d tokens, finish %s ===\n", j + 1, p + 1, k + 1,
                        items && items[p].adapter ? items[p].adapter : unnamed ? "adapter" : "base",
-                       res[j].n_new_tokens, res[j].finish, res[j].text);
+                       res[j].n_new_tokens, res[j].finish);
+                fwrite(res[j].text, 1, res[j].len, stdout);
+                printf("\n");
             } else {
                 printf("\n");
             }

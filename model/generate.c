@@ -275,6 +275,7 @@ mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, const mt_gen_prompt 
                                       .prefill_seconds = t1 - t0,
                                       .decode_seconds = t2 - t1,
                                       .text = mt_xmalloc(len + 1),
+                                      .len = len,
                                       .finish = go->finish};
         memcpy(res[j].text, all, len + 1);
     }

@@ -469,7 +469,9 @@ typedef struct mt_gen_prompt {
 typedef struct mt_generate_result {
     int n_prompt_tokens, n_new_tokens;
     double prefill_seconds, decode_seconds; /* of the whole batch */
-    char *text;         /* generated text without the prompt, stop string removed; malloc'ed */
+    char *text;         /* generated text without the prompt, stop string removed; malloc'ed,
+                           NUL-terminated, may hold NULs of its own (byte tokens) */
+    size_t len;         /* bytes of text */
     const char *finish; /* "stop", "length" or "eos" */
 } mt_generate_result;
 
