@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,10 +27,12 @@ enum { ATOMIC_BUF = 1 << 20 };
 mt_status mt_atomic_file_open(mt_atomic_file **out, const char *path, mt_error *err) {
     *out = NULL;
     size_t n = strlen(path) + 16;
-    char *tmp = mt_xmalloc(n);
+    char *tmp = mt_malloc(n);
+    if (!tmp) return mt_error_set(err, MT_ERR_NOMEM, "%s: out of memory", path);
     snprintf(tmp, n, "%s.tmp.XXXXXX", path);
     /* mkostemp: a unique name, so two writers of the same destination never share a file. */
-    int fd = mkostemp(tmp, O_CLOEXEC);
+    int e = mt_fault_io(MT_FAULT_CREATE, path);
+    int fd = e ? (errno = e, -1) : mkostemp(tmp, O_CLOEXEC);
     if (fd < 0) {
         mt_status st = mt_error_set(err, MT_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
         free(tmp);
@@ -46,25 +47,29 @@ mt_status mt_atomic_file_open(mt_atomic_file **out, const char *path, mt_error *
         free(tmp);
         return st;
     }
-    mt_atomic_file *f = mt_xcalloc(1, sizeof *f);
-    f->path = mt_xstrdup(path);
-    f->tmp = tmp;
-    f->fd = fd;
-    f->buf = mt_xmalloc(ATOMIC_BUF);
+    mt_atomic_file *f = mt_calloc(1, sizeof *f);
+    if (f) {
+        f->tmp = tmp;
+        f->fd = fd;
+        f->path = mt_strdup(path);
+        f->buf = mt_malloc(ATOMIC_BUF);
+    }
+    if (!f || !f->path || !f->buf) {
+        if (f) mt_atomic_file_abort(f);
+        else {
+            close(fd);
+            unlink(tmp);
+            free(tmp);
+        }
+        return mt_error_set(err, MT_ERR_NOMEM, "%s: out of memory opening the file", path);
+    }
     *out = f;
     return MT_OK;
 }
 
 static mt_status write_all(mt_atomic_file *f, const uint8_t *p, size_t len, mt_error *err) {
-    while (len > 0) {
-        ssize_t w = write(f->fd, p, len);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return mt_error_set(err, MT_ERR_IO, "%s: write failed: %s", f->tmp, strerror(errno));
-        }
-        p += w;
-        len -= (size_t)w;
-    }
+    if (mt_fault_write(f->fd, p, len, f->tmp) != 0)
+        return mt_error_set(err, MT_ERR_IO, "%s: write failed: %s", f->tmp, strerror(errno));
     return MT_OK;
 }
 
@@ -105,7 +110,7 @@ void mt_atomic_file_abort(mt_atomic_file *f) {
 
 mt_status mt_atomic_file_commit(mt_atomic_file *f, mt_error *err) {
     mt_status st = flush_buf(f, err);
-    if (st == MT_OK && fsync(f->fd) != 0)
+    if (st == MT_OK && mt_fault_fsync(f->fd, f->tmp) != 0)
         st = mt_error_set(err, MT_ERR_IO, "%s: fsync failed: %s", f->tmp, strerror(errno));
     if (st != MT_OK) {
         mt_atomic_file_abort(f);
@@ -117,23 +122,18 @@ mt_status mt_atomic_file_commit(mt_atomic_file *f, mt_error *err) {
         free_handle(f);
         return st;
     }
-    if (rename(f->tmp, f->path) != 0) {
+    if (mt_fault_rename(f->tmp, f->path) != 0) {
         st = mt_error_set(err, MT_ERR_IO, "%s: rename failed: %s", f->path, strerror(errno));
         unlink(f->tmp);
         free_handle(f);
         return st;
     }
-    /* The rename is durable only once the folder's entry is on disk too. */
-    char *copy = mt_xstrdup(f->path);
-    int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) {
-        st = mt_error_set(err, MT_ERR_IO, "%s: cannot open folder to sync: %s", f->path, strerror(errno));
-    } else {
-        if (fsync(dfd) != 0 && errno != EINVAL)
-            st = mt_error_set(err, MT_ERR_IO, "%s: fsync of folder failed: %s", f->path, strerror(errno));
-        close(dfd);
-    }
-    free(copy);
+    /* The rename is durable only once the folder's entry is on disk too. The path is cut at
+     * its last '/' in place (the handle is freed next). */
+    char *slash = strrchr(f->path, '/');
+    if (slash == f->path) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    st = mt_fsync_dir(slash ? f->path : ".", err);
     free_handle(f);
     return st;
 }

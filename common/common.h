@@ -125,6 +125,13 @@ mt_status mt_atomic_file_commit(mt_atomic_file *f, mt_error *err);
 void mt_atomic_file_abort(mt_atomic_file *f);
 /* mkdir -p */
 mt_status mt_mkdirs(const char *path, mt_error *err);
+/* fsync of a folder, so that a rename or unlink inside it is durable. */
+mt_status mt_fsync_dir(const char *path, mt_error *err);
+/* write(2) of all len bytes (EINTR retried), fsync(2) and rename(2) behind the fault hook
+ * (mt_fault_io): −1 with errno set on failure. `what` names the file in a trace. */
+int mt_fault_write(int fd, const void *data, size_t len, const char *what);
+int mt_fault_fsync(int fd, const char *what);
+int mt_fault_rename(const char *from, const char *to);
 bool mt_path_exists(const char *path);
 bool mt_is_dir(const char *path);
 /* dst = dir + "/" + name; returns false if it did not fit */
@@ -132,6 +139,48 @@ bool mt_path_join(char *dst, size_t cap, const char *dir, const char *name);
 
 /* ---- time ---- */
 double mt_now_seconds(void); /* monotonic */
+
+/* ---- fault injection (the crash and fault tests; SQLite's way) ----
+ * Every durable step — a write(2), an fsync, a rename, a folder made or removed, a store page
+ * written or synced — first calls mt_fault_io; every fallible allocation (mt_malloc and
+ * friends, mt_alloc_aligned) first calls mt_fault_alloc. Unarmed, each is one load and a
+ * branch. Armed by mt_fault_arm_* or, at the first call, from the environment:
+ *   MOETUNE_FAULT=kill:N       the process SIGKILLs itself at the Nth I/O point (crash tests)
+ *   MOETUNE_FAULT=enospc:N     the Nth I/O point fails with ENOSPC (eio:N: with EIO)
+ *   MOETUNE_FAULT_TRACE=FILE   appends "N kind what" for every I/O point (to choose points)
+ * Counting starts at 1 from arming (or process start). */
+typedef enum mt_fault_kind {
+    MT_FAULT_WRITE,  /* write(2) of a file's bytes */
+    MT_FAULT_FSYNC,  /* fsync of a file or folder */
+    MT_FAULT_RENAME, /* rename into place */
+    MT_FAULT_CREATE, /* a file or folder created */
+    MT_FAULT_REMOVE, /* a file or folder removed */
+    MT_FAULT_DB,     /* a store page written or synced (SQLite VFS) */
+    MT_FAULT_KIND_COUNT
+} mt_fault_kind;
+
+/* 0: go ahead; else the errno the caller must fail with (as if the call had returned it). */
+int mt_fault_io(mt_fault_kind kind, const char *what);
+/* true: the caller must behave as if this allocation had failed. */
+bool mt_fault_alloc(size_t n);
+/* The nth I/O point from now fails with errno_value (0 = SIGKILL instead); persistent: every
+ * later one fails too (a full disk stays full). n = 0 disarms. */
+void mt_fault_arm_io(int64_t n, int errno_value, bool persistent);
+/* The nth fallible allocation from now fails (and every later one when persistent). */
+void mt_fault_arm_alloc(int64_t n, bool persistent);
+void mt_fault_disarm(void);
+/* I/O points and fallible allocations seen since arming (a sweep's upper bound). */
+int64_t mt_fault_io_count(void);
+int64_t mt_fault_alloc_count(void);
+/* Whether any fault is armed (the store installs its checking VFS only then). */
+bool mt_fault_armed(void);
+
+/* Fallible allocation: NULL on failure (and when mt_fault_alloc says so). Library code uses
+ * these where it can report MT_ERR_NOMEM; mt_x* remain for the few places that cannot. */
+void *mt_malloc(size_t n);
+void *mt_calloc(size_t n, size_t size);
+void *mt_realloc(void *p, size_t n);
+char *mt_strdup(const char *s);
 
 /* ---- small string helpers ---- */
 /* Levenshtein distance, for "did you mean" suggestions on misspelt keys and names. */

@@ -36,7 +36,23 @@ char *mt_xstrdup(const char *s) {
     return d;
 }
 
+void *mt_malloc(size_t n) { return mt_fault_alloc(n) ? NULL : malloc(n ? n : 1); }
+
+void *mt_calloc(size_t n, size_t size) {
+    return mt_fault_alloc(n * size) ? NULL : calloc(n ? n : 1, size ? size : 1);
+}
+
+void *mt_realloc(void *p, size_t n) { return mt_fault_alloc(n) ? NULL : realloc(p, n ? n : 1); }
+
+char *mt_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = mt_malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
 void *mt_alloc_aligned(size_t n) {
+    if (mt_fault_alloc(n)) return NULL;
     size_t rounded = (n + 63) & ~(size_t)63;
     if (rounded < n) return NULL;
     void *p = aligned_alloc(64, rounded ? rounded : 64);

@@ -17,16 +17,9 @@
 
 #define STEP_PREFIX "step-"
 
-static mt_status sync_dir(const char *dir, mt_error *err) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return mt_error_set(err, MT_ERR_IO, "%s: cannot open folder: %s", dir, strerror(errno));
-    int rc = fsync(fd);
-    close(fd);
-    if (rc != 0) return mt_error_set(err, MT_ERR_IO, "%s: fsync failed: %s", dir, strerror(errno));
-    return MT_OK;
-}
-
 static mt_status remove_tree(const char *path, mt_error *err) {
+    int fe = mt_fault_io(MT_FAULT_REMOVE, path);
+    if (fe) return mt_error_set(err, MT_ERR_IO, "%s: cannot remove: %s", path, strerror(fe));
     DIR *d = opendir(path);
     if (d) {
         struct dirent *e;
@@ -95,6 +88,21 @@ static size_t list_checkpoints(const char *root, char ***out) {
     return n;
 }
 
+/* Temporary folders a killed save left behind (step-NNNNNNNN.tmp-PID): never a checkpoint,
+ * so --resume ignores them; the next save of the run removes them. */
+static void remove_stale_temporaries(const char *root) {
+    DIR *d = opendir(root);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, STEP_PREFIX, 5) != 0 || !strstr(e->d_name, ".tmp-")) continue;
+        char sub[4300];
+        snprintf(sub, sizeof sub, "%s/%s", root, e->d_name);
+        remove_tree(sub, NULL);
+    }
+    closedir(d);
+}
+
 mt_status mt_ckpt_save(const char *dir, const mt_optim *o, const mt_ckpt_state *s, int keep, char *saved_path,
                        size_t cap, mt_error *err) {
     char root[4096], final[4096], tmp[4200], path[4300];
@@ -103,7 +111,7 @@ mt_status mt_ckpt_save(const char *dir, const mt_optim *o, const mt_ckpt_state *
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", final, (long)getpid());
     mt_status st = mt_mkdirs(root, err);
     if (st == MT_OK) {
-        remove_tree(tmp, NULL);
+        remove_stale_temporaries(root);
         st = mt_mkdirs(tmp, err);
     }
     if (st != MT_OK) return st;
@@ -129,14 +137,14 @@ mt_status mt_ckpt_save(const char *dir, const mt_optim *o, const mt_ckpt_state *
         st = mt_write_file_atomic(path, json, strlen(json), err);
         free(json);
     }
-    if (st == MT_OK) st = sync_dir(tmp, err);
+    if (st == MT_OK) st = mt_fsync_dir(tmp, err);
     if (st == MT_OK) {
         /* a checkpoint of the same step (an earlier attempt of a resumed run) is replaced */
         remove_tree(final, NULL);
-        if (rename(tmp, final) != 0)
+        if (mt_fault_rename(tmp, final) != 0)
             st = mt_error_set(err, MT_ERR_IO, "%s: rename failed: %s", final, strerror(errno));
     }
-    if (st == MT_OK) st = sync_dir(root, err);
+    if (st == MT_OK) st = mt_fsync_dir(root, err);
     if (st != MT_OK) {
         remove_tree(tmp, NULL);
         return st;

@@ -243,7 +243,7 @@ mt_status mt_store_open(mt_store **out, const char *path, bool create, mt_error 
     s->path = mt_xstrdup(path);
     if (gethostname(s->host, sizeof s->host - 1) != 0) snprintf(s->host, sizeof s->host, "unknown");
     int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0);
-    int rc = sqlite3_open_v2(path, &s->db, flags, NULL);
+    int rc = sqlite3_open_v2(path, &s->db, flags, mt_st_fault_vfs());
     mt_status st = MT_OK;
     if (rc != SQLITE_OK) {
         st = mt_error_set(err, (rc & 0xff) == SQLITE_CANTOPEN ? MT_ERR_IO : MT_ERR_DB, "%s: cannot open the store: %s",

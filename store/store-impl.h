@@ -41,6 +41,10 @@ char *mt_st_col_text(sqlite3_stmt *st, int i);                /* malloc'ed copy,
 int64_t mt_st_col_count(sqlite3_stmt *st, int i);             /* NULL reads as -1 */
 double mt_st_col_real(sqlite3_stmt *st, int i);               /* NULL reads as NaN */
 
+/* The name of the VFS that runs store writes through the fault hook (faultvfs.c), registered on
+ * first use; NULL (SQLite's default VFS) while fault injection is not armed. */
+const char *mt_st_fault_vfs(void);
+
 /* Unix time in seconds with sub-second precision. */
 double mt_st_now(void);
 /* MT_ERR_NOT_FOUND unless the run exists. */
