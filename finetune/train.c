@@ -226,7 +226,11 @@ mt_status mt_train(const mt_recipe *r, const mt_train_opts *opts, mt_train_resul
     mt_run run;
     mt_status st = mt_run_open(&run, r, opts, res, err);
     if (st == MT_OK) {
-        st = loop(&run, res, err);
+        /* a run killed after its last step (checkpoint, export or the final record) resumes at
+         * the end: it still evaluates, exports and completes as the uninterrupted run did */
+        res->steps = run.st.step;
+        if (run.st.step == run.total_steps) st = evaluate(&run, run.st.step, res, err);
+        if (st == MT_OK) st = loop(&run, res, err);
         /* interrupted runs checkpointed in the loop; a run cut short by max_steps does it here */
         if (st == MT_OK && !res->interrupted) st = checkpoint(&run, err);
         if (st == MT_OK && !res->interrupted && res->steps == res->total_steps && !opts->no_export)

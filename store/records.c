@@ -144,13 +144,32 @@ mt_status mt_store_adapter_add(mt_store *s, const mt_store_adapter_info *info, i
     mt_status rs = mt_st_begin(s, err);
     if (rs != MT_OK) return rs;
     if (info->run_id > 0) rs = mt_st_check_run(s, info->run_id, err);
+    /* A run that exports to the same path again (resumed after a kill during its export)
+     * replaces its row rather than recording the adapter twice. */
+    int64_t existing = 0;
     sqlite3_stmt *st = NULL;
+    if (rs == MT_OK && info->run_id > 0) {
+        rs = mt_st_prepare(s, "SELECT id FROM adapters WHERE run_id = ?1 AND path = ?2 ORDER BY id LIMIT 1", &st, err);
+        if (rs == MT_OK) {
+            sqlite3_bind_int64(st, 1, info->run_id);
+            mt_st_bind_text(st, 2, info->path);
+            int rc = sqlite3_step(st);
+            if (rc == SQLITE_ROW) existing = sqlite3_column_int64(st, 0);
+            else if (rc != SQLITE_DONE) rs = mt_st_db_error(s, err, rc, "looking up an adapter");
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+    }
     if (rs == MT_OK)
         rs = mt_st_prepare(s,
-                           "INSERT INTO adapters (run_id, path, base_hash, rank, alpha, targets_json, thresholds_json,"
-                           " eval_json, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                           existing ? "UPDATE adapters SET run_id = ?1, path = ?2, base_hash = ?3, rank = ?4, alpha = ?5,"
+                                      " targets_json = ?6, thresholds_json = ?7, eval_json = ?8, created = ?9"
+                                      " WHERE id = ?10"
+                                    : "INSERT INTO adapters (run_id, path, base_hash, rank, alpha, targets_json,"
+                                      " thresholds_json, eval_json, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                            &st, err);
     if (rs == MT_OK) {
+        if (existing) sqlite3_bind_int64(st, 10, existing);
         mt_st_bind_count(st, 1, info->run_id > 0 ? info->run_id : -1);
         mt_st_bind_text(st, 2, info->path);
         mt_st_bind_text(st, 3, info->base_hash);
@@ -169,7 +188,7 @@ mt_status mt_store_adapter_add(mt_store *s, const mt_store_adapter_info *info, i
         mt_st_rollback(s);
         return rs;
     }
-    *adapter_id = sqlite3_last_insert_rowid(s->db);
+    *adapter_id = existing ? existing : sqlite3_last_insert_rowid(s->db);
     rs = mt_st_commit(s, err);
     if (rs != MT_OK) *adapter_id = 0;
     return rs;

@@ -215,6 +215,8 @@ typedef struct mt_store_adapter_info {
     const char *eval_json;       /* e.g. {"eval_loss":1.82}; NULL = null */
 } mt_store_adapter_info;
 
+/* Records an adapter; the same run exporting to the same path again (a resume that repeats a
+ * killed export) updates that row and returns its id. */
 mt_status mt_store_adapter_add(mt_store *s, const mt_store_adapter_info *info, int64_t *adapter_id, mt_error *err);
 
 typedef struct mt_store_adapter {
