@@ -263,11 +263,14 @@ const mt_rkey mt_recipe_keys[] = {
     {.path = "train.threads", .type = MT_RKEY_INT, .offset = OFF(train.threads), .def = "0", .min = 0, .max = 4096,
      .aliases = "num_threads nthreads", .doc = "CPU threads; 0 uses every core."},
     {.path = "train.device", .type = MT_RKEY_ENUM, .offset = OFF(train.device), .def = "cpu", .names = device_names,
-     .aliases = "backend", .doc = "Where the kernels run."},
+     .aliases = "backend",
+     .doc = "Where the kernels run. Only `cpu` trains today: `cuda` is refused when the run starts, because "
+            "the CUDA backend manages devices (memory, transfers, cuBLAS) but has no compute op yet."},
 
     {.path = "thresholds.dap", .type = MT_RKEY_AUTO_FLOAT, .offset = OFF(thresholds.dap), .def = "auto", .min = 0,
      .max = 1, .aliases = "dap_threshold threshold attention_threshold",
-     .doc = "Attention-pruning threshold the engine applies when serving the adapter: `auto` computes "
+     .doc = "Attention-pruning threshold recorded with the run and exported in the adapter's metadata, for an "
+            "inference engine to apply (nothing in moetune applies it yet): `auto` computes "
             "base × (1 − min(H, max_entropy) / max_entropy) from the mean per-sequence token entropy H (bits) of "
             "the training data (docs/data.md); a number fixes it."},
     {.path = "thresholds.base", .type = MT_RKEY_FLOAT, .offset = OFF(thresholds.base), .def = "0.5", .min = 0,

@@ -326,7 +326,9 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     const mt_recipe *r = run->r;
     const mt_train_opts *o = run->opts;
     if (r->train.device != MT_RECIPE_DEVICE_CPU)
-        return mt_error_set(err, MT_ERR_UNSUPPORTED, "train.device: only \"cpu\" trains in this build");
+        return mt_error_set(err, MT_ERR_UNSUPPORTED,
+                            "train.device: cuda: the CUDA backend manages devices only (memory, transfers, cuBLAS) "
+                            "and has no compute op yet; train with train.device: cpu");
     run->T = r->data.max_seq_len;
     MT_TRY(mt_mkdirs(r->output.dir, err));
     MT_TRY(mt_backend_init(&run->be, MT_BACKEND_CPU, r->train.threads, err));
