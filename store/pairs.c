@@ -234,8 +234,8 @@ bool mt_pairs_parse_line(const char *line, size_t len, mt_pair_parsed *out, char
         refuse(reason, cap, "\"prompt\" must be %s like \"chosen\"", conv ? "a message list" : "a string");
         goto done;
     }
-    if (score && !cJSON_IsNull(score) && !cJSON_IsNumber(score)) {
-        refuse(reason, cap, "%s", "\"score\" must be a number");
+    if (score && !cJSON_IsNull(score) && (!cJSON_IsNumber(score) || !isfinite(score->valuedouble))) {
+        refuse(reason, cap, "%s", "\"score\" must be a finite number");
         goto done;
     }
     if ((src && !cJSON_IsNull(src) && !cJSON_IsString(src)) || (ann && !cJSON_IsNull(ann) && !cJSON_IsString(ann))) {

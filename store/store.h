@@ -299,7 +299,7 @@ typedef struct mt_pair_parsed {
  * ("missing \"rejected\"", "not valid JSON", ...) when the line is not a usable pair; out is
  * then empty. Refused: not an object, chosen/rejected missing or of mixed types, a malformed
  * message, an empty completion, identical chosen and rejected, no shared prefix for an
- * implicit prompt, a non-numeric score. Trainers reading pairs straight from a file use it too. */
+ * implicit prompt, a score that is not a finite number, invalid UTF-8. Trainers reading pairs straight from a file use it too. */
 bool mt_pairs_parse_line(const char *line, size_t len, mt_pair_parsed *out, char *reason, size_t cap);
 void mt_pair_parsed_free(mt_pair_parsed *p);
 /* The split of a pair, from its hash alone: eval when the first 64 bits of the hash, as a
