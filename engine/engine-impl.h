@@ -243,6 +243,7 @@ struct mt_engine {
     const mt_config *cfg;
     int vocab;
     int max_model_len;
+    int block_size, total_blocks; /* the pool's, fixed at init: HTTP threads check requests against them */
     int n_eos;
     int32_t eos[MT_MAX_EOS + 1];
     char base_hash[65];

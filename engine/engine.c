@@ -101,7 +101,11 @@ mt_status mt_engine_init(mt_engine **out, mt_backend *be, const mt_engine_opts *
                               .max_seqs = e->o.max_seqs,
                               .max_seq_len = e->max_model_len};
         st = mt_kv_pool_init(&e->pool, e->model, &po, err);
-        if (!st) atomic_store(&e->kv_total, mt_kv_pool_blocks_total(e->pool));
+        if (!st) {
+            e->block_size = mt_kv_pool_block_size(e->pool);
+            e->total_blocks = mt_kv_pool_blocks_total(e->pool);
+            atomic_store(&e->kv_total, e->total_blocks);
+        }
     }
     if (!st) {
         e->max_rows = e->o.max_batch_tokens;

@@ -330,7 +330,7 @@ static void format_new(stream *st) {
     for (int i = 0; i < r->n_samples; i++) {
         const mt_eng_sample *sm = &r->samples[i];
         bool new_text = sm->out_len > st->sent_text[i], new_lps = sm->n_lps > st->sent_lps[i];
-        bool fin = sm->finish && !st->finish_sent[i] && (r->done || sm->state == MT_SS_DONE);
+        bool fin = sm->finish && !st->finish_sent[i]; /* set, under r->mu, only when the choice is done */
         if (!new_text && !new_lps && !fin) continue;
         chunk(st, sm, sm->out ? sm->out + st->sent_text[i] : "", sm->out_len - st->sent_text[i], st->sent_lps[i],
               sm->n_lps, fin ? sm->finish : NULL, false);

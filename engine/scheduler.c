@@ -81,7 +81,7 @@ mt_eng_req *mt_eng_req_new(mt_engine *e, mt_eng_endpoint ep, const mt_eng_params
                            int n_prompts, mt_eng_http_error *herr) {
     int max_len = e->max_model_len;
     int cap_tokens = e->o.max_tokens > 0 ? e->o.max_tokens : max_len;
-    int bs = mt_kv_pool_block_size(e->pool), total_blocks = mt_kv_pool_blocks_total(e->pool);
+    int bs = e->block_size, total_blocks = e->total_blocks; /* the pool itself is the scheduler's */
     int want_max = p->max_tokens;
     if (want_max > cap_tokens) {
         mt_eng_herr(herr, 400, "invalid_request_error", "max_tokens", NULL,

@@ -37,6 +37,7 @@ static mt_backend *g_be;
 static mt_engine *g_e;
 static mt_server *g_s;
 static int g_port;
+static int g_threads;
 
 /* ---- fixtures ---- */
 
@@ -99,7 +100,10 @@ static int setup(void **state) {
     free(out);
     if (rc != 0) return -1;
     mt_error err = {0};
-    if (mt_backend_init(&g_be, MT_BACKEND_CPU, 2, &err) != MT_OK) return -1;
+    /* OMP_NUM_THREADS=1 under ThreadSanitizer, which cannot see OpenMP's barriers */
+    const char *omp = getenv("OMP_NUM_THREADS");
+    g_threads = omp && atoi(omp) > 0 ? atoi(omp) : 2;
+    if (mt_backend_init(&g_be, MT_BACKEND_CPU, g_threads, &err) != MT_OK) return -1;
     mt_model *m = NULL, *fm = NULL;
     if (mt_model_load(&m, base_dir, g_be, &err) != MT_OK) return -1;
     mt_model_content_hash(m, base_hash);
@@ -246,9 +250,9 @@ static char *complete(int port, const char *body) {
 static char *generate_cli(const char *adapter_dir, const char *prompt, int max_tokens) {
     char cmd[16384];
     snprintf(cmd, sizeof cmd, "'%s' generate --model '%s' %s%s%s --prompt '%s' --temperature 0 --max-tokens %d "
-             "--threads 2 2>/dev/null",
+             "--threads %d 2>/dev/null",
              MT_MOETUNE_BIN, base_dir, adapter_dir ? "--adapter '" : "", adapter_dir ? adapter_dir : "",
-             adapter_dir ? "'" : "", prompt, max_tokens);
+             adapter_dir ? "'" : "", prompt, max_tokens, g_threads);
     FILE *f = popen(cmd, "r");
     assert_non_null(f);
     char *out = NULL;
