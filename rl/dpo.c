@@ -38,6 +38,56 @@ mt_status mt_dpo_loss_parse(const char *name, mt_dpo_loss *out, mt_error *err) {
                         name);
 }
 
+mt_status mt_dpo_fdiv_parse(const char *name, mt_dpo_fdiv *out, mt_error *err) {
+    static const char *const names[] = {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, names[i])) {
+            *out = (mt_dpo_fdiv)i;
+            return MT_OK;
+        }
+    return mt_error_set(err, MT_ERR_INVALID,
+                        "f_divergence_type \"%s\" is unknown (reverse_kl, forward_kl, js_divergence, alpha_divergence)",
+                        name);
+}
+
+/* TRL 1.16's f_divergence_loss_types: the losses that read the (transformed) scores */
+static bool takes_fdiv(mt_dpo_loss t) {
+    switch (t) {
+    case MT_DPO_LOSS_SIGMOID:
+    case MT_DPO_LOSS_SIGMOID_NORM:
+    case MT_DPO_LOSS_HINGE:
+    case MT_DPO_LOSS_IPO:
+    case MT_DPO_LOSS_EXO_PAIR:
+    case MT_DPO_LOSS_ROBUST:
+    case MT_DPO_LOSS_DISCOPOP:
+    case MT_DPO_LOSS_SFT: return true;
+    default: return false;
+    }
+}
+
+/* The score of a log-ratio under the f-divergence, and its derivative (TRL's
+ * _compute_loss; alpha within 1e−6 of 1 is reverse_kl there too). */
+static double fdiv_score(const mt_dpo_config *c, double x, double *d) {
+    switch (c->f_divergence) {
+    case MT_DPO_FDIV_FORWARD_KL: *d = exp(-x); return 1 - exp(-x);
+    case MT_DPO_FDIV_JS: *d = mt_rl_sigmoid(-x); return log(2.0) + mt_rl_logsigmoid(x);
+    case MT_DPO_FDIV_ALPHA:
+        if (fabs(c->f_alpha - 1.0) >= 1e-6) {
+            double a1 = c->f_alpha - 1.0, t = a1 * x;
+            /* torch.clamp(max=80) passes no gradient above the bound */
+            if (t > 80) {
+                *d = 0;
+                return (exp(80.0) - 1) / a1;
+            }
+            *d = exp(t);
+            return (exp(t) - 1) / a1;
+        }
+        *d = 1; /* the limit α → 1 is reverse_kl */
+        return x;
+    default: *d = 1; return x;
+    }
+}
+
 void mt_dpo_config_default(mt_dpo_config *c) {
     memset(c, 0, sizeof *c);
     c->n_terms = 1;
@@ -46,6 +96,8 @@ void mt_dpo_config_default(mt_dpo_config *c) {
     c->beta = 0.1;
     c->label_smoothing = 0.0;
     c->discopop_tau = 0.05;
+    c->f_divergence = MT_DPO_FDIV_REVERSE_KL;
+    c->f_alpha = 0.5;
 }
 
 mt_status mt_dpo_config_check(const mt_dpo_config *c, mt_error *err) {
@@ -59,6 +111,11 @@ mt_status mt_dpo_config_check(const mt_dpo_config *c, mt_error *err) {
             return mt_error_set(err, MT_ERR_INVALID, "loss_type[%d]: unknown value %d", k, (int)c->types[k]);
         if (!isfinite(c->weights[k]))
             return mt_error_set(err, MT_ERR_INVALID, "loss_weights[%d] is not finite", k);
+        if (c->f_divergence != MT_DPO_FDIV_REVERSE_KL && !takes_fdiv(c->types[k]))
+            return mt_error_set(err, MT_ERR_INVALID,
+                                "loss_type %s does not take an f_divergence_type other than reverse_kl (TRL allows it for "
+                                "sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop, sft)",
+                                mt_dpo_loss_name(c->types[k]));
         switch (c->types[k]) {
         case MT_DPO_LOSS_ROBUST:
             if (!(ls >= 0 && ls < 0.5))
@@ -283,8 +340,11 @@ mt_status mt_dpo_loss_compute(const mt_dpo_config *cfg, const mt_dpo_batch *b, d
             double r = (double)b->policy_rejected[i] - b->ref_rejected[i];
             double lc = b->chosen_len ? fmax(b->chosen_len[i], 1.0) : 1.0;
             double lr = b->rejected_len ? fmax(b->rejected_len[i], 1.0) : 1.0;
-            double dc, dr;
-            double l = pair_loss(cfg, t, c, r, lc, lr, &dc, &dr);
+            double fc, fr, dc, dr;
+            double sc = fdiv_score(cfg, c, &fc), sr = fdiv_score(cfg, r, &fr);
+            double l = pair_loss(cfg, t, sc, sr, lc, lr, &dc, &dr);
+            dc *= fc;
+            dr *= fr;
             sum += l;
             if (per_pair) per_pair[i] += (float)(w * l);
             double s = w / (double)n;

@@ -57,6 +57,17 @@ const char *mt_dpo_loss_name(mt_dpo_loss t); /* "sigmoid", "ipo", ... */
 /* TRL's name to the enum; MT_ERR_INVALID naming the closest known name when unknown. */
 mt_status mt_dpo_loss_parse(const char *name, mt_dpo_loss *out, mt_error *err);
 
+/* TRL's f_divergence_type: the log-ratios c, r pass through f'(e^x) before the loss. Only the
+ * losses built on the score difference take it (sigmoid, sigmoid_norm, hinge, ipo, exo_pair,
+ * robust, discopop, sft), as TRL checks. */
+typedef enum mt_dpo_fdiv {
+    MT_DPO_FDIV_REVERSE_KL = 0, /* x (standard DPO) */
+    MT_DPO_FDIV_FORWARD_KL,     /* 1 − e^(−x) */
+    MT_DPO_FDIV_JS,             /* "js_divergence": log 2 + logσ(x) */
+    MT_DPO_FDIV_ALPHA,          /* "alpha_divergence": (e^((α−1)x) − 1)/(α−1), exponent clamped at 80 */
+} mt_dpo_fdiv;
+mt_status mt_dpo_fdiv_parse(const char *name, mt_dpo_fdiv *out, mt_error *err);
+
 #define MT_DPO_MAX_TERMS 8
 
 /* loss = Σ_k weights[k] · mean_i(loss_k(pair i)), as TRL combines a list of loss_type with
@@ -68,12 +79,15 @@ typedef struct mt_dpo_config {
     double beta;                         /* 0.1 */
     double label_smoothing;              /* 0.0 (robust, exo_pair, aot, aot_unpaired) */
     double discopop_tau;                 /* 0.05 */
+    mt_dpo_fdiv f_divergence;            /* reverse_kl */
+    double f_alpha;                      /* f_alpha_divergence_coef, 0.5 */
 } mt_dpo_config;
 
 /* One term "sigmoid" with weight 1 and TRL's defaults. */
 void mt_dpo_config_default(mt_dpo_config *c);
 /* TRL's checks: beta > 0 and finite, robust needs 0 <= ls < 0.5, exo_pair needs 0 < ls < 1,
- * discopop needs tau > 0, 1..MT_DPO_MAX_TERMS terms with finite weights. */
+ * discopop needs tau > 0, 1..MT_DPO_MAX_TERMS terms with finite weights, an f-divergence other
+ * than reverse_kl only with the losses that take it. */
 mt_status mt_dpo_config_check(const mt_dpo_config *c, mt_error *err);
 
 /* n pairs. Log-probs are summed over the completion tokens only (the prompt masked). */

@@ -109,6 +109,9 @@ static void test_dpo_matches_trl(void **state) {
         cfg.beta = num(c, "beta");
         cfg.label_smoothing = num(c, "label_smoothing");
         cfg.discopop_tau = num(c, "discopop_tau");
+        assert_int_equal(mt_dpo_fdiv_parse(get(c, "f_divergence")->valuestring, &cfg.f_divergence, NULL), MT_OK);
+        cfg.f_alpha = num(c, "f_alpha");
+        snprintf(what + strlen(what), sizeof what - strlen(what), " %s", get(c, "f_divergence")->valuestring);
         snprintf(what + strlen(what), sizeof what - strlen(what), " beta=%g", cfg.beta);
 
         size_t sb = mt_dpo_scratch_bytes(&cfg, n);
@@ -183,6 +186,8 @@ static void test_dpo_token_path_matches_trl(void **state) {
         cfg.beta = num(c, "beta");
         cfg.label_smoothing = num(c, "label_smoothing");
         cfg.discopop_tau = num(c, "discopop_tau");
+        assert_int_equal(mt_dpo_fdiv_parse(get(c, "f_divergence")->valuestring, &cfg.f_divergence, NULL), MT_OK);
+        cfg.f_alpha = num(c, "f_alpha");
         size_t sb = mt_dpo_scratch_bytes(&cfg, n);
         void *scratch = sb ? malloc(sb) : NULL;
         double loss;
@@ -225,6 +230,19 @@ static void test_dpo_config_checks(void **state) {
     c.types[0] = MT_DPO_LOSS_SIGMOID;
     c.beta = 0;
     assert_int_equal(mt_dpo_config_check(&c, &err), MT_ERR_INVALID);
+    mt_error_clear(&err);
+    /* an f-divergence only with the losses TRL allows it for */
+    c.beta = 0.1;
+    c.types[0] = MT_DPO_LOSS_BCO_PAIR;
+    c.f_divergence = MT_DPO_FDIV_JS;
+    mt_error_clear(&err);
+    assert_int_equal(mt_dpo_config_check(&c, &err), MT_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "bco_pair"));
+    c.types[0] = MT_DPO_LOSS_HINGE;
+    assert_int_equal(mt_dpo_config_check(&c, NULL), MT_OK);
+    c.f_divergence = MT_DPO_FDIV_REVERSE_KL;
+    mt_dpo_fdiv fd;
+    assert_int_equal(mt_dpo_fdiv_parse("kl", &fd, &err), MT_ERR_INVALID);
     mt_error_clear(&err);
     mt_dpo_loss t;
     assert_int_equal(mt_dpo_loss_parse("sigmod", &t, &err), MT_ERR_INVALID);

@@ -89,10 +89,12 @@ for j in range(2 * N):
     per_tok[j, idx] = policy_sum[j] * parts / parts.sum()
 
 
-def run_dpo(loss_types, loss_weights, beta, ls, tau=0.05):
-    P = per_tok.clone().requires_grad_(True)
-    ref_c = ref_sum[:N].clone().requires_grad_(True)
-    ref_r = ref_sum[N:].clone().requires_grad_(True)
+def run_dpo(loss_types, loss_weights, beta, ls, tau=0.05, fdiv="reverse_kl", f_alpha=0.5):
+    # TRL's alpha_divergence picks its clamp bound from a table without float64: run it in float32
+    dt = torch.float32 if fdiv == "alpha_divergence" else DT
+    P = per_tok.to(dt).clone().requires_grad_(True)
+    ref_c = ref_sum[:N].to(dt).clone().requires_grad_(True)
+    ref_r = ref_sum[N:].to(dt).clone().requires_grad_(True)
 
     def model(**kw):
         lp = P * shift_mask  # TRL's fused head returns 0 at ignored labels
@@ -106,7 +108,8 @@ def run_dpo(loss_types, loss_weights, beta, ls, tau=0.05):
     s = stub(
         precompute_ref_logps=True,
         ld_alpha=None,
-        f_divergence_type="reverse_kl",
+        f_divergence_type=fdiv,
+        f_alpha_divergence_coef=f_alpha,
         loss_types=loss_types,
         loss_weights=loss_weights,
         beta=beta,
@@ -124,7 +127,7 @@ def run_dpo(loss_types, loss_weights, beta, ls, tau=0.05):
     loss = DPOTrainer._compute_loss(s, model, inputs, False)
     loss.backward()
     # d loss / d summed log-prob = the gradient of any one of its completion tokens
-    g = (P.grad * shift_mask).sum(1) / shift_mask.sum(1)
+    g = (P.grad.to(DT) * shift_mask).sum(1) / shift_mask.sum(1)
     m = {k: v[-1] for k, v in s._metrics["train"].items() if k.startswith(("rewards/", "logps/"))}
     return {
         "token_grad": lst(P.grad),
@@ -133,6 +136,8 @@ def run_dpo(loss_types, loss_weights, beta, ls, tau=0.05):
         "beta": beta,
         "label_smoothing": ls,
         "discopop_tau": tau,
+        "f_divergence": fdiv,
+        "f_alpha": f_alpha,
         "loss": loss.item(),
         "grad_policy_chosen": lst(g[:N]),
         "grad_policy_rejected": lst(g[N:]),
@@ -154,6 +159,13 @@ dpo_cases.append(run_dpo(["sigmoid"], [1.0], 0.1, 0.3))
 # a weighted list, as TRL combines it (MPO-style)
 dpo_cases.append(run_dpo(["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0], 0.1, 0.0))
 dpo_cases.append(run_dpo(["ipo", "aot", "robust"], [1.0, 0.5, 2.0], 0.25, 0.1))
+# f-divergences, on the losses TRL allows them with
+for fdiv, alpha in (("forward_kl", 0.5), ("js_divergence", 0.5), ("alpha_divergence", 0.3),
+                    ("alpha_divergence", 1.0)):
+    for t in ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop"):
+        ls = {"exo_pair": 1e-3, "robust": 0.2}.get(t, 0.0)
+        dpo_cases.append(run_dpo([t], [1.0], 0.5, ls, fdiv=fdiv, f_alpha=alpha))
+dpo_cases.append(run_dpo(["sigmoid", "sft"], [1.0, 0.5], 0.1, 0.0, fdiv="js_divergence"))
 
 dpo = {
     "policy_chosen": lst(policy_sum[:N]),
