@@ -25,6 +25,45 @@ void mt_rl_seq_logps_backward(size_t B, size_t T, const uint8_t *mask, const flo
     }
 }
 
+/* the shared length of pair `row % n`: min of its two rows' completion-token counts */
+static double ld_shared(size_t n, size_t T, const uint8_t *mask, size_t row) {
+    size_t pair = row % n;
+    double lc = 0, lr = 0;
+    for (size_t t = 0; t < T; t++) {
+        lc += mask[pair * T + t] != 0;
+        lr += mask[(n + pair) * T + t] != 0;
+    }
+    return fmin(lc, lr);
+}
+
+void mt_rl_pair_logps_ld(size_t n, size_t T, const float *token_logp, const uint8_t *mask, double ld_alpha,
+                         float *sums) {
+    for (size_t row = 0; row < 2 * n; row++) {
+        double shared = ld_shared(n, T, mask, row), pos = 0, s = 0;
+        for (size_t t = 0; t < T; t++) {
+            if (!mask[row * T + t]) continue;
+            pos++; /* 1-based position among the completion tokens, as TRL's cumsum */
+            s += (pos <= shared ? 1.0 : ld_alpha) * token_logp[row * T + t];
+        }
+        sums[row] = (float)s;
+    }
+}
+
+void mt_rl_pair_logps_ld_backward(size_t n, size_t T, const uint8_t *mask, double ld_alpha, const float *d_sum,
+                                  float *d_token) {
+    for (size_t row = 0; row < 2 * n; row++) {
+        double shared = ld_shared(n, T, mask, row), pos = 0;
+        for (size_t t = 0; t < T; t++) {
+            if (!mask[row * T + t]) {
+                d_token[row * T + t] = 0;
+                continue;
+            }
+            pos++;
+            d_token[row * T + t] = (float)((pos <= shared ? 1.0 : ld_alpha) * d_sum[row]);
+        }
+    }
+}
+
 void mt_ppo_objective_metrics(size_t B, size_t T, const float *kl, const float *logp, const uint8_t *mask,
                               const float *scores, double kl_coef, mt_ppo_objective *out) {
     double k = 0, h = 0, sc = 0;

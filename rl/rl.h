@@ -31,6 +31,16 @@ void mt_rl_seq_logps(size_t B, size_t T, const float *token_logp, const uint8_t 
 void mt_rl_seq_logps_backward(size_t B, size_t T, const uint8_t *mask, const float *d_sum, const float *d_avg,
                               float *d_token);
 
+/* LD-DPO (TRL's ld_alpha): for pair i, rows i (chosen) and n + i (rejected) of the [2n, T]
+ * per-token log-probs, the first min(|y⁺|, |y⁻|) completion tokens of each row count fully and
+ * the tokens past them by ld_alpha (1 = plain sums, 0 = only the shared length). Run it on the
+ * policy's and the reference's log-probs alike. */
+void mt_rl_pair_logps_ld(size_t n, size_t T, const float *token_logp, const uint8_t *mask, double ld_alpha,
+                         float *sums);
+/* Its backward: d_token = d_sum of the row, times ld_alpha past the shared length, 0 where masked. */
+void mt_rl_pair_logps_ld_backward(size_t n, size_t T, const uint8_t *mask, double ld_alpha, const float *d_sum,
+                                  float *d_token);
+
 /* ====================================== DPO family ====================================== */
 
 /* The per-pair losses of TRL's DPOTrainer (loss_type), in TRL's spelling. */

@@ -201,6 +201,33 @@ static void test_dpo_token_path_matches_trl(void **state) {
         checked++;
     }
     assert_true(checked >= 30);
+    /* LD-DPO: the policy sums weighted past the shared length; TRL's per-token gradients */
+    cJSON_ArrayForEach(c, get(d, "ld_cases")) {
+        mt_dpo_config cfg;
+        mt_dpo_config_default(&cfg);
+        cfg.n_terms = 0;
+        const cJSON *t;
+        cJSON_ArrayForEach(t, get(c, "types")) assert_int_equal(mt_dpo_loss_parse(t->valuestring, &cfg.types[cfg.n_terms++], NULL), MT_OK);
+        int k = 0;
+        cJSON_ArrayForEach(t, get(c, "weights")) cfg.weights[k++] = t->valuedouble;
+        cfg.beta = num(c, "beta");
+        double ld = num(c, "ld_alpha");
+        float *ldsums = calloc(rows, sizeof(float));
+        mt_rl_pair_logps_ld(n, T, tok, mask, ld, ldsums);
+        if (ld == 1.0) check_grad("ld_alpha 1 = plain sums", ldsums, sums, rows);
+        mt_dpo_batch lb = b;
+        lb.policy_chosen = ldsums;
+        lb.policy_rejected = ldsums + n;
+        double loss;
+        assert_int_equal(mt_dpo_loss_compute(&cfg, &lb, &loss, NULL, &g, NULL, NULL, NULL), MT_OK);
+        check_loss("ld-dpo loss", loss, num(c, "loss"));
+        mt_rl_pair_logps_ld_backward(n, T, mask, ld, dsum, dtok);
+        float *want = floats(c, "token_grad", NULL);
+        check_grad("ld-dpo d per-token log-probs", dtok, want, nt);
+        free(want);
+        free(ldsums);
+        checked++;
+    }
     /* the average's backward spreads d_avg over the row's tokens */
     float da[2] = {3.0f, 0.0f}, dt[4];
     uint8_t m2[4] = {1, 1, 0, 0};

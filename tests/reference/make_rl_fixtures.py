@@ -89,7 +89,7 @@ for j in range(2 * N):
     per_tok[j, idx] = policy_sum[j] * parts / parts.sum()
 
 
-def run_dpo(loss_types, loss_weights, beta, ls, tau=0.05, fdiv="reverse_kl", f_alpha=0.5):
+def run_dpo(loss_types, loss_weights, beta, ls, tau=0.05, fdiv="reverse_kl", f_alpha=0.5, ld_alpha=None):
     # TRL's alpha_divergence picks its clamp bound from a table without float64: run it in float32
     dt = torch.float32 if fdiv == "alpha_divergence" else DT
     P = per_tok.to(dt).clone().requires_grad_(True)
@@ -107,7 +107,7 @@ def run_dpo(loss_types, loss_weights, beta, ls, tau=0.05, fdiv="reverse_kl", f_a
 
     s = stub(
         precompute_ref_logps=True,
-        ld_alpha=None,
+        ld_alpha=ld_alpha,
         f_divergence_type=fdiv,
         f_alpha_divergence_coef=f_alpha,
         loss_types=loss_types,
@@ -138,6 +138,7 @@ def run_dpo(loss_types, loss_weights, beta, ls, tau=0.05, fdiv="reverse_kl", f_a
         "discopop_tau": tau,
         "f_divergence": fdiv,
         "f_alpha": f_alpha,
+        "ld_alpha": ld_alpha,
         "loss": loss.item(),
         "grad_policy_chosen": lst(g[:N]),
         "grad_policy_rejected": lst(g[N:]),
@@ -166,6 +167,9 @@ for fdiv, alpha in (("forward_kl", 0.5), ("js_divergence", 0.5), ("alpha_diverge
         ls = {"exo_pair": 1e-3, "robust": 0.2}.get(t, 0.0)
         dpo_cases.append(run_dpo([t], [1.0], 0.5, ls, fdiv=fdiv, f_alpha=alpha))
 dpo_cases.append(run_dpo(["sigmoid", "sft"], [1.0, 0.5], 0.1, 0.0, fdiv="js_divergence"))
+# LD-DPO: the tokens past the shared length weighted by ld_alpha (the reference is given)
+ld_cases = [run_dpo(["sigmoid"], [1.0], 0.1, 0.0, ld_alpha=a) for a in (0.0, 0.5, 1.0)]
+ld_cases.append(run_dpo(["ipo", "hinge"], [1.0, 1.0], 0.5, 0.0, ld_alpha=0.3))
 
 dpo = {
     "policy_chosen": lst(policy_sum[:N]),
@@ -178,6 +182,7 @@ dpo = {
     "chosen_len": comp_len[:N],
     "rejected_len": comp_len[N:],
     "cases": dpo_cases,
+    "ld_cases": ld_cases,
 }
 
 # ------------------------------------------------------------------ SimPO (CPO) and ORPO
