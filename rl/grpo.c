@@ -116,12 +116,14 @@ mt_status mt_grpo_loss(const mt_grpo_config *c, const mt_grpo_batch *b, double *
     double active = 0;
     for (size_t i = 0; i < B * T; i++) active += b->mask[i] != 0;
 
-    double total = 0, kl_sum = 0, low = 0, high = 0, region = 0;
+    double total = 0, kl_sum = 0, low = 0, high = 0, region = 0, n_units = 0;
     double low_min = NAN, high_max = NAN;
     const double lo = 1 - c->epsilon_low, hi = 1 + c->epsilon_high;
     for (size_t s = 0; s < B; s++) {
+        const uint8_t *mk = b->mask + s * T;
+        const float *lp = b->logp + s * T, *old = b->old_logp ? b->old_logp + s * T : NULL;
         double ntok = 0;
-        for (size_t t = 0; t < T; t++) ntok += b->mask[s * T + t] != 0;
+        for (size_t t = 0; t < T; t++) ntok += mk[t] != 0;
         /* the weight of one token of this sequence in the aggregate */
         double w;
         switch (c->loss_type) {
@@ -131,39 +133,59 @@ mt_status mt_grpo_loss(const mt_grpo_config *c, const mt_grpo_batch *b, double *
         default: w = 1.0 / fmax(b->num_items > 0 ? b->num_items : active, 1.0); break;
         }
         const double A = b->advantages[s];
+        /* GSPO: ρ = exp(mean log-ratio), the same for every token; dρ/d logp_t = ρ/n */
+        double rho_seq = 1, seq_lr = 0;
+        if (c->sequence_level) {
+            if (old)
+                for (size_t t = 0; t < T; t++)
+                    if (mk[t]) seq_lr += (double)lp[t] - old[t];
+            rho_seq = exp(seq_lr / fmax(ntok, 1.0));
+        }
         double seq_low = 0, seq_high = 0;
         for (size_t t = 0; t < T; t++) {
-            size_t i = s * T + t;
-            if (!b->mask[i]) {
-                if (d_logp) d_logp[i] = 0;
+            if (!mk[t]) {
+                if (d_logp) d_logp[s * T + t] = 0;
                 continue;
             }
-            double lp = b->logp[i];
-            double rho = b->old_logp ? exp(lp - b->old_logp[i]) : 1.0;
+            double rho = c->sequence_level ? rho_seq : old ? exp((double)lp[t] - old[t]) : 1.0;
             double rc = clampd(rho, lo, hi);
             double l1 = rho * A, l2 = rc * A;
             double ptl = -fmin(l1, l2);
-            /* d(−min)/d logp with torch's split on ties; dρ/d logp = ρ, clamp passes inside only */
+            /* d(−min)/dρ with torch's split on ties; clamp passes the gradient inside only */
             double w1 = l1 < l2 ? 1 : l1 > l2 ? 0 : 0.5;
             double inside = rho >= lo && rho <= hi;
-            double g = -(w1 * A * rho + (1 - w1) * A * rho * inside);
+            double g_rho = -(w1 * A + (1 - w1) * A * inside);
+            /* token level: dρ/d logp = ρ on this token. Sequence level: every token's loss moves
+             * with every token's log-prob, Σ_t' w·g·ρ/n, added once per token below */
+            double g = c->sequence_level ? w * ntok * g_rho * rho / fmax(ntok, 1.0) : w * g_rho * rho;
             if (c->beta != 0) {
                 float dk;
-                double k = mt_rl_kl(MT_KL_K3, (float)lp, b->ref_logp[i], &dk);
+                double k = mt_rl_kl(MT_KL_K3, lp[t], b->ref_logp[s * T + t], &dk);
                 ptl += c->beta * k;
-                g += c->beta * dk;
+                g += w * c->beta * dk;
                 kl_sum += k;
             }
             total += w * ptl;
-            if (d_logp) d_logp[i] = (float)(w * g);
-            bool is_low = rho < lo && A < 0, is_high = rho > hi && A > 0;
+            if (d_logp) d_logp[s * T + t] = (float)g;
+            if (!c->sequence_level) {
+                bool is_low = rho < lo && A < 0, is_high = rho > hi && A > 0;
+                low += is_low;
+                high += is_high;
+                region += is_low || is_high;
+                seq_low += is_low;
+                seq_high += is_high;
+            }
+        }
+        if (c->sequence_level) {
+            /* TRL counts a (B, 1) ratio once per completion, empty ones included */
+            bool is_low = rho_seq < lo && A < 0, is_high = rho_seq > hi && A > 0;
             low += is_low;
             high += is_high;
             region += is_low || is_high;
-            seq_low += is_low;
-            seq_high += is_high;
-        }
-        if (ntok > 0) {
+            n_units++;
+            low_min = isnan(low_min) ? is_low : fmin(low_min, is_low);
+            high_max = isnan(high_max) ? is_high : fmax(high_max, is_high);
+        } else if (ntok > 0) {
             /* TRL's nanmin / nanmax over the sequences' shares (empty sequences are NaN) */
             double fl = seq_low / ntok, fh = seq_high / ntok;
             low_min = isnan(low_min) ? fl : fmin(low_min, fl);
@@ -173,11 +195,11 @@ mt_status mt_grpo_loss(const mt_grpo_config *c, const mt_grpo_batch *b, double *
     if (!isfinite(total)) return mt_error_set(err, MT_ERR_NUMERIC, "GRPO loss is not finite (%g)", total);
     *loss = total;
     if (m) {
-        double den = fmax(active, 1.0);
+        double den = fmax(active, 1.0), cden = c->sequence_level ? fmax(n_units, 1.0) : den;
         m->kl = c->beta != 0 ? kl_sum / den : NAN;
-        m->clip_low_mean = low / den;
-        m->clip_high_mean = high / den;
-        m->clip_region_mean = region / den;
+        m->clip_low_mean = low / cden;
+        m->clip_high_mean = high / cden;
+        m->clip_region_mean = region / cden;
         m->clip_low_min = low_min;
         m->clip_high_max = high_max;
     }

@@ -312,6 +312,8 @@ typedef struct mt_grpo_config {
     double epsilon_high;           /* epsilon_high, = epsilon_low by default */
     double beta;                   /* KL (k3) coefficient, 0.0 */
     size_t max_completion_length;  /* dr_grpo's denominator */
+    bool sequence_level;           /* importance_sampling_level "sequence" (GSPO): one ratio per
+                                      completion, exp of the mean token log-ratio; "token" when false */
 } mt_grpo_config;
 void mt_grpo_config_default(mt_grpo_config *c);
 
@@ -328,7 +330,8 @@ typedef struct mt_grpo_batch {
 
 typedef struct mt_grpo_metrics {
     double kl;                 /* mean k3 over active tokens (NaN when beta == 0) */
-    double clip_low_mean;      /* clip_ratio/low_mean: ρ < 1−ε_low with A < 0 */
+    double clip_low_mean;      /* clip_ratio/low_mean: ρ < 1−ε_low with A < 0 (per token, or per
+                                  completion at sequence level, as TRL counts) */
     double clip_high_mean;     /* clip_ratio/high_mean: ρ > 1+ε_high with A > 0 */
     double clip_region_mean;   /* clip_ratio/region_mean */
     double clip_low_min;       /* clip_ratio/low_min: min over sequences of their low share */

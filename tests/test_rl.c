@@ -448,14 +448,17 @@ static void test_grpo_matches_trl(void **state) {
         cfg.epsilon_low = num(c, "epsilon_low");
         cfg.epsilon_high = num(c, "epsilon_high");
         cfg.max_completion_length = (size_t)num(c, "max_completion_length");
+        cfg.sequence_level = !strcmp(get(c, "level")->valuestring, "sequence");
+        float *case_adv = floats(c, "advantages", NULL);
         mt_grpo_batch b = {.B = N, .T = T, .logp = logp, .old_logp = cJSON_IsTrue(get(c, "use_old")) ? old : NULL,
-                           .ref_logp = ref, .advantages = a, .mask = mask, .num_items = num(c, "num_items")};
+                           .ref_logp = ref, .advantages = case_adv, .mask = mask, .num_items = num(c, "num_items")};
         double loss;
         mt_grpo_metrics m;
         mt_error err = {0};
         if (mt_grpo_loss(&cfg, &b, &loss, grad, &m, &err) != MT_OK) fail_msg("%s", err.msg);
         char what[64];
-        snprintf(what, sizeof what, "grpo %s beta=%g", get(c, "loss_type")->valuestring, cfg.beta);
+        snprintf(what, sizeof what, "grpo %s beta=%g %s", get(c, "loss_type")->valuestring, cfg.beta,
+                 get(c, "level")->valuestring);
         check_loss(what, loss, num(c, "loss"));
         float *want = floats(c, "grad", NULL);
         check_grad(what, grad, want, N * T);
@@ -481,6 +484,7 @@ static void test_grpo_matches_trl(void **state) {
                 }
             if (!seen) fail_msg("TRL logs %s; the GRPO metric list lacks it", kv->string);
         }
+        free(case_adv);
     }
     free(per_func), free(combined), free(want_combined), free(adv);
     free(logp), free(old), free(ref), free(maskf), free(a), free(mask), free(grad);

@@ -298,11 +298,12 @@ for i, L in enumerate(glens):
 gadv = f32(torch.tensor(adv_cases[0]["advantages"], dtype=DT))
 
 
-def run_grpo(loss_type, beta, eps_low, eps_high, use_old, num_items, max_len=8):
+def run_grpo(loss_type, beta, eps_low, eps_high, use_old, num_items, max_len=8, level="token", adv=None):
+    adv = gadv if adv is None else adv
     P = glogp.clone().requires_grad_(True)
     s = stub(
         _get_per_token_logps_and_entropies=lambda *a, **k: (P, torch.zeros_like(P), None),
-        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token",
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=level,
         beta=beta, loss_type=loss_type, epsilon_low=eps_low, epsilon_high=eps_high, use_vllm=False,
         vllm_importance_sampling_correction=False, current_gradient_accumulation_steps=1,
         max_completion_length=max_len, _entropy_bonus_enabled=False,
@@ -311,7 +312,7 @@ def run_grpo(loss_type, beta, eps_low, eps_high, use_old, num_items, max_len=8):
     inputs = {
         "prompt_ids": torch.zeros(B, 2, dtype=torch.long), "prompt_mask": torch.ones(B, 2, dtype=torch.long),
         "completion_ids": torch.zeros(B, TG, dtype=torch.long), "completion_mask": gmask,
-        "advantages": gadv, "num_items_in_batch": torch.tensor(float(num_items), dtype=DT),
+        "advantages": adv, "num_items_in_batch": torch.tensor(float(num_items), dtype=DT),
     }
     if use_old:
         inputs["old_per_token_logps"] = gold
@@ -321,8 +322,8 @@ def run_grpo(loss_type, beta, eps_low, eps_high, use_old, num_items, max_len=8):
     loss.backward()
     m = {k: v[-1] for k, v in s._metrics["train"].items() if k.startswith(("kl", "clip_ratio"))}
     return {"loss_type": loss_type, "beta": beta, "epsilon_low": eps_low, "epsilon_high": eps_high,
-            "use_old": use_old, "num_items": num_items, "max_completion_length": max_len,
-            "loss": loss.item(), "grad": lst(P.grad), "metrics": m}
+            "use_old": use_old, "num_items": num_items, "max_completion_length": max_len, "level": level,
+            "advantages": lst(adv), "loss": loss.item(), "grad": lst(P.grad), "metrics": m}
 
 
 n_active = int(gmask.sum())
@@ -333,6 +334,13 @@ grpo_cases = [
     run_grpo("dapo", 0.0, 0.2, 0.28, True, 2 * n_active),  # the generation batch spans two micro-batches
     run_grpo("dapo", 0.04, 0.1, 0.3, True, n_active),
     run_grpo("grpo", 0.04, 0.2, 0.2, False, n_active),  # num_iterations = 1: π_old = π detached
+    # GSPO: one importance ratio per completion
+    run_grpo("grpo", 0.0, 0.03, 0.04, True, n_active, level="sequence"),
+    run_grpo("grpo", 0.04, 0.05, 0.05, True, n_active, level="sequence"),
+    run_grpo("dapo", 0.0, 0.03, 0.04, True, n_active, level="sequence"),
+    run_grpo("grpo", 0.04, 0.03, 0.04, True, n_active, level="sequence", adv=-gadv),  # some ratios clipped
+    run_grpo("bnpo", 0.0, 0.2, 0.28, True, n_active, adv=f32(torch.randn(B, dtype=DT))),
+    run_grpo("grpo", 0.0, 0.2, 0.2, False, n_active, level="sequence"),
 ]
 grpo = {"G": G, "K": K, "T": TG, "rewards_per_func": lst(rewards_per_func), "reward_weights": lst(reward_weights),
         "combined_rewards": combined_rewards, "advantage_cases": adv_cases,
