@@ -32,6 +32,22 @@
 #include "fuzz/fuzz_request.c"
 #undef LLVMFuzzerTestOneInput
 
+#define LLVMFuzzerTestOneInput fuzz_recipe_one
+#include "fuzz/fuzz_recipe.c"
+#undef LLVMFuzzerTestOneInput
+
+#define LLVMFuzzerTestOneInput fuzz_data_one
+#define LLVMFuzzerInitialize fuzz_data_init
+#include "fuzz/fuzz_data.c"
+#undef LLVMFuzzerTestOneInput
+#undef LLVMFuzzerInitialize
+
+#define LLVMFuzzerTestOneInput fuzz_adapter_one
+#define LLVMFuzzerInitialize fuzz_adapter_init
+#include "fuzz/fuzz_adapter.c"
+#undef LLVMFuzzerTestOneInput
+#undef LLVMFuzzerInitialize
+
 typedef int (*fuzz_fn)(const uint8_t *data, size_t size);
 
 static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -112,6 +128,30 @@ static void test_request(void **state) {
     smoke("fuzz_request", fuzz_request_one);
 }
 
+static void test_recipe(void **state) {
+    (void)state;
+    smoke("fuzz_recipe", fuzz_recipe_one);
+}
+
+static void test_data(void **state) {
+    (void)state;
+    fuzz_data_init(NULL, NULL);
+    smoke("fuzz_data", fuzz_data_one);
+    mt_tokenizer_free(data_tok);
+    data_tok = NULL;
+}
+
+static void test_adapter(void **state) {
+    (void)state;
+    fuzz_adapter_init(NULL, NULL);
+    smoke("fuzz_adapter", fuzz_adapter_one);
+    mt_model_free(adapter_base);
+    mt_backend_free(adapter_be);
+    free(adapter_cfg);
+    free(adapter_st);
+    adapter_base = NULL;
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_safetensors),
@@ -119,6 +159,9 @@ int main(void) {
         cmocka_unit_test(test_tokenizer),
         cmocka_unit_test(test_chat),
         cmocka_unit_test(test_request),
+        cmocka_unit_test(test_recipe),
+        cmocka_unit_test(test_data),
+        cmocka_unit_test(test_adapter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
