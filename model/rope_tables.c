@@ -98,8 +98,8 @@ mt_status mt_rope_init(mt_model *m, mt_error *err) {
     double scale = 1.0 / sqrt((double)d.qk_hd);
     /* DeepSeek (V2 and V3 alike in transformers 5.23's built-in code, yarn_apply_mscale): any
      * rope type other than default with mscale_all_dim set multiplies the softmax scale by
-     * mscale(factor, mscale_all_dim)². DeepSeek's remote V2 code agrees; REFERENCE.md notes an
-     * older built-in V2 that omitted it — we follow the installed transformers. */
+     * mscale(factor, mscale_all_dim)². DeepSeek's remote V2 code agrees; an older built-in V2
+     * in transformers omitted it — we follow the installed transformers. */
     if (cfg->mla && cfg->rope_scaling != MT_ROPE_SCALING_NONE && cfg->yarn_mscale_all_dim != 0) {
         double ms = yarn_mscale(cfg->rope_factor, cfg->yarn_mscale_all_dim);
         scale *= ms * ms;

@@ -3,7 +3,7 @@
  * GAE and clipped losses, GRPO's group advantages and token losses, rule rewards). Every loss
  * returns its value and its gradient with respect to the quantities the model produced
  * (summed or per-token log-probs, rewards, values), so a trainer backpropagates from there.
- * Formulas and names follow TRL 1.16 (REFERENCE.md §10; docs/preference.md). */
+ * Formulas and names follow TRL 1.16's trainers (docs/preference.md). */
 #ifndef MT_RL_H
 #define MT_RL_H
 
