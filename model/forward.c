@@ -367,8 +367,8 @@ static void layer_router_stats(mt_workspace *ws, int mi, const mt_acts *a, int N
     free(top);
 }
 
-/* DeepSeek-V2 (the paper's expert-level balance loss, DeepSeek's MoEGate code): seq_aux: ce_{b,e} = count_{b,e}·E/(T·k),
- * aux = mean_b Σ_e ce_{b,e}·mean_t s_{b,t,e}; otherwise f_e = count_e/(N·k),
+/* DeepSeek-V2 (the paper's expert-level balance loss, DeepSeek's MoEGate code): seq_aux:
+ * ce_{b,e} = count_{b,e}·E/(T·k), aux = mean_b Σ_e ce_{b,e}·mean_t s_{b,t,e}; otherwise f_e = count_e/(N·k),
  * aux = E·Σ_e f_e·mean_t s_{t,e}. Counts are of the experts actually chosen. With dsc it
  * writes coef·∂aux/∂s into dsc [N, E] instead of returning the value. */
 static double v2_aux(const mt_config *cfg, const mt_acts *a, int B, int T, float coef, float *dsc) {
