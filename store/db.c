@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <libgen.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,16 +121,49 @@ double mt_st_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-mt_status mt_st_check_run(mt_store *s, int64_t run_id, mt_error *err) {
+mt_status mt_st_query(mt_store *s, const char *what, mt_st_row_fn row, void *ctx, int64_t *n_rows, mt_error *err,
+                      const char *sql, const char *binds, ...) {
+    if (n_rows) *n_rows = 0;
     sqlite3_stmt *st;
-    mt_status rs = mt_st_prepare(s, "SELECT 1 FROM runs WHERE id = ?1", &st, err);
+    mt_status rs = mt_st_prepare(s, sql, &st, err);
     if (rs != MT_OK) return rs;
-    sqlite3_bind_int64(st, 1, run_id);
-    int rc = sqlite3_step(st);
+    va_list ap;
+    va_start(ap, binds);
+    for (int i = 0; binds && binds[i]; i++) {
+        switch (binds[i]) {
+        case 'i': sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t)); break;
+        case 't': mt_st_bind_text(st, i + 1, va_arg(ap, const char *)); break;
+        case 'r': sqlite3_bind_double(st, i + 1, va_arg(ap, double)); break;
+        default: MT_ASSERT(!"mt_st_query: bind letters are i, t and r");
+        }
+    }
+    va_end(ap);
+    int64_t n = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (row) row(st, ctx);
+        n++;
+    }
     sqlite3_finalize(st);
-    if (rc == SQLITE_ROW) return MT_OK;
-    if (rc == SQLITE_DONE) return mt_error_set(err, MT_ERR_NOT_FOUND, "%s: no run with id %lld", s->path, (long long)run_id);
-    return mt_st_db_error(s, err, rc, "looking up a run");
+    if (n_rows) *n_rows = n;
+    return rc == SQLITE_DONE ? MT_OK : mt_st_db_error(s, err, rc, what);
+}
+
+void *mt_st_grow(void *items_ptr, size_t n, size_t size) {
+    void **items = items_ptr;
+    /* capacity is implied by n: 16, then every power of two */
+    if (n == 0 || (n >= 16 && (n & (n - 1)) == 0)) *items = mt_xrealloc(*items, (n ? 2 * n : 16) * size);
+    char *slot = (char *)*items + n * size;
+    memset(slot, 0, size);
+    return slot;
+}
+
+mt_status mt_st_check_run(mt_store *s, int64_t run_id, mt_error *err) {
+    int64_t n;
+    mt_status rs = mt_st_query(s, "looking up a run", NULL, NULL, &n, err, "SELECT 1 FROM runs WHERE id = ?1", "i", run_id);
+    if (rs == MT_OK && n == 0)
+        return mt_error_set(err, MT_ERR_NOT_FOUND, "%s: no run with id %lld", s->path, (long long)run_id);
+    return rs;
 }
 
 /* Runs a PRAGMA whose single result is an integer. */

@@ -7,30 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Grows a list of records by one and returns the new, zeroed slot. */
-static void *grow(void **items, size_t *n, size_t *cap, size_t size) {
-    if (*n == *cap) {
-        *cap = *cap ? 2 * *cap : 16;
-        *items = mt_xrealloc(*items, *cap * size);
-    }
-    char *slot = (char *)*items + (*n)++ * size;
-    memset(slot, 0, size);
-    return slot;
-}
-
 /* ---- datasets ---- */
 
 static mt_status check_dataset(mt_store *s, int64_t dataset_id, mt_error *err) {
-    sqlite3_stmt *st;
-    mt_status rs = mt_st_prepare(s, "SELECT 1 FROM datasets WHERE id = ?1", &st, err);
-    if (rs != MT_OK) return rs;
-    sqlite3_bind_int64(st, 1, dataset_id);
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc == SQLITE_ROW) return MT_OK;
-    if (rc == SQLITE_DONE)
+    int64_t n;
+    mt_status rs = mt_st_query(s, "looking up a dataset", NULL, NULL, &n, err, "SELECT 1 FROM datasets WHERE id = ?1", "i",
+                               dataset_id);
+    if (rs == MT_OK && n == 0)
         return mt_error_set(err, MT_ERR_NOT_FOUND, "%s: no dataset with id %lld", s->path, (long long)dataset_id);
-    return mt_st_db_error(s, err, rc, "looking up a dataset");
+    return rs;
 }
 
 mt_status mt_store_dataset_add(mt_store *s, const mt_store_dataset_info *info, int64_t *dataset_id, mt_error *err) {
@@ -86,39 +71,32 @@ mt_status mt_store_dataset_add(mt_store *s, const mt_store_dataset_info *info, i
     return mt_st_commit(s, err);
 }
 
+static void dataset_row(sqlite3_stmt *st, void *ctx) {
+    mt_store_dataset_list *out = ctx;
+    mt_store_dataset *d = mt_st_grow(&out->items, out->n++, sizeof *out->items);
+    d->id = sqlite3_column_int64(st, 0);
+    d->path = mt_st_col_text(st, 1);
+    d->sha256 = mt_st_col_text(st, 2);
+    d->format = mt_st_col_text(st, 3);
+    d->n_docs = mt_st_col_count(st, 4);
+    d->n_tokens = mt_st_col_count(st, 5);
+    d->split = mt_st_col_text(st, 6);
+    d->added = sqlite3_column_double(st, 7);
+}
+
 mt_status mt_store_datasets(mt_store *s, int64_t run_id, mt_store_dataset_list *out, mt_error *err) {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st;
     mt_status rs =
         run_id > 0
-            ? mt_st_prepare(s,
-                            "SELECT d.id, d.path, d.sha256, d.format, d.n_docs, d.n_tokens, l.split, d.added"
-                            " FROM run_datasets l JOIN datasets d ON d.id = l.dataset_id WHERE l.run_id = ?1"
-                            " ORDER BY l.split = 'train' DESC, l.split, d.id",
-                            &st, err)
-            : mt_st_prepare(s, "SELECT id, path, sha256, format, n_docs, n_tokens, NULL, added FROM datasets ORDER BY id",
-                            &st, err);
-    if (rs != MT_OK) return rs;
-    if (run_id > 0) sqlite3_bind_int64(st, 1, run_id);
-    size_t cap = 0;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        mt_store_dataset *d = grow((void **)&out->items, &out->n, &cap, sizeof *out->items);
-        d->id = sqlite3_column_int64(st, 0);
-        d->path = mt_st_col_text(st, 1);
-        d->sha256 = mt_st_col_text(st, 2);
-        d->format = mt_st_col_text(st, 3);
-        d->n_docs = mt_st_col_count(st, 4);
-        d->n_tokens = mt_st_col_count(st, 5);
-        d->split = mt_st_col_text(st, 6);
-        d->added = sqlite3_column_double(st, 7);
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        mt_store_dataset_list_free(out);
-        return mt_st_db_error(s, err, rc, "listing datasets");
-    }
-    return MT_OK;
+            ? mt_st_query(s, "listing datasets", dataset_row, out, NULL, err,
+                          "SELECT d.id, d.path, d.sha256, d.format, d.n_docs, d.n_tokens, l.split, d.added"
+                          " FROM run_datasets l JOIN datasets d ON d.id = l.dataset_id WHERE l.run_id = ?1"
+                          " ORDER BY l.split = 'train' DESC, l.split, d.id",
+                          "i", run_id)
+            : mt_st_query(s, "listing datasets", dataset_row, out, NULL, err,
+                          "SELECT id, path, sha256, format, n_docs, n_tokens, NULL, added FROM datasets ORDER BY id", NULL);
+    if (rs != MT_OK) mt_store_dataset_list_free(out);
+    return rs;
 }
 
 void mt_store_dataset_list_free(mt_store_dataset_list *l) {
@@ -135,6 +113,8 @@ void mt_store_dataset_list_free(mt_store_dataset_list *l) {
 
 /* ---- adapters ---- */
 
+static void first_id(sqlite3_stmt *st, void *ctx) { *(int64_t *)ctx = sqlite3_column_int64(st, 0); }
+
 mt_status mt_store_adapter_add(mt_store *s, const mt_store_adapter_info *info, int64_t *adapter_id, mt_error *err) {
     *adapter_id = 0;
     if (!info->path || !*info->path) return mt_error_set(err, MT_ERR_INVALID, "%s: an adapter needs a path", s->path);
@@ -148,18 +128,10 @@ mt_status mt_store_adapter_add(mt_store *s, const mt_store_adapter_info *info, i
      * replaces its row rather than recording the adapter twice. */
     int64_t existing = 0;
     sqlite3_stmt *st = NULL;
-    if (rs == MT_OK && info->run_id > 0) {
-        rs = mt_st_prepare(s, "SELECT id FROM adapters WHERE run_id = ?1 AND path = ?2 ORDER BY id LIMIT 1", &st, err);
-        if (rs == MT_OK) {
-            sqlite3_bind_int64(st, 1, info->run_id);
-            mt_st_bind_text(st, 2, info->path);
-            int rc = sqlite3_step(st);
-            if (rc == SQLITE_ROW) existing = sqlite3_column_int64(st, 0);
-            else if (rc != SQLITE_DONE) rs = mt_st_db_error(s, err, rc, "looking up an adapter");
-        }
-        sqlite3_finalize(st);
-        st = NULL;
-    }
+    if (rs == MT_OK && info->run_id > 0)
+        rs = mt_st_query(s, "looking up an adapter", first_id, &existing, NULL, err,
+                         "SELECT id FROM adapters WHERE run_id = ?1 AND path = ?2 ORDER BY id LIMIT 1", "it",
+                         info->run_id, info->path);
     if (rs == MT_OK)
         rs = mt_st_prepare(s,
                            existing ? "UPDATE adapters SET run_id = ?1, path = ?2, base_hash = ?3, rank = ?4, alpha = ?5,"
@@ -194,36 +166,29 @@ mt_status mt_store_adapter_add(mt_store *s, const mt_store_adapter_info *info, i
     return rs;
 }
 
+static void adapter_row(sqlite3_stmt *st, void *ctx) {
+    mt_store_adapter_list *out = ctx;
+    mt_store_adapter *a = mt_st_grow(&out->items, out->n++, sizeof *out->items);
+    a->id = sqlite3_column_int64(st, 0);
+    a->run_id = sqlite3_column_int64(st, 1); /* NULL reads as 0: not made by a recorded run */
+    a->path = mt_st_col_text(st, 2);
+    a->base_hash = mt_st_col_text(st, 3);
+    a->rank = sqlite3_column_int(st, 4);
+    a->alpha = sqlite3_column_double(st, 5);
+    a->targets_json = mt_st_col_text(st, 6);
+    a->thresholds_json = mt_st_col_text(st, 7);
+    a->eval_json = mt_st_col_text(st, 8);
+    a->created = sqlite3_column_double(st, 9);
+}
+
 mt_status mt_store_adapters(mt_store *s, int64_t run_id, mt_store_adapter_list *out, mt_error *err) {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st;
-    mt_status rs = mt_st_prepare(s,
-                                 "SELECT id, run_id, path, base_hash, rank, alpha, targets_json, thresholds_json,"
-                                 " eval_json, created FROM adapters WHERE ?1 = 0 OR run_id = ?1 ORDER BY id",
-                                 &st, err);
-    if (rs != MT_OK) return rs;
-    sqlite3_bind_int64(st, 1, run_id > 0 ? run_id : 0);
-    size_t cap = 0;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        mt_store_adapter *a = grow((void **)&out->items, &out->n, &cap, sizeof *out->items);
-        a->id = sqlite3_column_int64(st, 0);
-        a->run_id = sqlite3_column_int64(st, 1); /* NULL reads as 0: not made by a recorded run */
-        a->path = mt_st_col_text(st, 2);
-        a->base_hash = mt_st_col_text(st, 3);
-        a->rank = sqlite3_column_int(st, 4);
-        a->alpha = sqlite3_column_double(st, 5);
-        a->targets_json = mt_st_col_text(st, 6);
-        a->thresholds_json = mt_st_col_text(st, 7);
-        a->eval_json = mt_st_col_text(st, 8);
-        a->created = sqlite3_column_double(st, 9);
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        mt_store_adapter_list_free(out);
-        return mt_st_db_error(s, err, rc, "listing adapters");
-    }
-    return MT_OK;
+    mt_status rs = mt_st_query(s, "listing adapters", adapter_row, out, NULL, err,
+                               "SELECT id, run_id, path, base_hash, rank, alpha, targets_json, thresholds_json,"
+                               " eval_json, created FROM adapters WHERE ?1 = 0 OR run_id = ?1 ORDER BY id",
+                               "i", run_id > 0 ? run_id : (int64_t)0);
+    if (rs != MT_OK) mt_store_adapter_list_free(out);
+    return rs;
 }
 
 void mt_store_adapter_list_free(mt_store_adapter_list *l) {
@@ -317,45 +282,31 @@ mt_status mt_store_pairs_add(mt_store *s, int64_t dataset_id, const mt_store_pai
 
 mt_status mt_store_pairs_count(mt_store *s, int64_t dataset_id, int64_t *count, mt_error *err) {
     *count = 0;
-    sqlite3_stmt *st;
-    mt_status rs = mt_st_prepare(s, "SELECT count(*) FROM pairs WHERE dataset_id = ?1", &st, err);
-    if (rs != MT_OK) return rs;
-    sqlite3_bind_int64(st, 1, dataset_id);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) *count = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return rc == SQLITE_ROW ? MT_OK : mt_st_db_error(s, err, rc, "counting pairs");
+    return mt_st_query(s, "counting pairs", first_id, count, NULL, err, "SELECT count(*) FROM pairs WHERE dataset_id = ?1",
+                       "i", dataset_id);
+}
+
+static void pair_row(sqlite3_stmt *st, void *ctx) {
+    mt_store_pair_list *out = ctx;
+    mt_store_pair *p = mt_st_grow(&out->items, out->n++, sizeof *out->items);
+    p->id = sqlite3_column_int64(st, 0);
+    p->prompt = mt_st_col_text(st, 1);
+    p->chosen = mt_st_col_text(st, 2);
+    p->rejected = mt_st_col_text(st, 3);
+    p->source = mt_st_col_text(st, 4);
+    p->label_json = mt_st_col_text(st, 5);
 }
 
 mt_status mt_store_pairs_get(mt_store *s, int64_t dataset_id, int64_t offset, int64_t limit,
                              mt_store_pair_list *out, mt_error *err) {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st;
-    mt_status rs = mt_st_prepare(s,
-                                 "SELECT id, prompt, chosen, rejected, source, label_json FROM pairs"
-                                 " WHERE dataset_id = ?1 ORDER BY id LIMIT ?2 OFFSET ?3",
-                                 &st, err);
-    if (rs != MT_OK) return rs;
-    sqlite3_bind_int64(st, 1, dataset_id);
-    sqlite3_bind_int64(st, 2, limit < 0 ? -1 : limit); /* SQLite: a negative LIMIT means none */
-    sqlite3_bind_int64(st, 3, offset > 0 ? offset : 0);
-    size_t cap = 0;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        mt_store_pair *p = grow((void **)&out->items, &out->n, &cap, sizeof *out->items);
-        p->id = sqlite3_column_int64(st, 0);
-        p->prompt = mt_st_col_text(st, 1);
-        p->chosen = mt_st_col_text(st, 2);
-        p->rejected = mt_st_col_text(st, 3);
-        p->source = mt_st_col_text(st, 4);
-        p->label_json = mt_st_col_text(st, 5);
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        mt_store_pair_list_free(out);
-        return mt_st_db_error(s, err, rc, "reading pairs");
-    }
-    return MT_OK;
+    mt_status rs = mt_st_query(s, "reading pairs", pair_row, out, NULL, err,
+                               "SELECT id, prompt, chosen, rejected, source, label_json FROM pairs"
+                               " WHERE dataset_id = ?1 ORDER BY id LIMIT ?2 OFFSET ?3",
+                               "iii", dataset_id, limit < 0 ? (int64_t)-1 : limit, /* SQLite: a negative LIMIT means none */
+                               offset > 0 ? offset : (int64_t)0);
+    if (rs != MT_OK) mt_store_pair_list_free(out);
+    return rs;
 }
 
 void mt_store_pair_list_free(mt_store_pair_list *l) {
@@ -384,38 +335,30 @@ void mt_store_pair_list_free(mt_store_pair_list *l) {
     " FROM runs r, json_tree(r.config_json) t WHERE r.id = " param                                               \
     " AND (t.type NOT IN ('object', 'array') OR t.value IN ('{}', '[]'))"
 
+static void diff_row(sqlite3_stmt *st, void *ctx) {
+    mt_store_diff_list *out = ctx;
+    mt_store_config_diff *d = mt_st_grow(&out->items, out->n++, sizeof *out->items);
+    d->key = mt_st_col_text(st, 0);
+    d->a = mt_st_col_text(st, 1);
+    d->b = mt_st_col_text(st, 2);
+}
+
 mt_status mt_store_config_diff_runs(mt_store *s, int64_t run_a, int64_t run_b, mt_store_diff_list *out,
                                     mt_error *err) {
     memset(out, 0, sizeof *out);
     mt_status rs = mt_st_check_run(s, run_a, err);
     if (rs == MT_OK) rs = mt_st_check_run(s, run_b, err);
     if (rs != MT_OK) return rs;
-    sqlite3_stmt *st;
-    rs = mt_st_prepare(s,
-                       "WITH a AS (" CONFIG_LEAVES("?1") "), b AS (" CONFIG_LEAVES("?2") ")"
-                       " SELECT k, av, bv FROM ("
-                       "  SELECT a.k AS k, a.v AS av, b.v AS bv FROM a LEFT JOIN b ON b.k = a.k"
-                       "  UNION ALL"
-                       "  SELECT b.k, NULL, b.v FROM b WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.k = b.k)"
-                       " ) WHERE av IS NOT bv ORDER BY k",
-                       &st, err);
-    if (rs != MT_OK) return rs;
-    sqlite3_bind_int64(st, 1, run_a);
-    sqlite3_bind_int64(st, 2, run_b);
-    size_t cap = 0;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        mt_store_config_diff *d = grow((void **)&out->items, &out->n, &cap, sizeof *out->items);
-        d->key = mt_st_col_text(st, 0);
-        d->a = mt_st_col_text(st, 1);
-        d->b = mt_st_col_text(st, 2);
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        mt_store_diff_list_free(out);
-        return mt_st_db_error(s, err, rc, "comparing run configs");
-    }
-    return MT_OK;
+    rs = mt_st_query(s, "comparing run configs", diff_row, out, NULL, err,
+                     "WITH a AS (" CONFIG_LEAVES("?1") "), b AS (" CONFIG_LEAVES("?2") ")"
+                     " SELECT k, av, bv FROM ("
+                     "  SELECT a.k AS k, a.v AS av, b.v AS bv FROM a LEFT JOIN b ON b.k = a.k"
+                     "  UNION ALL"
+                     "  SELECT b.k, NULL, b.v FROM b WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.k = b.k)"
+                     " ) WHERE av IS NOT bv ORDER BY k",
+                     "ii", run_a, run_b);
+    if (rs != MT_OK) mt_store_diff_list_free(out);
+    return rs;
 }
 
 void mt_store_diff_list_free(mt_store_diff_list *l) {

@@ -206,41 +206,41 @@ static void read_run(const mt_store *s, sqlite3_stmt *st, bool full, mt_store_ru
         r->duration = r->updated - r->started;
 }
 
+typedef struct run_rows {
+    mt_store *s;
+    mt_store_run_list *list;
+    mt_store_run *one;
+} run_rows;
+
+static void run_row(sqlite3_stmt *st, void *ctx) {
+    run_rows *c = ctx;
+    if (c->one) {
+        read_run(c->s, st, true, c->one);
+        return;
+    }
+    read_run(c->s, st, false, mt_st_grow(&c->list->items, c->list->n, sizeof *c->list->items));
+    c->list->n++;
+}
+
 mt_status mt_store_run_list_all(mt_store *s, mt_store_run_list *out, mt_error *err) {
     out->items = NULL;
     out->n = 0;
-    sqlite3_stmt *st;
-    mt_status rs = mt_st_prepare(s, "SELECT " RUN_COLUMNS " FROM runs r ORDER BY r.id", &st, err);
-    if (rs != MT_OK) return rs;
-    size_t cap = 0;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (out->n == cap) {
-            cap = cap ? 2 * cap : 16;
-            out->items = mt_xrealloc(out->items, cap * sizeof *out->items);
-        }
-        read_run(s, st, false, &out->items[out->n++]);
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        mt_store_run_list_free(out);
-        return mt_st_db_error(s, err, rc, "listing runs");
-    }
-    return MT_OK;
+    run_rows c = {.s = s, .list = out};
+    mt_status rs = mt_st_query(s, "listing runs", run_row, &c, NULL, err, "SELECT " RUN_COLUMNS " FROM runs r ORDER BY r.id",
+                               NULL);
+    if (rs != MT_OK) mt_store_run_list_free(out);
+    return rs;
 }
 
 mt_status mt_store_run_get(mt_store *s, int64_t run_id, mt_store_run *out, mt_error *err) {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st;
-    mt_status rs = mt_st_prepare(s, "SELECT " RUN_COLUMNS " FROM runs r WHERE r.id = ?1", &st, err);
-    if (rs != MT_OK) return rs;
-    sqlite3_bind_int64(st, 1, run_id);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) read_run(s, st, true, out);
-    sqlite3_finalize(st);
-    if (rc == SQLITE_DONE) return mt_error_set(err, MT_ERR_NOT_FOUND, "%s: no run with id %lld", s->path, (long long)run_id);
-    if (rc != SQLITE_ROW) return mt_st_db_error(s, err, rc, "reading a run");
-    return MT_OK;
+    run_rows c = {.s = s, .one = out};
+    int64_t n;
+    mt_status rs = mt_st_query(s, "reading a run", run_row, &c, &n, err, "SELECT " RUN_COLUMNS " FROM runs r WHERE r.id = ?1",
+                               "i", run_id);
+    if (rs == MT_OK && n == 0)
+        return mt_error_set(err, MT_ERR_NOT_FOUND, "%s: no run with id %lld", s->path, (long long)run_id);
+    return rs;
 }
 
 void mt_store_run_free(mt_store_run *r) {
@@ -321,33 +321,22 @@ mt_status mt_store_log_metrics(mt_store *s, int64_t run_id, int64_t step, const 
     return mt_st_commit(s, err);
 }
 
+static void series_row(sqlite3_stmt *st, void *ctx) {
+    mt_store_series *out = ctx;
+    /* steps and values grow together: the same implied capacity */
+    *(int64_t *)mt_st_grow(&out->steps, out->n, sizeof *out->steps) = sqlite3_column_int64(st, 0);
+    *(double *)mt_st_grow(&out->values, out->n, sizeof *out->values) = mt_st_col_real(st, 1);
+    out->n++;
+}
+
 mt_status mt_store_metric_series(mt_store *s, int64_t run_id, const char *name, mt_store_series *out,
                                  mt_error *err) {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st;
-    mt_status rs = mt_st_prepare(s, "SELECT step, value FROM metrics WHERE run_id = ?1 AND name = ?2 ORDER BY step",
-                                 &st, err);
-    if (rs != MT_OK) return rs;
-    sqlite3_bind_int64(st, 1, run_id);
-    mt_st_bind_text(st, 2, name);
-    size_t cap = 0;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (out->n == cap) {
-            cap = cap ? 2 * cap : 256;
-            out->steps = mt_xrealloc(out->steps, cap * sizeof *out->steps);
-            out->values = mt_xrealloc(out->values, cap * sizeof *out->values);
-        }
-        out->steps[out->n] = sqlite3_column_int64(st, 0);
-        out->values[out->n] = mt_st_col_real(st, 1);
-        out->n++;
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        mt_store_series_free(out);
-        return mt_st_db_error(s, err, rc, "reading a metric series");
-    }
-    return MT_OK;
+    mt_status rs = mt_st_query(s, "reading a metric series", series_row, out, NULL, err,
+                               "SELECT step, value FROM metrics WHERE run_id = ?1 AND name = ?2 ORDER BY step", "it",
+                               run_id, name);
+    if (rs != MT_OK) mt_store_series_free(out);
+    return rs;
 }
 
 void mt_store_series_free(mt_store_series *sr) {
@@ -361,46 +350,46 @@ static int by_name(const void *a, const void *b) {
     return strcmp(((const mt_store_metric_summary *)a)->name, ((const mt_store_metric_summary *)b)->name);
 }
 
+typedef struct summary_rows {
+    mt_store_metric_list *out;
+    size_t hint; /* where the last row's name was found */
+} summary_rows;
+
+static void summary_row(sqlite3_stmt *st, void *ctx) {
+    summary_rows *c = ctx;
+    mt_store_metric_list *out = c->out;
+    const char *name = (const char *)sqlite3_column_text(st, 0);
+    int64_t step = sqlite3_column_int64(st, 1);
+    double v = mt_st_col_real(st, 2);
+    mt_store_metric_summary *m = NULL;
+    for (size_t k = 0; k < out->n && !m; k++) {
+        size_t j = (c->hint + k) % out->n;
+        if (!strcmp(out->items[j].name, name)) m = &out->items[j], c->hint = j + 1;
+    }
+    if (!m) {
+        m = mt_st_grow(&out->items, out->n++, sizeof *out->items);
+        *m = (mt_store_metric_summary){.name = mt_xstrdup(name), .min = NAN, .max = NAN, .min_step = -1,
+                                       .max_step = -1};
+        c->hint = out->n;
+    }
+    m->count++;
+    m->last_step = step; /* rows come in step order: the latest row is the last */
+    m->last = v;
+    if (!isnan(v) && (isnan(m->min) || v < m->min)) m->min = v, m->min_step = step;
+    if (!isnan(v) && (isnan(m->max) || v > m->max)) m->max = v, m->max_step = step;
+}
+
 /* One pass over the run's rows in key order (step, then name), folding each row into its
  * name's summary: no sort of the rows and no per-name rescans. A run has few metric names, so
  * finding a name's summary by a linear search (starting where the last row's was) is cheap. */
 mt_status mt_store_metric_names(mt_store *s, int64_t run_id, mt_store_metric_list *out, mt_error *err) {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st;
-    mt_status rs = mt_st_prepare(s, "SELECT name, step, value FROM metrics WHERE run_id = ?1 ORDER BY step", &st, err);
-    if (rs != MT_OK) return rs;
-    sqlite3_bind_int64(st, 1, run_id);
-    size_t cap = 0, hint = 0;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *name = (const char *)sqlite3_column_text(st, 0);
-        int64_t step = sqlite3_column_int64(st, 1);
-        double v = mt_st_col_real(st, 2);
-        mt_store_metric_summary *m = NULL;
-        for (size_t k = 0; k < out->n && !m; k++) {
-            size_t j = (hint + k) % out->n;
-            if (!strcmp(out->items[j].name, name)) m = &out->items[j], hint = j + 1;
-        }
-        if (!m) {
-            if (out->n == cap) {
-                cap = cap ? 2 * cap : 16;
-                out->items = mt_xrealloc(out->items, cap * sizeof *out->items);
-            }
-            m = &out->items[out->n++];
-            *m = (mt_store_metric_summary){.name = mt_xstrdup(name), .min = NAN, .max = NAN, .min_step = -1,
-                                           .max_step = -1};
-            hint = out->n;
-        }
-        m->count++;
-        m->last_step = step; /* rows come in step order: the latest row is the last */
-        m->last = v;
-        if (!isnan(v) && (isnan(m->min) || v < m->min)) m->min = v, m->min_step = step;
-        if (!isnan(v) && (isnan(m->max) || v > m->max)) m->max = v, m->max_step = step;
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
+    summary_rows c = {.out = out};
+    mt_status rs = mt_st_query(s, "summarising metrics", summary_row, &c, NULL, err,
+                               "SELECT name, step, value FROM metrics WHERE run_id = ?1 ORDER BY step", "i", run_id);
+    if (rs != MT_OK) {
         mt_store_metric_list_free(out);
-        return mt_st_db_error(s, err, rc, "summarising metrics");
+        return rs;
     }
     if (out->n > 1) qsort(out->items, out->n, sizeof *out->items, by_name);
     return MT_OK;
@@ -445,33 +434,23 @@ mt_status mt_store_log_event(mt_store *s, int64_t run_id, int64_t step, const ch
     return mt_st_commit(s, err);
 }
 
+static void event_row(sqlite3_stmt *st, void *ctx) {
+    mt_store_event_list *out = ctx;
+    mt_store_event *e = mt_st_grow(&out->items, out->n++, sizeof *out->items);
+    e->id = sqlite3_column_int64(st, 0);
+    e->step = mt_st_col_count(st, 1);
+    e->time = sqlite3_column_double(st, 2);
+    e->kind = mt_st_col_text(st, 3);
+    e->detail_json = mt_st_col_text(st, 4);
+}
+
 mt_status mt_store_events(mt_store *s, int64_t run_id, mt_store_event_list *out, mt_error *err) {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st;
-    mt_status rs = mt_st_prepare(s, "SELECT id, step, time, kind, detail_json FROM events WHERE run_id = ?1 ORDER BY id",
-                                 &st, err);
-    if (rs != MT_OK) return rs;
-    sqlite3_bind_int64(st, 1, run_id);
-    size_t cap = 0;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (out->n == cap) {
-            cap = cap ? 2 * cap : 16;
-            out->items = mt_xrealloc(out->items, cap * sizeof *out->items);
-        }
-        mt_store_event *e = &out->items[out->n++];
-        e->id = sqlite3_column_int64(st, 0);
-        e->step = mt_st_col_count(st, 1);
-        e->time = sqlite3_column_double(st, 2);
-        e->kind = mt_st_col_text(st, 3);
-        e->detail_json = mt_st_col_text(st, 4);
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        mt_store_event_list_free(out);
-        return mt_st_db_error(s, err, rc, "reading events");
-    }
-    return MT_OK;
+    mt_status rs = mt_st_query(s, "reading events", event_row, out, NULL, err,
+                               "SELECT id, step, time, kind, detail_json FROM events WHERE run_id = ?1 ORDER BY id", "i",
+                               run_id);
+    if (rs != MT_OK) mt_store_event_list_free(out);
+    return rs;
 }
 
 void mt_store_event_list_free(mt_store_event_list *l) {

@@ -32,6 +32,17 @@ mt_status mt_st_prepare_kept(mt_store *s, const char *sql, sqlite3_stmt **slot, 
 mt_status mt_st_begin(mt_store *s, mt_error *err);
 mt_status mt_st_commit(mt_store *s, mt_error *err);
 void mt_st_rollback(mt_store *s);
+/* The store's one reader (issue 8 item 8): prepares `sql`, binds the arguments after `binds`
+ * as ?1, ?2, ... by its letters ('i' int64_t, 't' const char *, NULL binding NULL, 'r' double),
+ * calls row(st, ctx) on every row (row may be NULL), finalises, and sets *n_rows (may be NULL)
+ * to the number of rows. A SQLite failure is "<path>: <what>: <message>"; on failure the rows
+ * already handed to row stay with the caller, who frees them. */
+typedef void (*mt_st_row_fn)(sqlite3_stmt *st, void *ctx);
+mt_status mt_st_query(mt_store *s, const char *what, mt_st_row_fn row, void *ctx, int64_t *n_rows, mt_error *err,
+                      const char *sql, const char *binds, ...);
+/* The zeroed slot items[n] of a growing list (16 slots, then doubling); the caller counts it. */
+void *mt_st_grow(void *items_ptr, size_t n, size_t size);
+
 /* Step a statement that returns no rows (or whose rows are ignored). */
 mt_status mt_st_step_done(mt_store *s, sqlite3_stmt *st, const char *what, mt_error *err);
 
