@@ -251,6 +251,9 @@ static mt_status read_jsonl(docs_builder *b, tok_ctx *c, const char *data, size_
             }
             mt_status st = jsonl_document(b, c, obj, *fmt, err);
             cJSON_Delete(obj);
+            /* a message from below (the chat template, the tokenizer) names the line it came from */
+            if (st != MT_OK && err && strncmp(err->msg, c->file, strlen(c->file)) != 0)
+                mt_error_prefix(err, "%s:%ld: ", c->file, c->line);
             if (st != MT_OK) return st;
         }
         p = line_end + 1;
