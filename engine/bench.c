@@ -63,7 +63,13 @@ static bool post(const mt_bench_serve_opts *o, const char *path, const char *jso
         res->tokens = atoi(u + strlen("\"completion_tokens\":"));
     } else if (ok) {
         res->tokens = 0;
-        for (const char *p = b.p; (p = strstr(p, "data: {")); p += 7) res->tokens++;
+        /* events still running ("finish_reason": null) each carry one token; the last one none */
+        for (const char *p = b.p; (p = strstr(p, "data: {")); p += 7) {
+            const char *end = strstr(p, "\n\n");
+            size_t n = end ? (size_t)(end - p) : strlen(p);
+            const char *f = memmem(p, n, "\"finish_reason\"", 15);
+            if (f && (!strncmp(f + 15, ": null", 6) || !strncmp(f + 15, ":null", 5))) res->tokens++;
+        }
     }
     res->ok = ok && res->tokens > 0;
     if (body)
