@@ -258,7 +258,12 @@ static void test_train_step(void **state) {
     int64_t total = mt_fault_io_count();
     mt_fault_disarm();
     sweep_stats ss = {0};
-    for (int64_t n = 1; n <= total; n++) {
+#if defined(__SANITIZE_ADDRESS__)
+    const int64_t stride = 3; /* a whole run per point is slow under ASan: every third point */
+#else
+    const int64_t stride = 1;
+#endif
+    for (int64_t n = 1; n <= total; n += stride) {
         sh("rm -rf '%s'", dir);
         mt_error_clear(&err);
         mt_fault_arm_io(n, errno_for(n), false);
@@ -288,7 +293,7 @@ static void test_train_step(void **state) {
                   (long long)ss.points, (long long)ss.failures);
     g_total_io.points += ss.points;
     g_total_io.failures += ss.failures;
-    assert_true(ss.failures > 10);
+    assert_true(ss.failures > 10 / stride);
 }
 
 /* ---- import into the store: all or nothing ---- */
