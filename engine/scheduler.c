@@ -43,7 +43,8 @@ void mt_eng_req_unref(mt_engine *e, mt_eng_req *r) {
 
 bool mt_eng_resolve_model(mt_engine *e, const char *name, mt_adapter_ref *ref, bool *has_ref, mt_eng_http_error *herr) {
     *has_ref = false;
-    if (!name[0] || !strcmp(name, e->served_name)) return true;
+    /* vLLM serves a model under the path it was given: clients written for it send that */
+    if (!name[0] || !strcmp(name, e->served_name) || !strcmp(name, e->model_dir)) return true;
     mt_error err = {0};
     if (mt_registry_acquire(e->reg, name, ref, &err) == MT_OK) {
         *has_ref = true;

@@ -886,6 +886,45 @@ static void preemption_eviction_api_key(void **state) {
     mt_engine_free(e);
 }
 
+/* One sequence at a time and one place in the queue: while a long request runs, the next one
+ * waits and the one after it gets 429; the server keeps serving when the long one goes away. */
+static void queue_limit_gives_429(void **state) {
+    (void)state;
+    mt_engine *e = NULL;
+    mt_server *s = NULL;
+    int port = 0;
+    mt_engine_opts eo = {.model_dir = base_dir, .max_seqs = 1, .max_queue = 1, .log = log_quiet};
+    start(&e, &s, &port, &eo, NULL);
+    bg_req longr = {.port = port,
+                    .body = "{\"prompt\":\"Long\",\"max_tokens\":1000,\"ignore_eos\":true,\"stream\":true}"};
+    atomic_init(&longr.first, 0);
+    longr.r.abort_after = 1000000;
+    pthread_t t1, t2;
+    pthread_create(&t1, NULL, bg_main, &longr);
+    while (!atomic_load(&longr.first)) usleep(1000);
+    bg_req queued = {.port = port, .body = "{\"prompt\":\"Next\",\"max_tokens\":4}"};
+    atomic_init(&queued.first, 0);
+    pthread_create(&t2, NULL, bg_main, &queued);
+    /* wait until it is queued: the metrics say so */
+    for (int i = 0; i < 500; i++) {
+        resp m = http_on(port, "GET", "/metrics", NULL, NULL);
+        bool waiting = strstr(m.body, "\nmoetune_queue_length 1\n") != NULL;
+        free(m.body);
+        if (waiting) break;
+        usleep(2000);
+    }
+    resp r = http_on(port, "POST", "/v1/completions", "{\"prompt\":\"Third\",\"max_tokens\":4}", NULL);
+    assert_int_equal(r.status, 429);
+    assert_non_null(strstr(r.body, "queue_full"));
+    free(r.body);
+    pthread_join(t2, NULL); /* served after the long one */
+    assert_int_equal(queued.r.status, 200);
+    pthread_join(t1, NULL);
+    free(longr.r.body), free(queued.r.body);
+    mt_server_stop(s);
+    mt_engine_free(e);
+}
+
 /* Last: the store holds a row for every generation request served so far. */
 static void requests_recorded_in_store(void **state) {
     (void)state;
@@ -921,6 +960,7 @@ int main(void) {
         cmocka_unit_test(disconnect_frees_sequences),
         cmocka_unit_test(metrics_parse_as_prometheus),
         cmocka_unit_test(preemption_eviction_api_key),
+        cmocka_unit_test(queue_limit_gives_429),
         cmocka_unit_test(requests_recorded_in_store),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
