@@ -39,36 +39,42 @@ static mt_status remove_tree(const char *path, mt_error *err) {
     return MT_OK;
 }
 
+/* trainer_state.json, printed directly: every field is a number or a hex string, so there is
+ * nothing to escape, and a document built through an allocating JSON tree could silently lose a
+ * field when an allocation fails (found by test_faults) and still be written as complete.
+ * %.17g round-trips a double exactly. NULL when out of memory. */
+#define STATE_JSON                                                                                          \
+    "{\n\t\"step\":\t%lld,\n\t\"optim_step\":\t%lld,\n\t\"epoch\":\t%lld,\n\t\"cursor\":\t%lld,\n"           \
+    "\t\"tokens_seen\":\t%lld,\n\t\"nan_streak\":\t%lld,\n\t\"run_id\":\t%lld,\n"                             \
+    "\t\"threads\":\t%d,\n\t\"dap_threshold\":\t%.17g,\n\t\"mean_entropy\":\t%.17g,\n"                          \
+    "\t\"recipe_sha256\":\t\"%.64s\",\n\t\"moetune_version\":\t\"%s\"\n}"
+#define STATE_ARGS(s)                                                                                       \
+    (long long)(s)->step, (long long)(s)->optim_step, (long long)(s)->epoch, (long long)(s)->cursor,        \
+        (long long)(s)->tokens_seen, (long long)(s)->nan_streak, (long long)(s)->run_id, (s)->threads,      \
+        (s)->dap_threshold, (s)->mean_entropy, (s)->recipe_sha256, MT_VERSION
+
 static char *state_json(const mt_ckpt_state *s) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "step", (double)s->step);
-    cJSON_AddNumberToObject(o, "optim_step", (double)s->optim_step);
-    cJSON_AddNumberToObject(o, "epoch", (double)s->epoch);
-    cJSON_AddNumberToObject(o, "cursor", (double)s->cursor);
-    cJSON_AddNumberToObject(o, "tokens_seen", (double)s->tokens_seen);
-    cJSON_AddNumberToObject(o, "nan_streak", (double)s->nan_streak);
-    cJSON_AddNumberToObject(o, "run_id", (double)s->run_id);
-    cJSON_AddNumberToObject(o, "threads", s->threads);
-    /* %.17g round-trips a double exactly; cJSON's own printer would not */
-    char buf[64];
-    snprintf(buf, sizeof buf, "%.17g", s->dap_threshold);
-    cJSON_AddRawToObject(o, "dap_threshold", buf);
-    snprintf(buf, sizeof buf, "%.17g", s->mean_entropy);
-    cJSON_AddRawToObject(o, "mean_entropy", buf);
-    cJSON_AddStringToObject(o, "recipe_sha256", s->recipe_sha256);
-    cJSON_AddStringToObject(o, "moetune_version", MT_VERSION);
-    char *text = cJSON_Print(o);
-    cJSON_Delete(o);
+    int n = snprintf(NULL, 0, STATE_JSON, STATE_ARGS(s));
+    char *text = n > 0 ? mt_malloc((size_t)n + 1) : NULL;
+    if (text) snprintf(text, (size_t)n + 1, STATE_JSON, STATE_ARGS(s));
     return text;
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* Complete checkpoint folders (step-NNNNNNNN, no temporary suffix), oldest first. */
-static size_t list_checkpoints(const char *root, char ***out) {
+static void free_names(char **names, size_t n) {
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+}
+
+/* Complete checkpoint folders (step-NNNNNNNN, no temporary suffix), oldest first. Out of
+ * memory is an error, not a shorter list: --resume must never pick an older checkpoint
+ * because a newer one went unlisted. */
+static mt_status list_checkpoints(const char *root, char ***out, size_t *count, mt_error *err) {
     *out = NULL;
+    *count = 0;
     DIR *d = opendir(root);
-    if (!d) return 0;
+    if (!d) return MT_OK;
     size_t n = 0, cap = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
@@ -77,15 +83,27 @@ static size_t list_checkpoints(const char *root, char ***out) {
         bool digits = true;
         for (size_t i = 5; i < l; i++) digits = digits && e->d_name[i] >= '0' && e->d_name[i] <= '9';
         if (!digits) continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            *out = mt_xrealloc(*out, cap * sizeof **out);
+        char *name = mt_strdup(e->d_name);
+        if (name && n == cap) {
+            char **grown = mt_realloc(*out, (cap ? cap * 2 : 16) * sizeof **out);
+            if (grown) {
+                *out = grown;
+                cap = cap ? cap * 2 : 16;
+            }
         }
-        (*out)[n++] = mt_xstrdup(e->d_name);
+        if (!name || n == cap) {
+            free(name);
+            closedir(d);
+            free_names(*out, n);
+            *out = NULL;
+            return mt_error_set(err, MT_ERR_NOMEM, "%s: out of memory listing checkpoints", root);
+        }
+        (*out)[n++] = name;
     }
     closedir(d);
     if (n) qsort(*out, n, sizeof **out, cmp_str);
-    return n;
+    *count = n;
+    return MT_OK;
 }
 
 /* Temporary folders a killed save left behind (step-NNNNNNNN.tmp-PID): never a checkpoint,
@@ -116,8 +134,12 @@ mt_status mt_ckpt_save(const char *dir, const mt_optim *o, const mt_ckpt_state *
     }
     if (st != MT_OK) return st;
 
+    char (*names)[2][300] = mt_calloc((size_t)(o->n ? o->n : 1), sizeof *names);
+    if (!names) {
+        remove_tree(tmp, NULL);
+        return mt_error_set(err, MT_ERR_NOMEM, "%s: out of memory writing a checkpoint", final);
+    }
     mt_st_writer *w = mt_st_writer_init();
-    char (*names)[2][300] = mt_xcalloc((size_t)(o->n ? o->n : 1), sizeof *names);
     for (int i = 0; i < o->n; i++) {
         const mt_trainable *t = &o->t[i];
         int64_t shape[1] = {t->numel};
@@ -134,7 +156,8 @@ mt_status mt_ckpt_save(const char *dir, const mt_optim *o, const mt_ckpt_state *
     if (st == MT_OK) {
         char *json = state_json(s);
         snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
-        st = mt_write_file_atomic(path, json, strlen(json), err);
+        st = json ? mt_write_file_atomic(path, json, strlen(json), err)
+                  : mt_error_set(err, MT_ERR_NOMEM, "%s: out of memory", path);
         free(json);
     }
     if (st == MT_OK) st = mt_fsync_dir(tmp, err);
@@ -151,18 +174,16 @@ mt_status mt_ckpt_save(const char *dir, const mt_optim *o, const mt_ckpt_state *
     }
     if (saved_path) snprintf(saved_path, cap, "%s", final);
 
-    if (keep > 0) {
-        char **names_on_disk;
-        size_t n = list_checkpoints(root, &names_on_disk);
-        for (size_t i = 0; i < n; i++) {
-            if (i + (size_t)keep < n) {
-                char old[4200];
-                snprintf(old, sizeof old, "%s/%s", root, names_on_disk[i]);
-                remove_tree(old, NULL);
-            }
-            free(names_on_disk[i]);
+    /* pruning old checkpoints is housekeeping: when listing fails, they stay until next time */
+    char **names_on_disk;
+    size_t n;
+    if (keep > 0 && list_checkpoints(root, &names_on_disk, &n, NULL) == MT_OK) {
+        for (size_t i = 0; i + (size_t)keep < n; i++) {
+            char old[4200];
+            snprintf(old, sizeof old, "%s/%s", root, names_on_disk[i]);
+            remove_tree(old, NULL);
         }
-        free(names_on_disk);
+        free_names(names_on_disk, n);
     }
     return MT_OK;
 }
@@ -171,8 +192,10 @@ mt_status mt_ckpt_find_latest(const char *dir, char *path, size_t cap, mt_error 
     char root[4096];
     snprintf(root, sizeof root, "%s/checkpoints", dir);
     char **names;
-    size_t n = list_checkpoints(root, &names);
-    mt_status st = MT_ERR_NOT_FOUND;
+    size_t n;
+    mt_status st = list_checkpoints(root, &names, &n, err);
+    if (st != MT_OK) return st;
+    st = MT_ERR_NOT_FOUND;
     for (size_t i = n; i-- > 0;) {
         char probe[4300];
         snprintf(probe, sizeof probe, "%s/%s/trainer_state.json", root, names[i]);
@@ -183,8 +206,7 @@ mt_status mt_ckpt_find_latest(const char *dir, char *path, size_t cap, mt_error 
             st = MT_OK;
         }
     }
-    for (size_t i = 0; i < n; i++) free(names[i]);
-    free(names);
+    free_names(names, n);
     if (st != MT_OK) return mt_error_set(err, MT_ERR_NOT_FOUND, "%s: no checkpoint to resume from", root);
     return MT_OK;
 }

@@ -363,7 +363,7 @@ static void test_kill_anywhere(void **state) {
     (void)state;
     const char *env = getenv("MOETUNE_CRASH_POINTS");
 #if defined(__SANITIZE_ADDRESS__)
-    const int default_points = 12; /* every attempt runs the sanitized binary: a few times slower */
+    const int default_points = 8; /* every attempt runs the sanitized binary: a few times slower */
 #else
     const int default_points = 24;
 #endif
