@@ -106,8 +106,19 @@ static mt_status list_checkpoints(const char *root, char ***out, size_t *count, 
     return MT_OK;
 }
 
-/* Temporary folders a killed save left behind (step-NNNNNNNN.tmp-PID): never a checkpoint,
- * so --resume ignores them; the next save of the run removes them. */
+/* Deletes a checkpoint folder so that no moment of it is visible as a checkpoint: renamed to
+ * a temporary name first, then emptied. Deleting in place left, when killed part-way, a
+ * step-NNNNNNNN folder with some of its files gone (found by scripts/crash-soak.sh, point 296
+ * of 300). A kill after the rename leaves a temporary folder the next save removes. */
+static void discard_checkpoint(const char *path) {
+    char gone[4300];
+    snprintf(gone, sizeof gone, "%s.tmp-rm-%ld", path, (long)getpid());
+    if (mt_fault_rename(path, gone) == 0) remove_tree(gone, NULL);
+}
+
+/* Temporary folders a killed save or deletion left behind (step-NNNNNNNN.tmp-PID,
+ * step-NNNNNNNN.tmp-rm-PID): never a checkpoint, so --resume ignores them; the next save of the
+ * run removes them. */
 static void remove_stale_temporaries(const char *root) {
     DIR *d = opendir(root);
     if (!d) return;
@@ -163,7 +174,7 @@ mt_status mt_ckpt_save(const char *dir, const mt_optim *o, const mt_ckpt_state *
     if (st == MT_OK) st = mt_fsync_dir(tmp, err);
     if (st == MT_OK) {
         /* a checkpoint of the same step (an earlier attempt of a resumed run) is replaced */
-        remove_tree(final, NULL);
+        discard_checkpoint(final);
         if (mt_fault_rename(tmp, final) != 0)
             st = mt_error_set(err, MT_ERR_IO, "%s: rename failed: %s", final, strerror(errno));
     }
@@ -181,7 +192,7 @@ mt_status mt_ckpt_save(const char *dir, const mt_optim *o, const mt_ckpt_state *
         for (size_t i = 0; i + (size_t)keep < n; i++) {
             char old[4200];
             snprintf(old, sizeof old, "%s/%s", root, names_on_disk[i]);
-            remove_tree(old, NULL);
+            discard_checkpoint(old);
         }
         free_names(names_on_disk, n);
     }
