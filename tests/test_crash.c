@@ -293,7 +293,12 @@ typedef struct trace_info {
     int64_t n;             /* I/O points of the whole run */
     int64_t first_ckpt;    /* the point after which the first checkpoint is complete */
     int64_t export_from;   /* first point of the export (the adapter folder) */
+    char phase[4096];      /* [n] where each point is: c checkpoint, e export, s store, d data cache */
 } trace_info;
+
+enum { N_PHASES = 4 };
+static const char phase_letters[N_PHASES + 1] = "cesd";
+static const char *const phase_names[N_PHASES] = {"checkpoint writes", "the export", "store writes", "the data cache"};
 
 static trace_info read_trace(const char *path) {
     trace_info t = {0};
@@ -305,9 +310,12 @@ static trace_info read_trace(const char *path) {
         char kind[32], what[8000] = "";
         if (sscanf(line, "%lld %31s %7999s", &n, kind, what) < 2) continue;
         t.n = n;
+        if (n > 0 && n < (long long)sizeof t.phase)
+            t.phase[n] = strstr(what, "/checkpoints") ? 'c' : strstr(what, "/adapter") ? 'e' : !strcmp(kind, "db") ? 's' : 'd';
         /* the last rename of the first checkpoint (its folder into place) completes it; not
          * relying on which renames there are keeps the harness honest about how it is written */
-        if (!strcmp(kind, "rename") && strstr(what, "/checkpoints/step-00000002")) t.first_ckpt = n;
+        if (!strcmp(kind, "rename") && strstr(what, "/checkpoints/step-00000002") && !strstr(what, ".tmp-rm"))
+            t.first_ckpt = n;
         if (!t.export_from && strstr(what, "/adapter/")) t.export_from = n;
     }
     fclose(f);
@@ -316,7 +324,7 @@ static trace_info read_trace(const char *path) {
 
 typedef struct tally {
     int points, io_points, timed_points, second_kills, resumes, not_killed;
-    int by_phase[4]; /* setup/step/eval I/O, checkpoint, store, export */
+    int by_phase[N_PHASES]; /* I/O kill points by where they fell (phase_letters) */
 } tally;
 
 static void one_point(int64_t kill_at, int kill_ms, int64_t second_kill, const trace_info *ti, tally *t, int idx) {
@@ -401,12 +409,15 @@ static void test_kill_anywhere(void **state) {
             int64_t at = lo + (int64_t)mt_rng_below(&rng, (uint64_t)(hi - lo + 1));
             one_point(at, 0, second, &ti, &t, i);
             t.io_points++;
+            const char *ph = at < (int64_t)sizeof ti.phase ? strchr(phase_letters, ti.phase[at]) : NULL;
+            if (ph && *ph) t.by_phase[ph - phase_letters]++;
         }
     }
     print_message("kill anywhere: %d kill points (%d at I/O points of %lld, %d at random times, %d of them after "
                   "the end), %d resumed runs killed again, %d resumes; reference run %.1f s, harness %.1f s\n",
                   t.points, t.io_points, (long long)ti.n, t.timed_points, t.not_killed, t.second_kills, t.resumes,
                   ref_secs, mt_now_seconds() - t1);
+    for (int k = 0; k < N_PHASES; k++) print_message("  I/O kill points in %s: %d\n", phase_names[k], t.by_phase[k]);
 }
 
 /* Killed before its first checkpoint: nothing to resume, and --resume says so; the store is
