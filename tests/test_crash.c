@@ -388,6 +388,18 @@ static void test_kill_anywhere(void **state) {
     trace_info ti = read_trace(trace_path);
     assert_true(ti.n > 50 && ti.first_ckpt > 0 && ti.export_from > ti.first_ckpt);
     sh("mv '%s' '%s'", work, ref);
+    /* the threshold the resumes must restore is a measured one, strictly inside (0, base) */
+    char meta_path[4400];
+    snprintf(meta_path, sizeof meta_path, "%s/adapter/moetune.json", ref);
+    size_t meta_len;
+    char *meta = NULL;
+    mt_error merr = {0};
+    if (mt_read_file(meta_path, &meta, &meta_len, &merr) != MT_OK) fail_msg("%s", merr.msg);
+    const char *thr = strstr(meta, "\"dap_threshold\":");
+    assert_non_null(thr);
+    double dap = strtod(thr + strlen("\"dap_threshold\":"), NULL);
+    if (!(dap > 0.01 && dap < 0.49)) fail_msg("the reference's dap_threshold %g is clamped or nearly: %s", dap, meta);
+    free(meta);
 
     mt_rng rng;
     mt_rng_seed(&rng, seed);
