@@ -15,7 +15,7 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: moetune bench decode --model DIR [--batch 1,8,32] [--adapters N] [--rank R] [--prompt P]\n"
-            "                            [--tokens T] [--rounds K] [--threads N]\n"
+            "                            [--tokens T] [--rounds K] [--threads N] [--quantize int8]\n"
             "\n"
             "Decodes T tokens for B sequences at once (B from --batch) after a P-token prompt each, on the\n"
             "paged KV cache: tokens/s of the decode steps (B·T / time) and of the prefill. With --adapters N\n"
@@ -28,7 +28,8 @@ static void usage(FILE *f) {
             "  --prompt P      prompt tokens per sequence (default 32)\n"
             "  --tokens T      decode steps (default 32)\n"
             "  --rounds K      alternating rounds, median reported (default 3)\n"
-            "  --threads N     CPU threads (default: all cores)\n");
+            "  --threads N     CPU threads (default: all cores)\n"
+            "  --quantize int8 INT8 weight-only base (per channel, groups of 64 inputs)\n");
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -117,6 +118,7 @@ int mt_cmd_bench_decode(int argc, char **argv) {
     const char *model_dir = NULL;
     long batches[16] = {1, 8, 32}, n_adapters = 8, rank = 16, prompt = 32, tokens = 32, rounds = 3, threads = 0;
     int n_batches = 3;
+    mt_quant quant = MT_QUANT_NONE;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -138,6 +140,8 @@ int mt_cmd_bench_decode(int argc, char **argv) {
             if (!(v = mt_cli_value("--rounds", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 100, &rounds)) goto bad;
         } else if (mt_cli_is_flag(a, "--threads")) {
             if (!(v = mt_cli_value("--threads", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 4096, &threads)) goto bad;
+        } else if (mt_cli_is_flag(a, "--quantize")) {
+            if (!(v = mt_cli_value("--quantize", argc, argv, &i)) || mt_quant_from_name(v, &quant) != MT_OK) goto bad;
         } else {
             fprintf(stderr, "moetune bench decode: unknown argument '%s'\n", a);
             usage(stderr);
@@ -161,6 +165,7 @@ int mt_cmd_bench_decode(int argc, char **argv) {
     mt_lora **loras = mt_xcalloc((size_t)(n_adapters > 0 ? n_adapters : 1), sizeof *loras);
     const mt_adapter **slots = mt_xcalloc((size_t)(n_adapters > 0 ? n_adapters : 1), sizeof *slots);
     mt_status st = mt_model_load(&m, model_dir, be, &err);
+    if (!st) st = mt_model_quantize(m, quant, 0, &err);
     static const char *const all[] = {"all-linear"};
     for (int a = 0; !st && a < n_adapters; a++) {
         mt_lora_config c;

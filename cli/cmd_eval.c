@@ -1,23 +1,26 @@
-/* cmd_eval.c — `moetune eval --model DIR [--adapter DIR] --data FILE...`: held-out loss and
- * perplexity of the base and of the adapted model, side by side on the same tokens. */
+/* cmd_eval.c — `moetune eval --model DIR [--adapter DIR] --data FILE... [--quantize int8]`:
+ * held-out loss and perplexity of the base and of the adapted model, side by side on the same
+ * tokens. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "finetune/finetune.h"
+#include "model/model.h"
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: moetune eval --model DIR [--adapter DIR] --data PATH [--data PATH]... [--max-seq-len N]\n"
-            "                    [--batch B] [--threads N] [--tokenizer DIR]\n"
+            "                    [--batch B] [--threads N] [--tokenizer DIR] [--quantize int8]\n"
             "\n"
             "Scores every token of the documents in PATH (JSONL text / prompt_completion / messages,\n"
             "or a folder of plain text) and prints the mean loss (nats per token) and perplexity of\n"
             "the base model and, with --adapter, of the base with that PEFT LoRA adapter.\n"
             "  --max-seq-len N   tokens per row; longer documents are cut into rows (default 256)\n"
             "  --batch B         rows per forward pass (default 4)\n"
-            "  --threads N       CPU threads (default: all cores)\n");
+            "  --threads N       CPU threads (default: all cores)\n"
+            "  --quantize int8   INT8 weight-only base (per channel, groups of 64 inputs, fp32 scales)\n");
 }
 
 int mt_cmd_eval(int argc, char **argv) {
@@ -49,6 +52,10 @@ int mt_cmd_eval(int argc, char **argv) {
         } else if (mt_cli_is_flag(a, "--threads")) {
             if (!(v = mt_cli_value("--threads", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 4096, &n)) goto bad;
             o.threads = (int)n;
+        } else if (mt_cli_is_flag(a, "--quantize")) {
+            mt_quant q;
+            if (!(v = mt_cli_value("--quantize", argc, argv, &i)) || mt_quant_from_name(v, &q) != MT_OK) goto bad;
+            o.quantize = (int)q;
         } else {
             goto bad;
         }

@@ -30,6 +30,8 @@ mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err)
     if (st == MT_OK) st = mt_tokenizer_file_hash(tok_dir, tok_hash, err);
     if (st == MT_OK) st = mt_model_load(&m, o->model_dir, be, err);
     if (st == MT_OK && o->adapter_dir) st = mt_lora_load_peft(&l, m, o->adapter_dir, NULL, err);
+    /* after the adapter: its base check hashes the weights as stored, not as quantised */
+    if (st == MT_OK) st = mt_model_quantize(m, (mt_quant)o->quantize, 0, err);
     /* every token of every document scores, prompts included: this is the corpus's perplexity */
     if (st == MT_OK) st = mt_data_load(o->data, o->format, false, tok, tok_hash, NULL, &docs, src, err);
     int32_t pad = tok ? mt_tokenizer_eos_id(tok) : 0;

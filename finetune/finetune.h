@@ -264,6 +264,7 @@ typedef struct mt_eval_opts {
     int max_seq_len;             /* rows are cut to this many tokens (no packing across documents) */
     int batch;
     int threads;                 /* 0 = all cores */
+    int quantize;                /* an mt_quant (model.h): weight-only quantisation of the base after loading */
 } mt_eval_opts;
 
 typedef struct mt_eval_result {

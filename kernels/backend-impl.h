@@ -50,6 +50,9 @@ typedef struct mt_backend_iface {
                                float *dk, float *dv);
     void (*lowrank_forward)(mt_backend *be, int n, int in, int out, int r, float scale, const float *x, int ldx,
                             const float *A, bool a_t, const float *B, bool b_t, float *h, float *y, int ldy);
+    void (*lowp_matmul)(mt_backend *be, const mt_lowp_weight *W, int n, const float *x, int ldx, float *y, int ldy);
+    void (*lowp_matmul_dx)(mt_backend *be, const mt_lowp_weight *W, int n, const float *dy, int lddy, float *dx,
+                           int lddx);
     void (*paged_attention_forward)(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o);
     void (*swiglu_forward)(mt_backend *be, const float *g, const float *u, float *h, size_t n);
     void (*swiglu_backward)(mt_backend *be, const float *dh, const float *g, const float *u, float *dg, float *du,

@@ -25,6 +25,7 @@ static const char *const op_names[MT_OP_COUNT] = {
     [MT_OP_COPY_2D] = "copy_2d",
     [MT_OP_PAGED_ATTENTION] = "paged_attention",
     [MT_OP_LOWRANK] = "lowrank",
+    [MT_OP_LOWP_MATMUL] = "lowp_matmul",
 };
 
 const char *mt_op_name(mt_op op) {
@@ -182,6 +183,17 @@ void mt_lowrank_forward(mt_backend *be, int n, int in, int out, int r, float sca
                         const float *A, bool a_t, const float *B, bool b_t, float *h, float *y, int ldy) {
     REQUIRE(MT_OP_LOWRANK);
     be->iface->lowrank_forward(be, n, in, out, r, scale, x, ldx, A, a_t, B, b_t, h, y, ldy);
+}
+
+void mt_lowp_matmul(mt_backend *be, const mt_lowp_weight *W, int n, const float *x, int ldx, float *y, int ldy) {
+    REQUIRE(MT_OP_LOWP_MATMUL);
+    be->iface->lowp_matmul(be, W, n, x, ldx, y, ldy);
+}
+
+void mt_lowp_matmul_dx(mt_backend *be, const mt_lowp_weight *W, int n, const float *dy, int lddy, float *dx,
+                       int lddx) {
+    REQUIRE(MT_OP_LOWP_MATMUL);
+    be->iface->lowp_matmul_dx(be, W, n, dy, lddy, dx, lddx);
 }
 
 void mt_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o) {

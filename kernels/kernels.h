@@ -46,6 +46,7 @@ typedef enum mt_op {
     MT_OP_COPY_2D,
     MT_OP_PAGED_ATTENTION,
     MT_OP_LOWRANK,
+    MT_OP_LOWP_MATMUL,
     MT_OP_COUNT
 } mt_op;
 
@@ -101,6 +102,37 @@ void mt_matmul(mt_backend *be, bool trans_a, bool trans_b, int m, int n, int k, 
  * computes small products itself and hands large ones to sgemm. */
 void mt_lowrank_forward(mt_backend *be, int n, int in, int out, int r, float scale, const float *x, int ldx,
                         const float *A, bool a_t, const float *B, bool b_t, float *h, float *y, int ldy);
+
+/* A frozen weight W [out, in] kept in a low-precision storage type: bf16 or f16 (as a
+ * checkpoint stores it, read straight from the file mapping) or int8 with fp32 scales
+ * (symmetric, one scale per `group` consecutive elements of a row: w ≈ q·s, the last group of
+ * a row may be shorter). */
+typedef enum mt_lowp_type {
+    MT_LOWP_BF16 = 0,
+    MT_LOWP_F16,
+    MT_LOWP_Q8,
+} mt_lowp_type;
+
+typedef struct mt_lowp_weight {
+    mt_lowp_type type;
+    int out, in;
+    const void *w;       /* [out, in] uint16 (BF16, F16) or int8 (Q8) */
+    const float *scales; /* Q8: [out, ceil(in / group)] */
+    int group;           /* Q8: elements per scale, a multiple of 8 */
+} mt_lowp_weight;
+
+/* y [n, out] = x [n, in]·Wᵀ (overwritten), row strides ldx and ldy, with fp32 accumulation.
+ * W's tiles are converted to fp32 on the fly into per-thread scratch and multiplied with
+ * sgemm; a few rows (decode) instead take dot products against each converted row while it
+ * is in L1, reading W once. The result equals mt_matmul on the dequantised W up to summation
+ * order. */
+void mt_lowp_matmul(mt_backend *be, const mt_lowp_weight *W, int n, const float *x, int ldx, float *y, int ldy);
+/* dx [n, in] += dy [n, out]·W (the input gradient of y = x·Wᵀ; W is frozen: no dW). */
+void mt_lowp_matmul_dx(mt_backend *be, const mt_lowp_weight *W, int n, const float *dy, int lddy, float *dx,
+                       int lddx);
+/* Row o's elements i0 .. i0+cnt−1 of W as fp32 into dst (dequantised: q·s for Q8); W and dst in
+ * host memory (the CPU backend's). Loading, hashing and saving use it too. */
+void mt_lowp_row_to_f32(const mt_lowp_weight *W, int o, int i0, int cnt, float *dst);
 
 /* y[i] += alpha · x[i] */
 void mt_add(mt_backend *be, float *y, const float *x, float alpha, size_t n);

@@ -1,5 +1,5 @@
 /* linear.c — every projection of the decoder goes through here: one GEMM over all rows of a
- * pass, the bias, then each run of rows' adapter delta (rows that share an adapter slot are
+ * pass (fp32, or the low-precision kernel for a frozen bf16/f16/int8 weight), the bias, then each run of rows' adapter delta (rows that share an adapter slot are
  * one run, so a batch of many adapters costs one base GEMM plus small low-rank GEMMs), forward
  * and backward, with inverted dropout on the delta's input during training. */
 #include "model-impl.h"
@@ -180,7 +180,14 @@ static void for_each_run(const mt_model *m, const mt_linear *L, const mt_lin_ctx
 void mt_lin_forward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, int n, uint64_t row0,
                     float *y) {
     if (n <= 0) return;
-    mt_matmul(c->be, false, true, n, L->out, L->in, 1.0f, x, L->in, L->weight->data, L->in, 0.0f, y, L->out);
+    if (L->weight->dtype != MT_DTYPE_F32) {
+        /* a frozen bf16/f16/int8 base: tiles converted to fp32 inside the kernel */
+        mt_lowp_weight w;
+        mt_param_lowp(L->weight, &w);
+        mt_lowp_matmul(c->be, &w, n, x, L->in, y, L->out);
+    } else {
+        mt_matmul(c->be, false, true, n, L->out, L->in, 1.0f, x, L->in, L->weight->data, L->in, 0.0f, y, L->out);
+    }
     if (L->bias) mt_add_bias(c->be, y, L->bias->data, n, L->out);
     for_each_run(m, L, c, x, n, row0, y, NULL, NULL);
 }
@@ -188,8 +195,15 @@ void mt_lin_forward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, 
 void mt_lin_backward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, const float *dy,
                      int n, uint64_t row0, float *dx) {
     if (n <= 0) return;
-    if (dx) mt_matmul(c->be, false, false, n, L->in, L->out, 1.0f, dy, L->out, L->weight->data, L->in, 1.0f, dx, L->in);
-    /* frozen weights (no gradient buffer) skip their weight-gradient GEMM */
+    if (dx && L->weight->dtype != MT_DTYPE_F32) {
+        mt_lowp_weight w;
+        mt_param_lowp(L->weight, &w);
+        mt_lowp_matmul_dx(c->be, &w, n, dy, L->out, dx, L->in);
+    } else if (dx) {
+        mt_matmul(c->be, false, false, n, L->in, L->out, 1.0f, dy, L->out, L->weight->data, L->in, 1.0f, dx, L->in);
+    }
+    /* frozen weights (no gradient buffer) skip their weight-gradient GEMM; a low-precision
+     * weight never has one (require_grad makes it an fp32 master first) */
     if (L->weight->grad)
         mt_matmul(c->be, true, false, L->out, L->in, n, 1.0f, dy, L->out, x, L->in, 1.0f, L->weight->grad, L->in);
     if (L->bias && L->bias->grad) mt_add_bias_backward(c->be, dy, n, L->out, L->bias->grad);
@@ -202,7 +216,7 @@ mt_status mt_model_check_backend(const mt_model *m, mt_error *err) {
     static const mt_op needed[] = {MT_OP_MATMUL,       MT_OP_ADD,          MT_OP_SCALE,   MT_OP_EMBEDDING,
                                    MT_OP_RMSNORM,      MT_OP_ROPE,         MT_OP_ATTENTION, MT_OP_SWIGLU,
                                    MT_OP_SIGMOID_GATE, MT_OP_ROUTE,        MT_OP_MOE_PERMUTE, MT_OP_CROSS_ENTROPY,
-                                   MT_OP_ADD_BIAS,     MT_OP_COPY_2D,      MT_OP_PAGED_ATTENTION};
+                                   MT_OP_ADD_BIAS,     MT_OP_COPY_2D,      MT_OP_PAGED_ATTENTION, MT_OP_LOWP_MATMUL};
     for (size_t i = 0; i < sizeof needed / sizeof needed[0]; i++)
         if (!mt_backend_supports(m->be, needed[i]))
             return mt_error_set(err, MT_ERR_UNSUPPORTED, "model: the %s backend does not run op %s; use the CPU backend",

@@ -39,11 +39,13 @@ typedef struct mt_layer {
 } mt_layer;
 
 /* Where a parameter's memory lives: inside the model's block, straight in the read-only
- * safetensors mapping, or in a block of its own (a mapped tensor made writable). */
+ * safetensors mapping (F32 data, or BF16/F16 raw), in a block of its own (a mapped tensor made
+ * writable), or in a quantised block of its own (I8 raw followed by its scales). */
 typedef enum mt_param_home {
     MT_PARAM_HOME_BLOCK = 0,
     MT_PARAM_HOME_MMAP,
     MT_PARAM_HOME_OWN,
+    MT_PARAM_HOME_QUANT,
 } mt_param_home;
 
 /* How mt_model_init_random fills a parameter (as transformers' _init_weights does). */
@@ -332,6 +334,9 @@ const mt_lowrank *mt_lin_delta(const mt_model *m, const mt_linear *L, const mt_l
 mt_status mt_adapter_check(const mt_model *m, const mt_adapter *a, int max_rank, const char *what, mt_error *err);
 
 /* ---- weights.c ---- */
+
+/* The kernels' view of a low-precision weight (p->dtype BF16, F16 or I8). */
+void mt_param_lowp(const mt_param *p, mt_lowp_weight *w);
 
 /* Builds the parameter and linear tables for cfg (no memory for values yet). */
 mt_status mt_model_build(mt_model **out, const mt_config *cfg, mt_backend *be, mt_error *err);

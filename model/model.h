@@ -207,8 +207,16 @@ typedef struct mt_param {
     int ndim;
     int64_t shape[4];
     int64_t numel;
-    float *data;        /* backend memory, fp32 */
+    float *data;        /* backend memory, fp32; NULL while the values are held in `raw` */
     float *grad;        /* NULL unless mt_model_require_grad was called on it */
+    /* A frozen linear weight may keep a low-precision storage instead of fp32 `data`: BF16 or
+     * F16 as the checkpoint stores it (read straight from the file mapping), or I8 after
+     * mt_model_quantize (values q·qscale). Everything else, and every weight with a gradient,
+     * is F32. */
+    mt_dtype dtype;      /* F32, BF16, F16 or I8 */
+    const void *raw;     /* [shape] BF16/F16 (uint16) or I8 (int8) values; NULL for F32 */
+    const float *qscale; /* I8: [out, ceil(in / qgroup)] fp32 scales */
+    int qgroup;          /* I8: elements of a row per scale */
 } mt_param;
 
 typedef enum mt_linear_kind {
@@ -260,7 +268,10 @@ typedef struct mt_linear {
 typedef struct mt_model mt_model;
 
 /* Loads config.json and the safetensors weights (f32/bf16/f16) of an HF model folder onto
- * the backend. Tensors missing or of the wrong shape are errors naming the tensor. */
+ * the backend. Tensors missing or of the wrong shape are errors naming the tensor. On the CPU,
+ * F32 tensors are used straight from the read-only mapping, and so are BF16/F16 linear
+ * weights (p->dtype, p->raw; no fp32 copy): the GEMMs convert them on the fly. Embeddings,
+ * norms, biases and MLA's kv_b_proj are converted to fp32. */
 mt_status mt_model_load(mt_model **out, const char *dir, mt_backend *be, mt_error *err);
 /* Random initialisation as transformers does (normal(0, initializer_range), norms 1). */
 mt_status mt_model_init_random(mt_model **out, const mt_config *cfg, uint64_t seed, mt_backend *be, mt_error *err);
@@ -281,9 +292,30 @@ mt_linear *mt_model_find_linear(mt_model *m, const char *module);
  * parameter still in the read-only safetensors mapping is first copied (made writable). */
 mt_status mt_model_require_grad(mt_model *m, mt_param *p, mt_error *err);
 /* F32 tensors are used straight from the read-only file mapping: call this before changing a
- * parameter's values in place (merging an adapter, an optimiser step without a gradient). */
+ * parameter's values in place (merging an adapter, an optimiser step without a gradient). A
+ * BF16/F16/I8 weight becomes an fp32 copy of its (dequantised) values. */
 mt_status mt_model_param_make_writable(mt_model *m, mt_param *p, mt_error *err);
 void mt_model_zero_grad(mt_model *m);
+/* A parameter's values as fp32 into host memory dst [numel], whatever its storage (F32, or a
+ * low-precision weight converted or dequantised). */
+void mt_model_param_to_f32(const mt_model *m, const mt_param *p, float *dst);
+
+/* Weight-only quantisation of the frozen base. INT8: symmetric, per output channel and per
+ * group of `group` consecutive input elements (group <= 0: MT_QUANT_GROUP_DEFAULT; a multiple
+ * of 8; a group as wide as the row is plain per-channel), scale s = max|w| / 127 per group,
+ * q = round(w / s), so |w − q·s| <= s/2. Every linear weight without a gradient is
+ * quantised (its fp32 or 16-bit copy freed) except three that other code reads as fp32 or
+ * that routing is sensitive to: the router (mlp.gate), MLA's kv_b_proj (decode absorbs it
+ * into the queries) and a tied LM head (it is the embedding table). Training LoRA on top works:
+ * the base GEMMs dequantise on the fly. Content hashes afterwards are of the dequantised
+ * values. */
+typedef enum mt_quant {
+    MT_QUANT_NONE = 0,
+    MT_QUANT_INT8,
+} mt_quant;
+#define MT_QUANT_GROUP_DEFAULT 64
+mt_status mt_model_quantize(mt_model *m, mt_quant q, int group, mt_error *err);
+mt_status mt_quant_from_name(const char *name, mt_quant *out); /* "none", "int8" */
 /* SHA-256 over the parameter names, shapes and fp32 values: identifies a base model whatever
  * dtype or sharding it was stored with. */
 void mt_model_content_hash(const mt_model *m, char out[65]);

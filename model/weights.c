@@ -1,11 +1,15 @@
 /* weights.c — the checkpoint name tables (one per family, written once as data) and the code
  * that walks them: building the parameter and linear lists, loading safetensors (f32/bf16/f16,
- * F32 used straight from the mapping when possible), random initialisation, saving in the
- * Hugging Face layout, gradient buffers and the content hash. */
+ * F32 and 16-bit linear weights used straight from the mapping when possible), INT8 weight-only
+ * quantisation, random initialisation, saving in the Hugging Face layout, gradient buffers and
+ * the content hash. */
+#define _GNU_SOURCE /* madvise */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -606,6 +610,7 @@ void mt_model_free(mt_model *m) {
         mt_param *p = &m->params[i];
         if (p->grad) mt_backend_release(m->be, p->grad);
         if (m->home[i] == MT_PARAM_HOME_OWN) mt_backend_release(m->be, p->data);
+        if (m->home[i] == MT_PARAM_HOME_QUANT) mt_backend_release(m->be, (void *)(uintptr_t)p->raw);
     }
     if (m->block) mt_backend_release(m->be, m->block);
     if (m->rope_cos) mt_backend_release(m->be, m->rope_cos);
@@ -660,11 +665,58 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
     if (n < cap) snprintf(buf + n, cap - n, "]");
 }
 
+/* Marks the parameters that may stay in a low-precision storage: linear weights, except the
+ * embedding table (a tied LM head reads it, and the embedding lookup needs fp32 rows) and MLA's
+ * kv_b_proj, whose weight the absorbed decode multiplies directly (it is small). The router is
+ * marked too unless `router` is false (quantisation keeps routing exact). */
+static bool *lowp_candidates(const mt_model *m, bool router) {
+    bool *ok = mt_xcalloc((size_t)m->n_params, sizeof(bool));
+    for (int j = 0; j < m->n_linears; j++) {
+        const mt_linear *L = &m->linears[j];
+        if (L->weight == m->embed || (!router && L->kind == MT_LINEAR_ROUTER)) continue;
+        ok[L->weight - m->params] = true;
+    }
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        if (m->layers[l].kv_b) ok[m->layers[l].kv_b->weight - m->params] = false;
+    return ok;
+}
+
+static mt_lowp_type lowp_type_of(mt_dtype d) {
+    switch (d) {
+    case MT_DTYPE_BF16: return MT_LOWP_BF16;
+    case MT_DTYPE_F16: return MT_LOWP_F16;
+    case MT_DTYPE_I8: return MT_LOWP_Q8;
+    default: MT_ASSERT(0 && "not a low-precision weight dtype");
+    }
+    return MT_LOWP_BF16;
+}
+
+void mt_param_lowp(const mt_param *p, mt_lowp_weight *w) {
+    MT_ASSERT(p->dtype != MT_DTYPE_F32 && p->raw && p->ndim == 2);
+    *w = (mt_lowp_weight){.type = lowp_type_of(p->dtype),
+                          .out = (int)p->shape[0],
+                          .in = (int)p->shape[1],
+                          .w = p->raw,
+                          .scales = p->qscale,
+                          .group = p->qgroup};
+}
+
+void mt_model_param_to_f32(const mt_model *m, const mt_param *p, float *dst) {
+    if (p->dtype == MT_DTYPE_F32) {
+        mt_backend_download(m->be, dst, p->data, (size_t)p->numel * sizeof(float));
+        return;
+    }
+    mt_lowp_weight w;
+    mt_param_lowp(p, &w);
+    for (int o = 0; o < w.out; o++) mt_lowp_row_to_f32(&w, o, 0, w.in, dst + (size_t)o * w.in);
+}
+
 static mt_status load_weights(mt_model *m, const char *dir, mt_error *err) {
     mt_status st = mt_safetensors_open(&m->st, dir, err);
     if (st) return st;
     mt_st_tensor *src = mt_xcalloc((size_t)m->n_params, sizeof *src);
     bool host = mt_backend_is_host(m->be);
+    bool *lowp_ok = lowp_candidates(m, true);
     for (int i = 0; i < m->n_params; i++) {
         mt_param *p = &m->params[i];
         if (!find_source(m->st, p, &src[i])) {
@@ -688,9 +740,13 @@ static mt_status load_weights(mt_model *m, const char *dir, mt_error *err) {
                               dir, p->name, mt_dtype_name(src[i].dtype));
             goto done;
         }
-        /* F32 on a host backend is used in place: no copy, pages load on first touch */
+        /* F32 on a host backend is used in place: no copy, pages load on first touch; so are
+         * 16-bit linear weights, which the GEMMs convert tile by tile */
         bool aligned = ((uintptr_t)src[i].data % sizeof(float)) == 0;
-        m->home[i] = (host && src[i].dtype == MT_DTYPE_F32 && aligned) ? MT_PARAM_HOME_MMAP : MT_PARAM_HOME_BLOCK;
+        bool half = (src[i].dtype == MT_DTYPE_BF16 || src[i].dtype == MT_DTYPE_F16) && lowp_ok[i] &&
+                    ((uintptr_t)src[i].data % sizeof(uint16_t)) == 0;
+        m->home[i] = MT_PARAM_HOME_BLOCK;
+        if (host && ((src[i].dtype == MT_DTYPE_F32 && aligned) || half)) m->home[i] = MT_PARAM_HOME_MMAP;
     }
     st = alloc_block(m, err);
     if (st) goto done;
@@ -699,7 +755,13 @@ static mt_status load_weights(mt_model *m, const char *dir, mt_error *err) {
     for (int i = 0; i < m->n_params && !st; i++) {
         mt_param *p = &m->params[i];
         if (m->home[i] == MT_PARAM_HOME_MMAP) {
-            p->data = (float *)(uintptr_t)src[i].data;
+            if (src[i].dtype == MT_DTYPE_F32) {
+                p->data = (float *)(uintptr_t)src[i].data;
+            } else {
+                p->data = NULL;
+                p->dtype = src[i].dtype;
+                p->raw = src[i].data;
+            }
             continue;
         }
         if (host) {
@@ -717,6 +779,7 @@ static mt_status load_weights(mt_model *m, const char *dir, mt_error *err) {
     free(tmp);
     if (st) mt_error_prefix(err, "%s: ", dir);
 done:
+    free(lowp_ok);
     free(src);
     return st;
 }
@@ -877,12 +940,16 @@ mt_status mt_model_save(const mt_model *m, const char *dir, mt_dtype dtype, size
     bool host = mt_backend_is_host(m->be);
     float **copies = host ? NULL : mt_xcalloc((size_t)m->n_params, sizeof(float *));
     mt_st_writer *w = mt_st_writer_init();
+    if (!copies)
+        for (int i = 0; i < m->n_params && !copies; i++)
+            if (m->params[i].dtype != MT_DTYPE_F32) copies = mt_xcalloc((size_t)m->n_params, sizeof(float *));
     for (int i = 0; i < m->n_params; i++) {
         const mt_param *p = &m->params[i];
         const float *data = p->data;
-        if (!host) {
+        /* the writer takes fp32 sources: device tensors and low-precision weights get a host copy */
+        if (!host || p->dtype != MT_DTYPE_F32) {
             copies[i] = mt_xmalloc((size_t)p->numel * sizeof(float));
-            mt_backend_download(m->be, copies[i], p->data, (size_t)p->numel * sizeof(float));
+            mt_model_param_to_f32(m, p, copies[i]);
             data = copies[i];
         }
         /* transformers keeps the routing bias in fp32 whatever the model dtype */
@@ -943,13 +1010,22 @@ static int param_index_of(const mt_model *m, const mt_param *p) {
 mt_status mt_model_param_make_writable(mt_model *m, mt_param *p, mt_error *err) {
     int i = param_index_of(m, p);
     if (i < 0) return mt_error_set(err, MT_ERR_INVALID, "model: parameter does not belong to this model");
-    if (m->home[i] != MT_PARAM_HOME_MMAP) return MT_OK;
+    if (m->home[i] != MT_PARAM_HOME_MMAP && m->home[i] != MT_PARAM_HOME_QUANT) return MT_OK;
     float *own = mt_backend_alloc(m->be, (size_t)p->numel * sizeof(float));
     if (!own)
         return mt_error_set(err, MT_ERR_NOMEM, "model: cannot allocate %.1f MB to make '%s' writable",
                             (double)p->numel * 4 / 1e6, p->name);
-    mt_backend_upload(m->be, own, p->data, (size_t)p->numel * sizeof(float));
+    /* low-precision storage exists on host backends only, so `own` is host memory then */
+    if (p->dtype != MT_DTYPE_F32)
+        mt_model_param_to_f32(m, p, own);
+    else
+        mt_backend_upload(m->be, own, p->data, (size_t)p->numel * sizeof(float));
+    if (m->home[i] == MT_PARAM_HOME_QUANT) mt_backend_release(m->be, (void *)(uintptr_t)p->raw);
     p->data = own;
+    p->dtype = MT_DTYPE_F32;
+    p->raw = NULL;
+    p->qscale = NULL;
+    p->qgroup = 0;
     m->home[i] = MT_PARAM_HOME_OWN;
     return MT_OK;
 }
@@ -991,8 +1067,19 @@ void mt_model_content_hash(const mt_model *m, char out[65]) {
             for (int b = 0; b < 8; b++) dims[nd++] = (uint8_t)(v >> (8 * b));
         }
         mt_sha256_update(&h, dims, (size_t)nd);
-        /* little-endian fp32 bytes, the layout of every platform moetune builds on */
-        if (host) {
+        /* little-endian fp32 bytes, the layout of every platform moetune builds on; a
+         * low-precision weight hashes its values converted to fp32, row by row, so a bf16
+         * checkpoint hashes alike whether it was loaded as bf16 or converted */
+        if (p->dtype != MT_DTYPE_F32) {
+            mt_lowp_weight w;
+            mt_param_lowp(p, &w);
+            float *row = mt_xmalloc((size_t)w.in * sizeof(float));
+            for (int o = 0; o < w.out; o++) {
+                mt_lowp_row_to_f32(&w, o, 0, w.in, row);
+                mt_sha256_update(&h, row, (size_t)w.in * sizeof(float));
+            }
+            free(row);
+        } else if (host) {
             mt_sha256_update(&h, p->data, (size_t)p->numel * sizeof(float));
         } else {
             for (int64_t o = 0; o < p->numel; o += CHUNK) {
@@ -1006,4 +1093,139 @@ void mt_model_content_hash(const mt_model *m, char out[65]) {
     uint8_t dig[32];
     mt_sha256_final(&h, dig);
     for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", dig[i]);
+}
+
+/* ---- INT8 weight-only quantisation ---- */
+
+mt_status mt_quant_from_name(const char *name, mt_quant *out) {
+    if (name && !strcmp(name, "none")) {
+        *out = MT_QUANT_NONE;
+        return MT_OK;
+    }
+    if (name && !strcmp(name, "int8")) {
+        *out = MT_QUANT_INT8;
+        return MT_OK;
+    }
+    return MT_ERR_UNSUPPORTED;
+}
+
+/* Bytes of a quantised weight's block: the int8 values (padded to 64 bytes) then the scales. */
+static size_t quant_bytes(const mt_param *p, int group, size_t *scale_off) {
+    int64_t out = p->shape[0], in = p->shape[1], ng = (in + group - 1) / group;
+    *scale_off = ((size_t)p->numel + 63) & ~(size_t)63;
+    return *scale_off + (size_t)(out * ng) * sizeof(float);
+}
+
+/* Symmetric per-group quantisation of one row w [in]: s = max|w| / 127, q = round(w / s). */
+static void quantize_row(const float *w, int in, int group, int8_t *q, float *scales) {
+    for (int g0 = 0, gi = 0; g0 < in; g0 += group, gi++) {
+        int ge = g0 + group < in ? g0 + group : in;
+        float amax = 0.0f;
+        for (int j = g0; j < ge; j++) amax = fmaxf(amax, fabsf(w[j]));
+        float s = amax / 127.0f;
+        scales[gi] = s;
+        for (int j = g0; j < ge; j++) {
+            long v = s > 0.0f ? lrintf(w[j] / s) : 0;
+            q[j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+    }
+}
+
+/* The pages wholly inside a mapped tensor go back to the page cache: a quantised weight no
+ * longer reads them, and a populated mapping would otherwise keep them in the resident set. */
+static void drop_mapped_pages(const void *p, size_t bytes) {
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0) return;
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+    uintptr_t e = ((uintptr_t)p + bytes) & ~((uintptr_t)pg - 1);
+    if (e > a) (void)madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* Moves the BLOCK parameters still there into a block of their own size, so the fp32 copies
+ * of quantised weights are freed. Without memory for the new block the old one stays. */
+static void compact_block(mt_model *m) {
+    size_t total = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (m->home[i] == MT_PARAM_HOME_BLOCK) total += padded(m->params[i].numel);
+    float *nb = total ? mt_backend_alloc(m->be, total * sizeof(float)) : NULL;
+    if (total && !nb) return;
+    size_t off = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (m->home[i] == MT_PARAM_HOME_BLOCK) {
+            mt_param *p = &m->params[i];
+            mt_backend_copy(m->be, nb + off, p->data, (size_t)p->numel * sizeof(float));
+            p->data = nb + off;
+            off += padded(p->numel);
+        }
+    mt_backend_release(m->be, m->block);
+    m->block = nb;
+}
+
+mt_status mt_model_quantize(mt_model *m, mt_quant q, int group, mt_error *err) {
+    if (q == MT_QUANT_NONE) return MT_OK;
+    if (q != MT_QUANT_INT8) return mt_error_set(err, MT_ERR_INVALID, "quantize: unknown scheme %d", (int)q);
+    if (group <= 0) group = MT_QUANT_GROUP_DEFAULT;
+    if (group % 8)
+        return mt_error_set(err, MT_ERR_INVALID, "quantize: the group size %d is not a multiple of 8", group);
+    if (!mt_backend_is_host(m->be))
+        return mt_error_set(err, MT_ERR_UNSUPPORTED, "quantize: int8 weights run on the CPU backend, not %s",
+                            mt_backend_name(m->be));
+    bool *ok = lowp_candidates(m, false);
+    void **bufs = mt_xcalloc((size_t)m->n_params, sizeof(void *));
+    mt_status st = MT_OK;
+    int max_in = 0;
+    /* every buffer first: running out of memory leaves the model as it was */
+    for (int i = 0; i < m->n_params && !st; i++) {
+        mt_param *p = &m->params[i];
+        if (!ok[i] || p->grad || p->dtype == MT_DTYPE_I8) continue;
+        size_t off;
+        bufs[i] = mt_backend_alloc(m->be, quant_bytes(p, group, &off));
+        if (!bufs[i])
+            st = mt_error_set(err, MT_ERR_NOMEM, "quantize: cannot allocate the int8 copy of '%s'", p->name);
+        if (p->shape[1] > max_in) max_in = (int)p->shape[1];
+    }
+    if (st) {
+        for (int i = 0; i < m->n_params; i++) mt_backend_release(m->be, bufs[i]);
+        free(bufs);
+        free(ok);
+        return st;
+    }
+    float *row = mt_xmalloc((size_t)(max_in > 0 ? max_in : 1) * sizeof(float));
+    bool from_block = false;
+    for (int i = 0; i < m->n_params; i++) {
+        if (!bufs[i]) continue;
+        mt_param *p = &m->params[i];
+        int out = (int)p->shape[0], in = (int)p->shape[1], ng = (in + group - 1) / group;
+        size_t off;
+        quant_bytes(p, group, &off);
+        int8_t *qv = bufs[i];
+        float *sc = (float *)((uint8_t *)bufs[i] + off);
+        mt_lowp_weight w;
+        if (p->dtype != MT_DTYPE_F32) mt_param_lowp(p, &w);
+        for (int o = 0; o < out; o++) {
+            const float *src = p->data ? p->data + (size_t)o * in : row;
+            if (!p->data) mt_lowp_row_to_f32(&w, o, 0, in, row);
+            quantize_row(src, in, group, qv + (size_t)o * in, sc + (size_t)o * ng);
+        }
+        switch (m->home[i]) {
+        case MT_PARAM_HOME_OWN: mt_backend_release(m->be, p->data); break;
+        case MT_PARAM_HOME_MMAP:
+            drop_mapped_pages(p->data ? (const void *)p->data : p->raw,
+                              (size_t)p->numel * (p->data ? sizeof(float) : sizeof(uint16_t)));
+            break;
+        case MT_PARAM_HOME_BLOCK: from_block = true; break;
+        case MT_PARAM_HOME_QUANT: MT_ASSERT(0); break;
+        }
+        p->data = NULL;
+        p->dtype = MT_DTYPE_I8;
+        p->raw = qv;
+        p->qscale = sc;
+        p->qgroup = group;
+        m->home[i] = MT_PARAM_HOME_QUANT;
+    }
+    if (from_block) compact_block(m);
+    free(row);
+    free(bufs);
+    free(ok);
+    return MT_OK;
 }

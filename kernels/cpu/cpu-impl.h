@@ -83,6 +83,11 @@ void mt_cpu_rope_backward(mt_backend *be, const mt_rope_args *a, float *dx);
 void mt_cpu_lowrank_forward(mt_backend *be, int n, int in, int out, int r, float scale, const float *x, int ldx,
                             const float *A, bool a_t, const float *B, bool b_t, float *h, float *y, int ldy);
 
+/* lowp_matmul.c */
+void mt_cpu_lowp_matmul(mt_backend *be, const mt_lowp_weight *W, int n, const float *x, int ldx, float *y, int ldy);
+void mt_cpu_lowp_matmul_dx(mt_backend *be, const mt_lowp_weight *W, int n, const float *dy, int lddy, float *dx,
+                           int lddx);
+
 /* paged_attention.c */
 void mt_cpu_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o);
 
