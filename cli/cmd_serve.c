@@ -155,7 +155,9 @@ int mt_cmd_serve(int argc, char **argv) {
         rc = mt_cli_fail("serve", &err);
     } else {
         /* the line scripts wait for: the port is known here even with --port 0 */
-        fprintf(stderr, "moetune serve: listening on http://%s:%d (model %s%s%s)\n", host, mt_server_port(srv), model,
+        bool v6 = strchr(host, ':') != NULL; /* an IPv6 address goes in brackets in a URL */
+        fprintf(stderr, "moetune serve: listening on http://%s%s%s:%d (model %s%s%s)\n", v6 ? "[" : "", host,
+                v6 ? "]" : "", mt_server_port(srv), model,
                 api_key && *api_key ? ", API key required" : "", watch ? ", watching adapters" : "");
         struct sigaction sa = {0};
         sa.sa_handler = on_signal;
