@@ -382,6 +382,53 @@ static void stream_equals_whole(void **state) {
     }
 }
 
+/* A stop string cuts the text just before it, streamed or not (the streaming detokenizer holds
+ * back what could be its start); echo puts the prompt first. */
+static void stop_strings_and_echo(void **state) {
+    (void)state;
+    const char *base_body = "{\"prompt\":\"The licensee shall\",\"max_tokens\":24,\"temperature\":0,\"ignore_eos\":true}";
+    char *full = complete(g_port, base_body);
+    size_t n = strlen(full);
+    assert_true(n > 12);
+    /* a stop string from the middle of the text, JSON-escaped through cJSON */
+    char stop[8] = {0};
+    size_t at = n / 2;
+    while (at < n && ((unsigned char)full[at] & 0xC0) == 0x80) at++;
+    memcpy(stop, full + at, 3);
+    while (((unsigned char)stop[strlen(stop) - 1] & 0xC0) == 0xC0 || ((unsigned char)stop[strlen(stop) - 1] & 0x80))
+        stop[strlen(stop) - 1] = 0; /* whole characters only */
+    if (!stop[0]) skip();
+    cJSON *req = cJSON_Parse(base_body);
+    cJSON_AddStringToObject(req, "stop", stop);
+    char *body = cJSON_PrintUnformatted(req);
+    resp r = http("POST", "/v1/completions", body);
+    cJSON *o = json_ok(&r);
+    char *cut = choice_text(o, 0);
+    const char *first = strstr(full, stop);
+    assert_non_null(first);
+    assert_int_equal(strlen(cut), (size_t)(first - full));
+    assert_memory_equal(cut, full, strlen(cut));
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "finish_reason")->valuestring,
+                        "stop");
+    cJSON_AddBoolToObject(req, "stream", true);
+    char *sbody = cJSON_PrintUnformatted(req);
+    resp sr = http("POST", "/v1/completions", sbody);
+    sse_result ss;
+    parse_sse(sr.body, &ss);
+    assert_string_equal(ss.text[0], cut);
+    assert_string_equal(ss.finish[0], "stop");
+    sse_free(&ss);
+    cJSON_Delete(o);
+    free(r.body), free(sr.body), free(body), free(sbody), free(cut);
+    cJSON_Delete(req);
+    /* echo */
+    char *echoed = complete(g_port, "{\"prompt\":\"The licensee shall\",\"max_tokens\":24,\"temperature\":0,"
+                                    "\"ignore_eos\":true,\"echo\":true}");
+    assert_true(!strncmp(echoed, "The licensee shall", 18));
+    assert_string_equal(echoed + 18, full);
+    free(echoed), free(full);
+}
+
 /* Sample j of n draws from seed + j: the same text as a single request with that seed. */
 static void n_samples_are_seeded(void **state) {
     (void)state;
@@ -951,6 +998,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(greedy_equals_generate),
         cmocka_unit_test(stream_equals_whole),
+        cmocka_unit_test(stop_strings_and_echo),
         cmocka_unit_test(n_samples_are_seeded),
         cmocka_unit_test(concurrent_adapters_equal_solo),
         cmocka_unit_test(replace_in_flight),
