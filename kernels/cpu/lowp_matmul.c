@@ -83,6 +83,32 @@ static void check_weight(const mt_lowp_weight *W) {
     MT_ASSERT(W->type != MT_LOWP_Q8 || (W->scales && W->group > 0));
 }
 
+/* Σ_i a[i]·w[i] with four 8-wide accumulators (FMA latency is four cycles on Zen 3: one
+ * chain would run at a quarter of the rate), combined in a fixed order: a row's value does
+ * not depend on how many rows are computed beside it. */
+static inline __m256 dot_acc(const float *a, const float *w, int n, int *done) {
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(w + i), c0);
+        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(w + i + 8), c1);
+        c2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(w + i + 16), c2);
+        c3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(w + i + 24), c3);
+    }
+    for (; i + 8 <= n; i += 8) c0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(w + i), c0);
+    *done = i;
+    return _mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3));
+}
+
+static inline float hsum(__m256 v, const float *a, const float *w, int i, int n) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    float r = _mm_cvtss_f32(s);
+    for (; i < n; i++) r += a[i] * w[i];
+    return r;
+}
+
 /* Few rows: each W row is converted once (into L1) and dotted with every row of x. */
 static void forward_small(mt_backend *be, const mt_lowp_weight *W, int n, const float *x, int ldx, float *y, int ldy) {
     const int in = W->in, out = W->out, nt = mt_cpu_nthreads(be);
@@ -93,7 +119,12 @@ static void forward_small(mt_backend *be, const mt_lowp_weight *W, int n, const 
     for (int o = 0; o < out; o++) {
         float *wrow = scratch + (size_t)omp_get_thread_num() * stride;
         mt_lowp_row_to_f32(W, o, 0, in, wrow);
-        for (int t = 0; t < n; t++) y[(size_t)t * ldy + o] = mt_cpu_dot(x + (size_t)t * ldx, wrow, in);
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + (size_t)t * ldx;
+            int done;
+            __m256 acc = dot_acc(xt, wrow, in, &done);
+            y[(size_t)t * ldy + o] = hsum(acc, xt, wrow, done, in);
+        }
     }
 }
 
