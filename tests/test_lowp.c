@@ -501,11 +501,55 @@ static void int8_from_bf16(void **state) {
     mt_model_free(m);
 }
 
+/* The CLI end to end: `init --dtype bf16` makes a model that generates and evaluates as stored
+ * and on an int8 base; an unknown scheme is bad usage. */
+static double eval_loss(const char *out) {
+    const char *b = strstr(out, "\nbase");
+    if (!b) fail_msg("no base line in:\n%s", out);
+    double loss = NAN;
+    if (sscanf(b + 5, "%lf", &loss) != 1) fail_msg("unreadable base line in:\n%s", out);
+    return loss;
+}
+
+static void cli_bf16_and_int8(void **state) {
+    (void)state;
+    const char *tmp = mt_test_tmpdir("lowp_cli");
+    char model[4200], data[4200];
+    snprintf(model, sizeof model, "%s/model", tmp);
+    snprintf(data, sizeof data, "%s/eval.jsonl", tmp);
+    FILE *f = fopen(data, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 6; i++)
+        fprintf(f, "{\"text\": \"The licensee may copy and distribute verbatim copies, paragraph %d.\"}\n", i);
+    fclose(f);
+    char *out = NULL;
+    int rc = mt_test_run_cli(&out, "init --preset tiny --seed 3 --dtype bf16 '%s'", model);
+    if (rc != 0) fail_msg("init: %s", out);
+    free(out);
+    rc = mt_test_run_cli(&out, "generate --model '%s' --prompt 'The' --max-tokens 4 --temperature 0 --threads 2 "
+                               "--quantize int8", model);
+    if (rc != 0) fail_msg("generate --quantize int8: %s", out);
+    free(out);
+    rc = mt_test_run_cli(&out, "eval --model '%s' --data '%s' --threads 2", model, data);
+    if (rc != 0) fail_msg("eval: %s", out);
+    double l16 = eval_loss(out);
+    free(out);
+    rc = mt_test_run_cli(&out, "eval --model '%s' --data '%s' --threads 2 --quantize int8", model, data);
+    if (rc != 0) fail_msg("eval --quantize int8: %s", out);
+    double l8 = eval_loss(out);
+    free(out);
+    print_message("eval loss bf16 %.4f, int8 %.4f\n", l16, l8);
+    assert_true(fabs(l8 - l16) < 0.01 * l16);
+    rc = mt_test_run_cli(&out, "generate --model '%s' --prompt 'The' --quantize int4", model);
+    assert_int_equal(rc, 2);
+    free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(gemm_against_fp32),   cmocka_unit_test(bf16_model_like_fp32),
         cmocka_unit_test(f16_model_like_fp32), cmocka_unit_test(int8_quantisation),
-        cmocka_unit_test(int8_from_bf16),
+        cmocka_unit_test(int8_from_bf16),      cmocka_unit_test(cli_bf16_and_int8),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
