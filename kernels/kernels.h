@@ -3,8 +3,9 @@
  * backend is built when nvcc is found. Model code calls only the functions declared here.
  *
  * Conventions for every op:
- *  - tensors are fp32, row-major, in memory owned by the backend the op runs on
- *    (mt_backend_alloc); shapes are given in the comment of each parameter;
+ *  - tensors are fp32 (mt_lowp_matmul's frozen weights excepted), row-major, in memory owned by
+ *    the backend the op runs on (mt_backend_alloc); shapes are given in the comment of each
+ *    parameter;
  *  - forward outputs are overwritten;
  *  - backward outputs (gradients) are ACCUMULATED (+=), as in llm.c: the caller zeroes them,
  *    which lets residual branches and shared weights add up without temporaries;

@@ -668,7 +668,8 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
 /* Marks the parameters that may stay in a low-precision storage: linear weights, except the
  * embedding table (a tied LM head reads it, and the embedding lookup needs fp32 rows) and MLA's
  * kv_b_proj, whose weight the absorbed decode multiplies directly (it is small). The router is
- * marked too unless `router` is false (quantisation keeps routing exact). */
+ * marked too unless `router` is false: quantisation leaves it as stored, because which experts
+ * a token picks turns on small differences between router logits. */
 static bool *lowp_candidates(const mt_model *m, bool router) {
     bool *ok = mt_xcalloc((size_t)m->n_params, sizeof(bool));
     for (int j = 0; j < m->n_linears; j++) {
