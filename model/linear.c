@@ -1,7 +1,8 @@
 /* linear.c — every projection of the decoder goes through here: one GEMM over all rows of a
- * pass (fp32, or the low-precision kernel for a frozen bf16/f16/int8 weight), the bias, then each run of rows' adapter delta (rows that share an adapter slot are
- * one run, so a batch of many adapters costs one base GEMM plus small low-rank GEMMs), forward
- * and backward, with inverted dropout on the delta's input during training. */
+ * pass (fp32, or the low-precision kernel for a frozen bf16/f16/int8 weight), the bias, then
+ * each run of rows' adapter delta (rows that share an adapter slot are one run, so a batch of
+ * many adapters costs one base GEMM plus small low-rank GEMMs), forward and backward, with
+ * inverted dropout on the delta's input during training. */
 #include "model-impl.h"
 
 /* Rows of dropout(x) staged at a time for the delta's GEMM. */
