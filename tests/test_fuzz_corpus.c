@@ -32,6 +32,10 @@
 #include "fuzz/fuzz_request.c"
 #undef LLVMFuzzerTestOneInput
 
+#define LLVMFuzzerTestOneInput fuzz_pairs_one
+#include "fuzz/fuzz_pairs.c"
+#undef LLVMFuzzerTestOneInput
+
 #define LLVMFuzzerTestOneInput fuzz_recipe_one
 #include "fuzz/fuzz_recipe.c"
 #undef LLVMFuzzerTestOneInput
@@ -123,6 +127,15 @@ static void test_chat(void **state) {
     smoke("fuzz_chat", fuzz_chat_one);
 }
 
+/* pairs seeds are whole JSONL files of many lines each, so there are few of them */
+static void test_pairs(void **state) {
+    (void)state;
+    int seeds = replay("corpus", "fuzz_pairs", fuzz_pairs_one);
+    int regressions = replay("regressions", "fuzz_pairs", fuzz_pairs_one);
+    print_message("  fuzz_pairs: %d seeds, %d regression inputs\n", seeds, regressions);
+    assert_true(seeds >= 5 && regressions >= 1);
+}
+
 static void test_request(void **state) {
     (void)state;
     smoke("fuzz_request", fuzz_request_one);
@@ -159,6 +172,7 @@ int main(void) {
         cmocka_unit_test(test_tokenizer),
         cmocka_unit_test(test_chat),
         cmocka_unit_test(test_request),
+        cmocka_unit_test(test_pairs),
         cmocka_unit_test(test_recipe),
         cmocka_unit_test(test_data),
         cmocka_unit_test(test_adapter),
