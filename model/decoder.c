@@ -4,7 +4,6 @@
  * base GEMM; the layer body is layer.c's, with the attention half reading each row's block
  * table. MLA decodes in the absorbed form, an adapter on kv_b_proj entering as two low-rank
  * products per head, so its cache stays the latent. */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,41 +116,7 @@ int mt_decoder_max_rows(const mt_decoder *d) { return d->max_rows; }
 size_t mt_decoder_bytes(const mt_decoder *d) { return d->bytes; }
 
 bool mt_decoder_router_stats(const mt_decoder *d, int i, mt_router_stats *out) {
-    const mt_model *m = d->m;
-    int mi = 0;
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        if (!m->layers[l].moe) continue;
-        if (mi == i) {
-            out->layer = l;
-            out->entropy = d->entropy[mi];
-            out->tokens_per_expert = d->tpe + (size_t)mi * m->cfg.n_experts;
-            return true;
-        }
-        mi++;
-    }
-    return false;
-}
-
-static void router_stats(mt_decoder *d, int mi, int N) {
-    const mt_config *cfg = &d->m->cfg;
-    int E = cfg->n_experts;
-    const mt_acts *a = &d->a;
-    int32_t *tpe = d->tpe + (size_t)mi * E;
-    for (int e = 0; e < E; e++) tpe[e] = a->offsets_host[e + 1] - a->offsets_host[e];
-    bool softmax = cfg->scoring == MT_ROUTE_SCORING_SOFTMAX;
-    double ent = 0;
-    for (int t = 0; t < N; t++) {
-        const float *s = a->scores + (size_t)t * E;
-        double tot = 0, h = 0;
-        if (!softmax)
-            for (int e = 0; e < E; e++) tot += s[e];
-        for (int e = 0; e < E; e++) {
-            double p = softmax ? s[e] : (tot > 0 ? s[e] / tot : 0);
-            if (p > 0) h -= p * log(p);
-        }
-        ent += h;
-    }
-    d->entropy[mi] = N > 0 ? ent / N : 0;
+    return mt_router_stats_at(d->m, d->tpe, d->entropy, i, out);
 }
 
 /* ---- attention over the pool ---- */
@@ -384,7 +349,10 @@ mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b,
     for (int l = 0; l < dm.L; l++) {
         const mt_layer *ly = &m->layers[l];
         mt_layer_forward(m, ly, &c, &pass, a, &d->s, N, &plan, d->x);
-        if (ly->moe) router_stats(d, mi++, N);
+        if (ly->moe) {
+            mt_router_stats_record(m, be, a, N, d->tpe + (size_t)mi * cfg->n_experts, &d->entropy[mi]);
+            mi++;
+        }
     }
     for (int i = 0; i < N; i++) p->len[b->seq[i]]++;
     d->n_rows_last = N;

@@ -274,20 +274,45 @@ const float *mt_workspace_hidden(const mt_workspace *ws, int i) {
     return i < L ? ws->acts[i].x_in : ws->xf;
 }
 
-bool mt_workspace_router_stats(const mt_workspace *ws, int i, mt_router_stats *out) {
-    const mt_model *m = ws->m;
+bool mt_router_stats_at(const mt_model *m, const int32_t *tpe, const double *entropy, int i, mt_router_stats *out) {
     int mi = 0;
     for (int l = 0; l < m->cfg.n_layers; l++) {
         if (!m->layers[l].moe) continue;
         if (mi == i) {
             out->layer = l;
-            out->entropy = ws->entropy[mi];
-            out->tokens_per_expert = ws->tpe + (size_t)mi * m->cfg.n_experts;
+            out->entropy = entropy[mi];
+            out->tokens_per_expert = tpe + (size_t)mi * m->cfg.n_experts;
             return true;
         }
         mi++;
     }
     return false;
+}
+
+bool mt_workspace_router_stats(const mt_workspace *ws, int i, mt_router_stats *out) {
+    return mt_router_stats_at(ws->m, ws->tpe, ws->entropy, i, out);
+}
+
+void mt_router_stats_record(const mt_model *m, mt_backend *be, const mt_acts *a, int N, int32_t *tpe, double *entropy) {
+    const mt_config *cfg = &m->cfg;
+    int E = cfg->n_experts;
+    for (int e = 0; e < E; e++) tpe[e] = a->offsets_host[e + 1] - a->offsets_host[e];
+    double ent = 0;
+    bool softmax = cfg->scoring == MT_ROUTE_SCORING_SOFTMAX;
+    int nt = mt_loop_threads(be, (size_t)N * E);
+#pragma omp parallel for reduction(+ : ent) schedule(static) num_threads(nt)
+    for (int t = 0; t < N; t++) {
+        const float *sc = a->scores + (size_t)t * E;
+        double tot = 0, h = 0;
+        if (!softmax)
+            for (int e = 0; e < E; e++) tot += sc[e];
+        for (int e = 0; e < E; e++) {
+            double p = softmax ? sc[e] : (tot > 0 ? sc[e] / tot : 0);
+            if (p > 0) h -= p * log(p);
+        }
+        ent += h;
+    }
+    *entropy = N > 0 ? ent / N : 0;
 }
 
 void mt_ws_lin_ctx(mt_workspace *ws, bool train, uint64_t seed, mt_lin_ctx *c) {
@@ -333,24 +358,7 @@ static void topk_row(const float *z, int E, int K, int32_t *out) {
 static void layer_router_stats(mt_workspace *ws, int mi, const mt_acts *a, int N) {
     const mt_config *cfg = &ws->m->cfg;
     int E = cfg->n_experts, K = cfg->top_k;
-    int32_t *tpe = ws->tpe + (size_t)mi * E;
-    for (int e = 0; e < E; e++) tpe[e] = a->offsets_host[e + 1] - a->offsets_host[e];
-    double ent = 0;
-    bool softmax = cfg->scoring == MT_ROUTE_SCORING_SOFTMAX;
-    int nt = mt_loop_threads(ws->m->be, (size_t)N * E);
-#pragma omp parallel for reduction(+ : ent) schedule(static) num_threads(nt)
-    for (int t = 0; t < N; t++) {
-        const float *s = a->scores + (size_t)t * E;
-        double tot = 0, h = 0;
-        if (!softmax)
-            for (int e = 0; e < E; e++) tot += s[e];
-        for (int e = 0; e < E; e++) {
-            double p = softmax ? s[e] : (tot > 0 ? s[e] / tot : 0);
-            if (p > 0) h -= p * log(p);
-        }
-        ent += h;
-    }
-    ws->entropy[mi] = N > 0 ? ent / N : 0;
+    mt_router_stats_record(ws->m, ws->m->be, a, N, ws->tpe + (size_t)mi * E, &ws->entropy[mi]);
     if (!aux_is_switch(cfg)) return;
     double *p = mt_xmalloc((size_t)E * sizeof(double));
     int32_t *top = mt_xmalloc((size_t)K * sizeof(int32_t));

@@ -404,6 +404,12 @@ void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c,
 
 /* ---- forward.c ---- */
 
+/* Routing statistics of one MoE layer's rows (tokens per expert from the permute's offsets,
+ * mean routing entropy), kept per layer by workspaces and decoders alike. */
+void mt_router_stats_record(const mt_model *m, mt_backend *be, const mt_acts *a, int N, int32_t *tpe, double *entropy);
+/* The i-th MoE layer's statistics out of per-layer arrays [n_moe, E] and [n_moe]. */
+bool mt_router_stats_at(const mt_model *m, const int32_t *tpe, const double *entropy, int i, mt_router_stats *out);
+
 /* The linear-layer context of a pass over a workspace. */
 void mt_ws_lin_ctx(mt_workspace *ws, bool train, uint64_t seed, mt_lin_ctx *c);
 /* The aux loss's extra router gradients for one MoE layer of the last forward: on the logits
