@@ -59,12 +59,33 @@ static void fmt_eta(double s, char *buf, size_t cap) {
         snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
 }
 
+/* The objective's headline figures, when it reports them: " accuracy 0.75  margin 0.31". */
+static void key_metrics(const mt_train_progress *p, char *buf, size_t cap) {
+    static const char *const keys[][2] = {
+        {"rewards/accuracies", "acc"}, {"rewards/margins", "margin"}, {"accuracy", "acc"},
+        {"margin", "margin"},          {"reward", "reward"},         {"objective/rlhf_reward", "rlhf_reward"},
+        {"objective/kl", "kl"},        {"kl", "kl"},
+    };
+    size_t off = 0;
+    buf[0] = '\0';
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        for (int i = 0; i < p->n_metrics; i++)
+            if (!strcmp(p->metric_names[i], keys[k][0]) && off < cap)
+                off += (size_t)snprintf(buf + off, cap - off, "  %s %.4f", keys[k][1], p->metric_values[i]);
+}
+
 static void on_progress(void *user, const mt_train_progress *p) {
     view *v = user;
+    char extra[256];
+    key_metrics(p, extra, sizeof extra);
     if (p->eval) {
         clear_bar(v);
-        fprintf(stderr, "moetune train: step %lld/%lld  eval loss %.4f  ppl %.2f\n", (long long)p->step,
-                (long long)p->total_steps, p->eval_loss, p->eval_ppl);
+        if (p->eval_ppl == p->eval_ppl)
+            fprintf(stderr, "moetune train: step %lld/%lld  eval loss %.4f  ppl %.2f%s\n", (long long)p->step,
+                    (long long)p->total_steps, p->eval_loss, p->eval_ppl, extra);
+        else
+            fprintf(stderr, "moetune train: step %lld/%lld  eval loss %.4f%s\n", (long long)p->step,
+                    (long long)p->total_steps, p->eval_loss, extra);
         return;
     }
     char eta[32];
@@ -79,8 +100,8 @@ static void on_progress(void *user, const mt_train_progress *p) {
         v->bar_shown = true;
         if (p->step == p->total_steps) clear_bar(v);
     } else if (p->log_line || p->skipped) {
-        fprintf(stderr, "moetune train: step %lld/%lld  loss %.4f  lr %.3e  grad_norm %.3f  aux %.4f  %.0f tok/s  ETA %s%s\n",
-                (long long)p->step, (long long)p->total_steps, p->loss, p->lr, p->grad_norm, p->aux_loss,
+        fprintf(stderr, "moetune train: step %lld/%lld  loss %.4f  lr %.3e  grad_norm %.3f  aux %.4f%s  %.0f tok/s  ETA %s%s\n",
+                (long long)p->step, (long long)p->total_steps, p->loss, p->lr, p->grad_norm, p->aux_loss, extra,
                 p->tokens_per_sec, eta, p->skipped ? "  (update skipped: non-finite)" : "");
     }
 }
@@ -144,9 +165,11 @@ int mt_cmd_train(int argc, char **argv) {
         printf("run:            %lld (%s)\n", (long long)res.run_id, r.output.store);
         printf("steps:          %lld of %lld\n", (long long)res.steps, (long long)res.total_steps);
         printf("last loss:      %.4f\n", res.last_loss);
-        if (res.eval_loss == res.eval_loss)
+        if (res.eval_loss == res.eval_loss && res.eval_ppl == res.eval_ppl)
             printf("eval loss:      %.4f (perplexity %.2f over %lld tokens)\n", res.eval_loss, res.eval_ppl,
                    (long long)res.eval_tokens);
+        else if (res.eval_loss == res.eval_loss)
+            printf("eval loss:      %.4f (%s)\n", res.eval_loss, r.method == MT_RECIPE_METHOD_SFT ? "" : "the objective's");
         if (res.mean_entropy == res.mean_entropy)
             printf("dap threshold:  %.4f (mean predictive entropy %.3f bits)\n", res.dap_threshold, res.mean_entropy);
         else

@@ -57,14 +57,16 @@ mt_status mt_run_export(mt_run *run, mt_train_result *res, mt_error *err) {
         return mt_store_log_event(run->store, run->run_id, run->st.step, "export", detail, err);
     }
     char eval[256] = "null";
-    if (isfinite(res->eval_loss))
+    if (isfinite(res->eval_loss) && isfinite(res->eval_ppl))
         snprintf(eval, sizeof eval, "{\"eval_loss\":%.17g,\"eval_ppl\":%.17g,\"eval_tokens\":%lld}", res->eval_loss,
                  res->eval_ppl, (long long)res->eval_tokens);
+    else if (isfinite(res->eval_loss)) /* a preference or reward loss has no perplexity */
+        snprintf(eval, sizeof eval, "{\"eval_loss\":%.17g}", res->eval_loss);
     char *targets = run->lora ? targets_json(r) : NULL;
     mt_store_adapter_info info = {.path = dir,
                                   .run_id = run->run_id,
                                   .base_hash = run->base_hash,
-                                  .rank = run->lora ? r->adapter.r : 0,
+                                  .rank = run->lora ? mt_lora_max_rank(run->lora) : 0,
                                   .alpha = run->lora ? r->adapter.alpha : 0,
                                   .targets_json = targets,
                                   .thresholds_json = run->thresholds_json,

@@ -16,7 +16,33 @@
  * (finetune/recipe-schema.c) drives parsing, defaults, validation, --set overrides, the
  * canonical dump and docs/recipes.md, which lists every key with its default. */
 
-typedef enum mt_recipe_method { MT_RECIPE_METHOD_SFT } mt_recipe_method;
+/* What the run optimises (docs/preference.md for everything but sft). */
+typedef enum mt_recipe_method {
+    MT_RECIPE_METHOD_SFT,    /* next-token cross-entropy */
+    MT_RECIPE_METHOD_DPO,    /* the DPO family on preference pairs, against a reference */
+    MT_RECIPE_METHOD_SIMPO,  /* reference-free, length-normalised (TRL's CPOTrainer loss_type simpo) */
+    MT_RECIPE_METHOD_ORPO,   /* reference-free odds ratio plus the chosen NLL */
+    MT_RECIPE_METHOD_REWARD, /* Bradley–Terry reward model: LoRA plus a scalar head */
+    MT_RECIPE_METHOD_GRPO,   /* group-relative policy optimisation from sampled completions */
+    MT_RECIPE_METHOD_PPO     /* PPO with a value head, GAE and a KL penalty to the reference */
+} mt_recipe_method;
+/* Where DPO/GRPO/PPO's reference log-probs come from. */
+typedef enum mt_recipe_ref { MT_RECIPE_REF_BASE, MT_RECIPE_REF_ADAPTER } mt_recipe_ref;
+typedef enum mt_recipe_quant { MT_RECIPE_QUANT_NONE, MT_RECIPE_QUANT_INT8 } mt_recipe_quant;
+typedef enum mt_recipe_fdiv {
+    MT_RECIPE_FDIV_REVERSE_KL,
+    MT_RECIPE_FDIV_FORWARD_KL,
+    MT_RECIPE_FDIV_JS,
+    MT_RECIPE_FDIV_ALPHA
+} mt_recipe_fdiv;
+typedef enum mt_recipe_grpo_loss {
+    MT_RECIPE_GRPO_LOSS_GRPO,
+    MT_RECIPE_GRPO_LOSS_BNPO,
+    MT_RECIPE_GRPO_LOSS_DR_GRPO,
+    MT_RECIPE_GRPO_LOSS_DAPO
+} mt_recipe_grpo_loss;
+typedef enum mt_recipe_scale { MT_RECIPE_SCALE_GROUP, MT_RECIPE_SCALE_BATCH, MT_RECIPE_SCALE_NONE } mt_recipe_scale;
+typedef enum mt_recipe_kl { MT_RECIPE_KL_K1, MT_RECIPE_KL_K3 } mt_recipe_kl;
 typedef enum mt_recipe_adapter { MT_RECIPE_ADAPTER_LORA, MT_RECIPE_ADAPTER_NONE } mt_recipe_adapter;
 /* PEFT's init_lora_weights: true (A kaiming-uniform, B zero) or "gaussian" (A normal, std 1/r) */
 typedef enum mt_recipe_lora_init { MT_RECIPE_LORA_INIT_DEFAULT, MT_RECIPE_LORA_INIT_GAUSSIAN } mt_recipe_lora_init;
@@ -54,6 +80,12 @@ typedef struct mt_recipe_map {
     double *values;  /* [n] */
 } mt_recipe_map;
 
+/* A list of numbers (TRL's loss_weights). */
+typedef struct mt_recipe_numbers {
+    size_t n;
+    double *values; /* [n] */
+} mt_recipe_numbers;
+
 /* The effective configuration: every field holds its value after defaults, the file and the
  * --set overrides. Paths are absolute (relative ones resolve against the recipe's folder,
  * --set ones against the current folder). Strings and lists are owned: mt_recipe_free. */
@@ -63,6 +95,7 @@ typedef struct mt_recipe {
     struct {
         char *path;      /* base model folder (config.json + safetensors) */
         char *tokenizer; /* folder with tokenizer.json; default model.path */
+        mt_recipe_quant quantize; /* weight-only quantisation of the frozen base after loading */
     } model;
     struct {
         mt_recipe_adapter type; /* NONE = full fine-tuning */
@@ -75,6 +108,7 @@ typedef struct mt_recipe {
         mt_recipe_list exclude;   /* same syntax; wins over targets */
         mt_recipe_map rank_pattern;
         mt_recipe_map alpha_pattern;
+        char *from;               /* start from this PEFT adapter (its rank and targets) instead of a new one */
     } adapter;
     struct {
         mt_recipe_list train; /* files or folders */
@@ -86,6 +120,8 @@ typedef struct mt_recipe {
         bool shuffle;
         double eval_split;    /* [0, 1): fraction of train documents held out when eval is empty */
         char *cache_dir;      /* tokenized data cache; default <output.dir>/cache */
+        char *pairs;          /* preference pairs: a pair dataset in output.store (instead of data.train) */
+        int max_prompt_len;   /* prompt tokens kept (the last ones), or MT_RECIPE_UNSET for no limit */
     } data;
     struct {
         int seed;
@@ -109,7 +145,53 @@ typedef struct mt_recipe {
         bool resume;          /* continue from the newest checkpoint in output.dir */
         int threads;          /* 0 = all cores */
         mt_recipe_device device;
+        double head_lr;       /* learning rate of a scalar head (reward, value), or MT_RECIPE_UNSET: lr */
     } train;
+    struct {                  /* dpo, simpo, orpo */
+        double beta;
+        mt_recipe_list loss_type;   /* TRL's names; several are summed with loss_weights */
+        mt_recipe_numbers loss_weights; /* empty: 1 each */
+        double label_smoothing;
+        mt_recipe_fdiv f_divergence;
+        double f_alpha;
+        double ld_alpha;            /* LD-DPO, or MT_RECIPE_UNSET: off */
+        double discopop_tau;
+        double simpo_gamma;
+        double cpo_alpha;
+    } pref;
+    struct {                  /* dpo, grpo, ppo */
+        mt_recipe_ref model;
+        char *adapter;        /* the frozen reference adapter (model: adapter) */
+        bool cache;           /* dpo: reference log-probs cached per pair in output.store */
+    } reference;
+    struct {
+        double center_coef;   /* reward: TRL's center_rewards_coefficient, or MT_RECIPE_UNSET */
+        char *model;          /* grpo, ppo: a reward model exported by method: reward */
+        mt_recipe_list rules; /* grpo, ppo: rule rewards (docs/preference.md) */
+        mt_recipe_numbers weights; /* per reward function (model first, then rules); empty: 1 each */
+    } reward;
+    struct {                  /* grpo, ppo: sampling the completions trained on */
+        int num_generations;  /* completions per prompt (grpo's group) */
+        int max_new_tokens;
+        double temperature;
+        double top_p;
+        int top_k;
+    } rollout;
+    struct {
+        mt_recipe_grpo_loss loss_type;
+        double epsilon, epsilon_high; /* epsilon_high MT_RECIPE_UNSET: = epsilon */
+        double beta;                  /* k3 KL coefficient; 0 = no reference pass */
+        mt_recipe_scale scale_rewards;
+        int num_iterations;
+    } grpo;
+    struct {
+        double kl_coef;
+        mt_recipe_kl kl_estimator;
+        double gamma, lam;
+        double cliprange, cliprange_value, vf_coef;
+        int num_ppo_epochs;
+        bool whiten_rewards;
+    } ppo;
     struct {
         double dap;           /* attention-pruning threshold, or MT_RECIPE_AUTO (from the data) */
         double base;          /* threshold = base * (1 - min(H, max_entropy) / max_entropy) */
@@ -203,7 +285,12 @@ typedef struct mt_train_progress {
     bool skipped;              /* non-finite gradients: the update was not applied */
     bool log_line;             /* a train.log_every step: worth a line in a plain log */
     bool eval;                 /* this call reports an evaluation (eval_loss, eval_ppl) */
-    double eval_loss, eval_ppl;
+    double eval_loss, eval_ppl; /* eval_ppl NaN for objectives other than sft */
+    /* the objective's own metrics of this step or evaluation, with TRL's names
+     * ("rewards/accuracies", "reward", "objective/kl", ...) */
+    int n_metrics;
+    const char *const *metric_names;
+    const double *metric_values;
 } mt_train_progress;
 
 typedef struct mt_train_opts {

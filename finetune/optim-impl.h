@@ -17,6 +17,7 @@ typedef struct mt_trainable {
     float *m, *v;     /* [numel] AdamW moments, owned by the optimiser */
     int64_t numel;
     bool decay;       /* weight decay applies (matrices; not norms, biases or vectors) */
+    double lr_scale;  /* its parameter group's learning rate as a ratio of the schedule's (0 = 1) */
 } mt_trainable;
 
 typedef struct mt_optim {

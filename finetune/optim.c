@@ -54,7 +54,7 @@ void mt_optim_step(mt_optim *o, const mt_recipe *r, double lr) {
     o->step++;
     for (int i = 0; i < o->n; i++) {
         mt_adamw_args a = {
-            .lr = lr,
+            .lr = o->t[i].lr_scale > 0 ? lr * o->t[i].lr_scale : lr,
             .beta1 = r->train.beta1,
             .beta2 = r->train.beta2,
             .eps = r->train.eps,

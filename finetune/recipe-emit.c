@@ -149,6 +149,16 @@ static void emit_value(sbuf *b, const mt_rkey *k, const mt_recipe *r) {
         sb_add(b, "}");
         break;
     }
+    case MT_RKEY_FLOATS: {
+        const mt_recipe_numbers *l = f;
+        sb_add(b, "[");
+        for (size_t i = 0; i < l->n; i++) {
+            if (i) sb_add(b, ", ");
+            emit_double(b, l->values[i]);
+        }
+        sb_add(b, "]");
+        break;
+    }
     }
 }
 
@@ -157,13 +167,18 @@ char *mt_recipe_dump_yaml(const mt_recipe *r, size_t *len) {
     sb_add(&b, "# moetune recipe, canonical form: every key with its effective value\n");
     for (size_t s = 0; s < mt_recipe_n_sections; s++) {
         const char *sec = mt_recipe_sections[s].name;
-        if (*sec) sb_add(&b, "%s:\n", sec);
+        bool header = !*sec;
         for (size_t i = 0; i < mt_recipe_n_keys; i++) {
             const mt_rkey *k = &mt_recipe_keys[i];
             char ksec[32];
             mt_rkey_section(k, ksec, sizeof ksec);
-            /* keys that do not apply (LoRA keys of a full fine-tune) would be refused on re-load */
+            /* keys that do not apply (LoRA keys of a full fine-tune, DPO's keys of an SFT run)
+             * would be refused on re-load; a section with none of its keys is left out */
             if (strcmp(ksec, sec) || !mt_rkey_applies(k, r)) continue;
+            if (!header) {
+                sb_add(&b, "%s:\n", sec);
+                header = true;
+            }
             sb_add(&b, "%s%s: ", *sec ? "  " : "", mt_rkey_leaf(k));
             emit_value(&b, k, r);
             sb_add(&b, "\n");
@@ -270,6 +285,7 @@ static void md_type(sbuf *b, const mt_rkey *k) {
         break;
     case MT_RKEY_INT_MAP: sb_add(b, "map: pattern → integer in %s", range); break;
     case MT_RKEY_FLOAT_MAP: sb_add(b, "map: pattern → number in %s", range); break;
+    case MT_RKEY_FLOATS: sb_add(b, "number or list of numbers in %s", range); break;
     }
     if (k->flags & MT_RKEY_NULLABLE) sb_add(b, ", or null");
 }

@@ -20,7 +20,8 @@ typedef enum mt_rkey_type {
     MT_RKEY_BOOL,       /* bool                                               */
     MT_RKEY_ENUM,       /* an enum field, sizeof(int); value = index in names */
     MT_RKEY_INT_MAP,    /* mt_recipe_map with whole-number values             */
-    MT_RKEY_FLOAT_MAP   /* mt_recipe_map                                      */
+    MT_RKEY_FLOAT_MAP,  /* mt_recipe_map                                      */
+    MT_RKEY_FLOATS      /* mt_recipe_numbers; a scalar is one                 */
 } mt_rkey_type;
 
 enum {
@@ -45,7 +46,7 @@ typedef struct mt_rkey {
     double min, max;           /* numeric range (for maps: of the values) */
     unsigned flags;
     const char *const *names;  /* MT_RKEY_ENUM: value names, NULL-terminated */
-    const char *only_if;       /* "adapter.type=lora": the key may be set only then */
+    const char *only_if;       /* "adapter.type=lora" or "method=dpo|simpo": the key may be set only then */
     mt_rkey_check_fn check;
     const char *aliases;       /* space-separated names other tools use, for suggestions */
     const char *doc;           /* one line for docs/recipes.md */
@@ -61,6 +62,8 @@ extern const size_t mt_recipe_n_keys;
 extern const mt_rsection mt_recipe_sections[];
 extern const size_t mt_recipe_n_sections;
 
+/* "sft", "dpo", ... as recipes and the store spell them. */
+const char *mt_recipe_method_name(mt_recipe_method m);
 /* "train.lr" → "train" (into buf), "name" → "" */
 void mt_rkey_section(const mt_rkey *k, char *buf, size_t cap);
 /* "train.lr" → "lr" */

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "recipe-impl.h"
+#include "rewards-impl.h"
+#include "rl/rl.h"
 
 /* The loader writes enum fields through an int; the enums must be int-sized. */
 _Static_assert(sizeof(mt_recipe_method) == sizeof(int), "enum size");
@@ -14,14 +16,30 @@ _Static_assert(sizeof(mt_recipe_lora_init) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_recipe_format) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_recipe_schedule) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_recipe_device) == sizeof(int), "enum size");
+_Static_assert(sizeof(mt_recipe_ref) == sizeof(int), "enum size");
+_Static_assert(sizeof(mt_recipe_quant) == sizeof(int), "enum size");
+_Static_assert(sizeof(mt_recipe_fdiv) == sizeof(int), "enum size");
+_Static_assert(sizeof(mt_recipe_grpo_loss) == sizeof(int), "enum size");
+_Static_assert(sizeof(mt_recipe_scale) == sizeof(int), "enum size");
+_Static_assert(sizeof(mt_recipe_kl) == sizeof(int), "enum size");
 
 /* Index = enum value. */
-static const char *const method_names[] = {"sft", NULL};
+static const char *const method_names[] = {"sft", "dpo", "simpo", "orpo", "reward", "grpo", "ppo", NULL};
+static const char *const ref_names[] = {"base", "adapter", NULL};
+static const char *const quant_names[] = {"none", "int8", NULL};
+static const char *const fdiv_names[] = {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence", NULL};
+static const char *const grpo_loss_names[] = {"grpo", "bnpo", "dr_grpo", "dapo", NULL};
+static const char *const scale_names[] = {"group", "batch", "none", NULL};
+static const char *const kl_names[] = {"k1", "k3", NULL};
 static const char *const adapter_names[] = {"lora", "none", NULL};
 static const char *const init_names[] = {"default", "gaussian", NULL};
 static const char *const format_names[] = {"auto", "text", "prompt_completion", "messages", "plain", NULL};
 static const char *const schedule_names[] = {"cosine", "linear", "constant", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
+
+const char *mt_recipe_method_name(mt_recipe_method m) {
+    return (unsigned)m < sizeof method_names / sizeof method_names[0] - 1 ? method_names[m] : "?";
+}
 
 /* Run names become folder names and store keys: keep them to a portable file-name alphabet. */
 static bool check_name(const char *s, char *why, size_t cap) {
@@ -81,6 +99,19 @@ static bool check_selector(const char *s, char *why, size_t cap) {
     return true;
 }
 
+static bool check_loss_type(const char *s, char *why, size_t cap) {
+    mt_dpo_loss t;
+    mt_error e = {0};
+    if (mt_dpo_loss_parse(s, &t, &e) == MT_OK) return true;
+    snprintf(why, cap, "%s", e.msg);
+    return false;
+}
+
+static bool check_rule(const char *s, char *why, size_t cap) {
+    mt_reward_rule rule;
+    return mt_reward_rule_spec_parse(s, &rule, why, cap);
+}
+
 static bool check_target(const char *s, char *why, size_t cap) {
     if (!strcmp(s, "all-linear")) return true;
     return check_selector(s, why, cap);
@@ -110,6 +141,12 @@ const mt_rsection mt_recipe_sections[] = {
     {"adapter", "What is trained: LoRA adapters (as PEFT) or, with `type: none`, every weight."},
     {"data", "Training and evaluation data."},
     {"train", "Optimisation, schedule, intervals and hardware."},
+    {"pref", "Preference losses (`method: dpo`, `simpo`, `orpo`), with TRL's names and defaults."},
+    {"reference", "The frozen reference of `dpo`, `grpo` and `ppo` (never a second copy of the model)."},
+    {"reward", "Reward models and rewards: the reward model's own loss, and what scores `grpo`/`ppo` completions."},
+    {"rollout", "Sampling the completions `grpo` and `ppo` train on."},
+    {"grpo", "Group-relative policy optimisation (TRL's GRPOConfig names)."},
+    {"ppo", "PPO with a value head on the policy (TRL's PPOConfig names)."},
     {"thresholds", "Domain-adaptive thresholds, written into the exported adapter's metadata."},
     {"output", "Where the run writes."},
 };
@@ -121,7 +158,9 @@ const mt_rkey mt_recipe_keys[] = {
      .doc = "Run name: shown by `moetune runs`, part of the default output.dir."},
     {.path = "method", .type = MT_RKEY_ENUM, .offset = OFF(method), .def = "sft", .names = method_names,
      .aliases = "trainer objective",
-     .doc = "Training objective: `sft`, next-token cross-entropy on the data."},
+     .doc = "Training objective: `sft` (next-token cross-entropy), `dpo` (the DPO family against a reference), "
+            "`simpo`, `orpo` (reference-free preference losses), `reward` (a Bradley–Terry reward model), `grpo`, "
+            "`ppo` (reinforcement learning from sampled completions); docs/preference.md."},
 
     {.path = "model.path", .type = MT_RKEY_PATH, .offset = OFF(model.path), .flags = MT_RKEY_REQUIRED,
      .aliases = "base_model model_name_or_path model_path pretrained_model_name_or_path",
@@ -129,6 +168,10 @@ const mt_rkey mt_recipe_keys[] = {
     {.path = "model.tokenizer", .type = MT_RKEY_PATH, .offset = OFF(model.tokenizer), .def_doc = "`model.path`",
      .aliases = "tokenizer_path tokenizer_name tokenizer_name_or_path",
      .doc = "Folder holding tokenizer.json, when it is not the model's."},
+    {.path = "model.quantize", .type = MT_RKEY_ENUM, .offset = OFF(model.quantize), .def = "none",
+     .names = quant_names, .aliases = "quantization load_in_8bit",
+     .doc = "Weight-only quantisation of the frozen base after loading: `int8` (symmetric, per output channel in "
+            "groups of 64, fp32 scales; LoRA trains on top of it). Not with `adapter.type: none`."},
 
     {.path = "adapter.type", .type = MT_RKEY_ENUM, .offset = OFF(adapter.type), .def = "lora", .names = adapter_names,
      .aliases = "peft_type adapter_type",
@@ -165,11 +208,25 @@ const mt_rkey mt_recipe_keys[] = {
     {.path = "adapter.alpha_pattern", .type = MT_RKEY_FLOAT_MAP, .offset = OFF(adapter.alpha_pattern), .def = "{}",
      .min = 0, .max = 1e6, .flags = MT_RKEY_MIN_OPEN, .only_if = "adapter.type=lora", .check = check_pattern,
      .doc = "Per-module alphas, PEFT's alpha_pattern, matched like rank_pattern."},
+    {.path = "adapter.from", .type = MT_RKEY_PATH, .offset = OFF(adapter.from), .def_doc = "a new adapter",
+     .only_if = "adapter.type=lora", .aliases = "init_from resume_adapter peft_model_id",
+     .doc = "Start from this PEFT adapter folder (e.g. an SFT adapter before DPO): its rank, alpha and targets "
+            "replace r, alpha, targets and exclude."},
 
-    {.path = "data.train", .type = MT_RKEY_PATHS, .offset = OFF(data.train), .flags = MT_RKEY_REQUIRED,
-     .aliases = "train_file train_files datasets dataset path files",
+    {.path = "data.train", .type = MT_RKEY_PATHS, .offset = OFF(data.train), .def = "[]",
+     .def_doc = "required unless data.pairs is given", .aliases = "train_file train_files datasets dataset path files",
      .doc = "Training data: JSONL files or folders (every `*.jsonl` in it, or every file for format plain), read "
-            "in sorted order."},
+            "in sorted order. Preference methods read pairs in TRL's forms; grpo and ppo read prompts "
+            "{\"prompt\", \"answer\"}."},
+    {.path = "data.pairs", .type = MT_RKEY_STRING, .offset = OFF(data.pairs), .def_doc = "none",
+     .only_if = "method=dpo|simpo|orpo|reward", .aliases = "pairs_dataset preference_dataset",
+     .doc = "A pair dataset in output.store (`moetune pairs import`, or feedback the server received) to train "
+            "on instead of data.train; its eval split is the held-out set."},
+    {.path = "data.max_prompt_len", .type = MT_RKEY_INT, .offset = OFF(data.max_prompt_len), .def = "null",
+     .min = 1, .max = 1048576, .flags = MT_RKEY_NULLABLE,
+     .only_if = "method=dpo|simpo|orpo|reward|grpo|ppo", .aliases = "max_prompt_length",
+     .doc = "Preference and RL methods: prompt tokens kept (the last ones, as TRL); null: only max_seq_len "
+            "bounds prompt + completion (the completion's end is cut)."},
     {.path = "data.eval", .type = MT_RKEY_PATHS, .offset = OFF(data.eval), .def = "[]",
      .aliases = "eval_file eval_files validation_file test_file eval_dataset",
      .doc = "Held-out data, same forms as train. Empty: eval_split of train is held out (or there is no eval)."},
@@ -266,6 +323,118 @@ const mt_rkey mt_recipe_keys[] = {
      .aliases = "backend",
      .doc = "Where the kernels run. Only `cpu` trains today: `cuda` is refused when the run starts, because "
             "the CUDA backend manages devices (memory, transfers, cuBLAS) but has no compute op yet."},
+    {.path = "train.head_lr", .type = MT_RKEY_FLOAT, .offset = OFF(train.head_lr), .def = "null", .min = 0,
+     .max = 1, .flags = MT_RKEY_NULLABLE | MT_RKEY_MIN_OPEN, .only_if = "method=reward|ppo",
+     .aliases = "score_lr value_lr head_learning_rate",
+     .doc = "Peak learning rate of the scalar head (the reward model's score, PPO's value head), its own "
+            "parameter group under the same schedule; null: train.lr."},
+
+    {.path = "pref.beta", .type = MT_RKEY_FLOAT, .offset = OFF(pref.beta), .def = "0.1", .min = 0, .max = 1e4,
+     .flags = MT_RKEY_MIN_OPEN, .only_if = "method=dpo|simpo|orpo", .doc = "TRL's beta: the strength of the "
+     "preference (DPO: the KL penalty's inverse temperature; SimPO: the reward scale; ORPO: the odds-ratio weight)."},
+    {.path = "pref.loss_type", .type = MT_RKEY_NAMES, .offset = OFF(pref.loss_type), .def = "[sigmoid]",
+     .only_if = "method=dpo", .check = check_loss_type,
+     .doc = "TRL's DPO loss_type, one or a list summed with loss_weights: sigmoid, hinge, ipo, exo_pair, "
+            "nca_pair, robust, bco_pair, sppo_hard, aot, aot_pair, apo_zero, apo_down, discopop, sft."},
+    {.path = "pref.loss_weights", .type = MT_RKEY_FLOATS, .offset = OFF(pref.loss_weights), .def = "[]",
+     .min = 0, .max = 1e6, .only_if = "method=dpo", .doc = "One weight per loss_type; empty: 1 each."},
+    {.path = "pref.label_smoothing", .type = MT_RKEY_FLOAT, .offset = OFF(pref.label_smoothing), .def = "0",
+     .min = 0, .max = 1, .flags = MT_RKEY_MAX_OPEN, .only_if = "method=dpo|simpo",
+     .doc = "Probability that a label is flipped (robust, exo_pair, aot; SimPO). TRL 1.16's sigmoid ignores it."},
+    {.path = "pref.f_divergence", .type = MT_RKEY_ENUM, .offset = OFF(pref.f_divergence), .def = "reverse_kl",
+     .names = fdiv_names, .only_if = "method=dpo", .aliases = "f_divergence_type",
+     .doc = "TRL's f_divergence_type (f-DPO), for the losses built on the score difference."},
+    {.path = "pref.f_alpha", .type = MT_RKEY_FLOAT, .offset = OFF(pref.f_alpha), .def = "0.5", .min = 0,
+     .max = 1e3, .flags = MT_RKEY_MIN_OPEN, .only_if = "method=dpo", .aliases = "f_alpha_divergence_coef",
+     .doc = "alpha of alpha_divergence."},
+    {.path = "pref.ld_alpha", .type = MT_RKEY_FLOAT, .offset = OFF(pref.ld_alpha), .def = "null", .min = 0,
+     .max = 1, .flags = MT_RKEY_NULLABLE, .only_if = "method=dpo",
+     .doc = "LD-DPO: completion tokens past the shorter completion count by this factor; null: off."},
+    {.path = "pref.discopop_tau", .type = MT_RKEY_FLOAT, .offset = OFF(pref.discopop_tau), .def = "0.05",
+     .min = 0, .max = 1e3, .flags = MT_RKEY_MIN_OPEN, .only_if = "method=dpo", .doc = "discopop's tau."},
+    {.path = "pref.simpo_gamma", .type = MT_RKEY_FLOAT, .offset = OFF(pref.simpo_gamma), .def = "0.5", .min = 0,
+     .max = 1e3, .only_if = "method=simpo", .doc = "SimPO's target reward margin gamma."},
+    {.path = "pref.cpo_alpha", .type = MT_RKEY_FLOAT, .offset = OFF(pref.cpo_alpha), .def = "1", .min = 0,
+     .max = 1e3, .only_if = "method=simpo", .doc = "Weight of the chosen-completion NLL added to SimPO (TRL's CPO)."},
+
+    {.path = "reference.model", .type = MT_RKEY_ENUM, .offset = OFF(reference.model), .def = "base",
+     .names = ref_names, .only_if = "method=dpo|grpo|ppo", .aliases = "ref_model reference_model",
+     .doc = "`base`: the base weights with no adapter (the policy's adapter switched off for the pass); "
+            "`adapter`: the base with the frozen reference.adapter (an SFT adapter, experts included)."},
+    {.path = "reference.adapter", .type = MT_RKEY_PATH, .offset = OFF(reference.adapter), .def_doc = "none",
+     .only_if = "method=dpo|grpo|ppo", .aliases = "ref_adapter",
+     .doc = "PEFT adapter folder of the frozen reference (reference.model: adapter)."},
+    {.path = "reference.cache", .type = MT_RKEY_BOOL, .offset = OFF(reference.cache), .def = "true",
+     .only_if = "method=dpo", .aliases = "precompute_ref_log_probs",
+     .doc = "Cache the reference log-probs per pair in output.store, keyed by the reference's identity, the "
+            "tokenizer, the pair's content hash and the truncation: later runs compute only pairs not seen."},
+
+    {.path = "reward.center_coef", .type = MT_RKEY_FLOAT, .offset = OFF(reward.center_coef), .def = "null",
+     .min = 0, .max = 1e3, .flags = MT_RKEY_NULLABLE, .only_if = "method=reward",
+     .aliases = "center_rewards_coefficient",
+     .doc = "TRL's center_rewards_coefficient: adds c·mean((r⁺ + r⁻)²) so rewards stay centred at 0; null: off."},
+    {.path = "reward.model", .type = MT_RKEY_PATH, .offset = OFF(reward.model), .def_doc = "none",
+     .only_if = "method=grpo|ppo", .aliases = "reward_model reward_model_path",
+     .doc = "A reward model exported by `method: reward` (its adapter folder) that scores completions."},
+    {.path = "reward.rules", .type = MT_RKEY_NAMES, .offset = OFF(reward.rules), .def = "[]",
+     .only_if = "method=grpo|ppo", .check = check_rule, .aliases = "reward_funcs reward_functions",
+     .doc = "Rule rewards, each 0 or 1: `exact` / `contains` (the prompt's answer), `exact:TEXT`, "
+            "`contains:TEXT`, `regex:PATTERN` (PCRE2), `length:MIN-MAX` (characters)."},
+    {.path = "reward.weights", .type = MT_RKEY_FLOATS, .offset = OFF(reward.weights), .def = "[]", .min = -1e6,
+     .max = 1e6, .only_if = "method=grpo|ppo", .aliases = "reward_weights",
+     .doc = "One weight per reward function, the reward model first, then the rules; empty: 1 each."},
+
+    {.path = "rollout.num_generations", .type = MT_RKEY_INT, .offset = OFF(rollout.num_generations), .def = "4",
+     .min = 1, .max = 1024, .only_if = "method=grpo|ppo",
+     .doc = "Completions sampled per prompt (grpo's group, at least 2 there); they share the prompt's KV blocks."},
+    {.path = "rollout.max_new_tokens", .type = MT_RKEY_INT, .offset = OFF(rollout.max_new_tokens), .def = "64",
+     .min = 1, .max = 1048576, .only_if = "method=grpo|ppo",
+     .aliases = "max_completion_length response_length", .doc = "Tokens sampled per completion at most."},
+    {.path = "rollout.temperature", .type = MT_RKEY_FLOAT, .offset = OFF(rollout.temperature), .def = "1",
+     .min = 0, .max = 100, .flags = MT_RKEY_MIN_OPEN, .only_if = "method=grpo|ppo",
+     .doc = "Sampling temperature (log-probs are taken at the same temperature, as TRL)."},
+    {.path = "rollout.top_p", .type = MT_RKEY_FLOAT, .offset = OFF(rollout.top_p), .def = "1", .min = 0,
+     .max = 1, .flags = MT_RKEY_MIN_OPEN, .only_if = "method=grpo|ppo", .doc = "Nucleus sampling; 1 = off."},
+    {.path = "rollout.top_k", .type = MT_RKEY_INT, .offset = OFF(rollout.top_k), .def = "0", .min = 0,
+     .max = 1e9, .only_if = "method=grpo|ppo", .doc = "Top-k sampling; 0 = off."},
+
+    {.path = "grpo.loss_type", .type = MT_RKEY_ENUM, .offset = OFF(grpo.loss_type), .def = "dapo",
+     .names = grpo_loss_names, .only_if = "method=grpo",
+     .doc = "How token losses are averaged: `grpo` (per completion, then over completions), `bnpo` (over the "
+            "micro-batch's tokens), `dr_grpo` (over B × max_new_tokens), `dapo` (over the step's tokens)."},
+    {.path = "grpo.epsilon", .type = MT_RKEY_FLOAT, .offset = OFF(grpo.epsilon), .def = "0.2", .min = 0, .max = 10,
+     .only_if = "method=grpo", .doc = "Lower clipping bound of the importance ratio (1 − epsilon)."},
+    {.path = "grpo.epsilon_high", .type = MT_RKEY_FLOAT, .offset = OFF(grpo.epsilon_high), .def = "null",
+     .min = 0, .max = 10, .flags = MT_RKEY_NULLABLE, .only_if = "method=grpo",
+     .doc = "Upper clipping bound (1 + epsilon_high, DAPO's clip-higher); null: epsilon."},
+    {.path = "grpo.beta", .type = MT_RKEY_FLOAT, .offset = OFF(grpo.beta), .def = "0", .min = 0, .max = 1e3,
+     .only_if = "method=grpo", .doc = "Weight of the k3 KL to the reference; 0 skips the reference pass."},
+    {.path = "grpo.scale_rewards", .type = MT_RKEY_ENUM, .offset = OFF(grpo.scale_rewards), .def = "group",
+     .names = scale_names, .only_if = "method=grpo",
+     .doc = "Advantages divided by the reward std of the group, of the batch, or not at all."},
+    {.path = "grpo.num_iterations", .type = MT_RKEY_INT, .offset = OFF(grpo.num_iterations), .def = "1", .min = 1,
+     .max = 1000, .only_if = "method=grpo",
+     .doc = "Optimizer steps per rollout batch (μ); above 1 the importance ratio against the sampling policy "
+            "matters."},
+
+    {.path = "ppo.kl_coef", .type = MT_RKEY_FLOAT, .offset = OFF(ppo.kl_coef), .def = "0.05", .min = 0, .max = 1e3,
+     .only_if = "method=ppo", .doc = "Per-token KL penalty to the reference, subtracted from the reward."},
+    {.path = "ppo.kl_estimator", .type = MT_RKEY_ENUM, .offset = OFF(ppo.kl_estimator), .def = "k1",
+     .names = kl_names, .only_if = "method=ppo", .doc = "`k1` (log-ratio) or `k3` (non-negative, unbiased)."},
+    {.path = "ppo.gamma", .type = MT_RKEY_FLOAT, .offset = OFF(ppo.gamma), .def = "1", .min = 0, .max = 1,
+     .only_if = "method=ppo", .doc = "GAE discount."},
+    {.path = "ppo.lam", .type = MT_RKEY_FLOAT, .offset = OFF(ppo.lam), .def = "0.95", .min = 0, .max = 1,
+     .only_if = "method=ppo", .doc = "GAE lambda."},
+    {.path = "ppo.cliprange", .type = MT_RKEY_FLOAT, .offset = OFF(ppo.cliprange), .def = "0.2", .min = 0,
+     .max = 10, .only_if = "method=ppo", .doc = "Policy ratio clipping."},
+    {.path = "ppo.cliprange_value", .type = MT_RKEY_FLOAT, .offset = OFF(ppo.cliprange_value), .def = "0.2",
+     .min = 0, .max = 1e6, .only_if = "method=ppo", .doc = "Value clipping around the rollout's values."},
+    {.path = "ppo.vf_coef", .type = MT_RKEY_FLOAT, .offset = OFF(ppo.vf_coef), .def = "0.1", .min = 0, .max = 1e3,
+     .only_if = "method=ppo", .doc = "Weight of the value loss."},
+    {.path = "ppo.num_ppo_epochs", .type = MT_RKEY_INT, .offset = OFF(ppo.num_ppo_epochs), .def = "4", .min = 1,
+     .max = 1000, .only_if = "method=ppo", .doc = "Optimizer steps over each rollout batch."},
+    {.path = "ppo.whiten_rewards", .type = MT_RKEY_BOOL, .offset = OFF(ppo.whiten_rewards), .def = "false",
+     .only_if = "method=ppo", .doc = "Whiten the per-token rewards before GAE."},
 
     {.path = "thresholds.dap", .type = MT_RKEY_AUTO_FLOAT, .offset = OFF(thresholds.dap), .def = "auto", .min = 0,
      .max = 1, .aliases = "dap_threshold threshold attention_threshold",
@@ -322,6 +491,13 @@ bool mt_rkey_applies(const mt_rkey *k, const mt_recipe *r) {
     path[n] = '\0';
     const mt_rkey *cond = mt_rkey_find(path);
     MT_ASSERT(cond && cond->type == MT_RKEY_ENUM);
-    int v = *(const int *)((const char *)r + cond->offset);
-    return !strcmp(cond->names[v], eq + 1);
+    const char *have = cond->names[*(const int *)((const char *)r + cond->offset)];
+    /* "method=dpo|simpo": any of the alternatives */
+    for (const char *p = eq + 1; *p;) {
+        size_t len = strcspn(p, "|");
+        if (len == strlen(have) && !strncmp(p, have, len)) return true;
+        p += len;
+        if (*p == '|') p++;
+    }
+    return false;
 }

@@ -13,6 +13,7 @@
 #include <yaml.h>
 
 #include "recipe-impl.h"
+#include "rl/rl.h"
 
 /* Past this many the rest are noise from one root cause; the count of dropped ones is kept. */
 #define MAX_DIAGS 64
@@ -269,6 +270,7 @@ static const char *type_phrase(mt_rkey_type t) {
     case MT_RKEY_ENUM: return "one of the names";
     case MT_RKEY_INT_MAP: return "a mapping of pattern: integer";
     case MT_RKEY_FLOAT_MAP: return "a mapping of pattern: number";
+    case MT_RKEY_FLOATS: return "a number or a list of numbers";
     }
     return "?";
 }
@@ -507,6 +509,43 @@ static void map_value(rctx *c, const mt_rkey *k, const char *key, const yaml_nod
     *dst = m;
 }
 
+static void numbers_value(rctx *c, const mt_rkey *k, const char *key, const yaml_node_t *n) {
+    mt_recipe_numbers l = {0};
+    bool ok = true;
+    if (n->type == YAML_MAPPING_NODE) {
+        type_error(c, k, key, n);
+        return;
+    }
+    if (n->type == YAML_SCALAR_NODE) {
+        if (!node_is_null(n)) {
+            double v;
+            if (!number_value(c, k, key, n, false, &v)) return;
+            l.values = mt_xmalloc(sizeof *l.values);
+            l.values[l.n++] = v;
+        }
+    } else {
+        yaml_node_item_t *it = n->data.sequence.items.start;
+        for (size_t i = 0; it + i < n->data.sequence.items.top; i++) {
+            char ekey[160];
+            snprintf(ekey, sizeof ekey, "%s[%zu]", key, i);
+            double v;
+            if (!number_value(c, k, ekey, node_at(c, it[i]), false, &v)) {
+                ok = false;
+                continue;
+            }
+            l.values = mt_xrealloc(l.values, (l.n + 1) * sizeof *l.values);
+            l.values[l.n++] = v;
+        }
+    }
+    if (!ok) {
+        free(l.values);
+        return;
+    }
+    mt_recipe_numbers *dst = field(c->r, k);
+    free(dst->values);
+    *dst = l;
+}
+
 /* Pairs of keys of which a recipe gives one. A --set of one replaces the other when the file
  * gave it: `--set train.epochs=2` on a recipe with steps means epochs, not a conflict. */
 static const char *const exclusive_pairs[][2] = {
@@ -577,6 +616,7 @@ static void apply_value(rctx *c, const mt_rkey *k, loc at, const char *key, cons
     case MT_RKEY_ENUM: enum_value(c, k, key, n); break;
     case MT_RKEY_INT_MAP:
     case MT_RKEY_FLOAT_MAP: map_value(c, k, key, n); break;
+    case MT_RKEY_FLOATS: numbers_value(c, k, key, n); break;
     }
     if (c->src != SRC_DEFAULT) {
         key_state *ks = &c->ks[key_index(k)];
@@ -947,6 +987,78 @@ static void derive_defaults(rctx *c) {
         r->train.warmup_steps = 0;
 }
 
+/* Where each method's data comes from, and what its keys need of each other. */
+static void method_rules(rctx *c) {
+    mt_recipe *r = c->r;
+    loc none = {SRC_FILE, 0, 0};
+    bool pairs = r->method == MT_RECIPE_METHOD_DPO || r->method == MT_RECIPE_METHOD_SIMPO ||
+                 r->method == MT_RECIPE_METHOD_ORPO || r->method == MT_RECIPE_METHOD_REWARD;
+    bool rl = r->method == MT_RECIPE_METHOD_GRPO || r->method == MT_RECIPE_METHOD_PPO;
+    key_state *train = state_of(c, "data.train"), *dp = state_of(c, "data.pairs");
+    if (pairs && r->data.pairs && r->data.train.n)
+        diag(c, dp->at, "data.pairs", "give data.pairs (a dataset in the store) or data.train (files), not both");
+    else if (r->data.train.n == 0 && !r->data.pairs && !train->seen && !dp->seen)
+        diag(c, none, "data.train", pairs ? "required, but not given (or name a pair dataset with data.pairs)"
+                                          : "required, but not given");
+    if (r->data.pairs && r->data.eval.n)
+        diag(c, state_of(c, "data.eval")->at, "data.eval",
+             "a pair dataset brings its own eval split; data.eval applies to data.train files");
+    if (r->data.pairs && r->data.eval_split > 0)
+        diag(c, state_of(c, "data.eval_split")->at, "data.eval_split",
+             "a pair dataset's split was fixed when it was imported (moetune pairs import --eval-fraction)");
+    if (r->model.quantize != MT_RECIPE_QUANT_NONE && r->adapter.type == MT_RECIPE_ADAPTER_NONE)
+        diag(c, state_of(c, "model.quantize")->at, "model.quantize",
+             "full fine-tuning trains every weight in fp32; quantise the frozen base of a LoRA run only");
+    if (r->method == MT_RECIPE_METHOD_DPO) {
+        if (r->pref.loss_weights.n && r->pref.loss_weights.n != r->pref.loss_type.n)
+            diag(c, state_of(c, "pref.loss_weights")->at, "pref.loss_weights", "%zu weights for %zu loss types",
+                 r->pref.loss_weights.n, r->pref.loss_type.n);
+        else if (r->pref.loss_type.n > 0) {
+            mt_dpo_config d;
+            mt_dpo_config_default(&d);
+            d.n_terms = (int)(r->pref.loss_type.n < MT_DPO_MAX_TERMS ? r->pref.loss_type.n : MT_DPO_MAX_TERMS + 1);
+            bool parsed = d.n_terms <= MT_DPO_MAX_TERMS;
+            for (int i = 0; parsed && i < d.n_terms; i++) {
+                mt_error e = {0};
+                parsed = mt_dpo_loss_parse(r->pref.loss_type.items[i], &d.types[i], &e) == MT_OK;
+                d.weights[i] = r->pref.loss_weights.n ? r->pref.loss_weights.values[i] : 1.0;
+            }
+            d.beta = r->pref.beta;
+            d.label_smoothing = r->pref.label_smoothing;
+            d.discopop_tau = r->pref.discopop_tau;
+            d.f_divergence = (mt_dpo_fdiv)r->pref.f_divergence;
+            d.f_alpha = r->pref.f_alpha;
+            mt_error e = {0};
+            if (!parsed)
+                diag(c, state_of(c, "pref.loss_type")->at, "pref.loss_type", "at most %d losses", MT_DPO_MAX_TERMS);
+            else if (mt_dpo_config_check(&d, &e) != MT_OK)
+                diag(c, state_of(c, "pref.loss_type")->at, "pref", "%s", e.msg);
+        } else {
+            diag(c, state_of(c, "pref.loss_type")->at, "pref.loss_type", "give at least one loss type");
+        }
+    }
+    bool ref = r->method == MT_RECIPE_METHOD_DPO || rl;
+    if (ref && r->reference.model == MT_RECIPE_REF_ADAPTER && !r->reference.adapter)
+        diag(c, state_of(c, "reference.model")->at, "reference.adapter",
+             "reference.model is adapter: name the frozen reference adapter's folder");
+    if (ref && r->reference.model == MT_RECIPE_REF_BASE && r->reference.adapter)
+        diag(c, state_of(c, "reference.adapter")->at, "reference.adapter",
+             "given, but reference.model is base (set reference.model: adapter to use it)");
+    if (rl) {
+        if (!r->reward.model && r->reward.rules.n == 0)
+            diag(c, none, "reward", "%s needs rewards: reward.model (a reward model's folder) or reward.rules",
+                 r->method == MT_RECIPE_METHOD_GRPO ? "grpo" : "ppo");
+        size_t fns = (r->reward.model ? 1 : 0) + r->reward.rules.n;
+        if (r->reward.weights.n && r->reward.weights.n != fns)
+            diag(c, state_of(c, "reward.weights")->at, "reward.weights",
+                 "%zu weights for %zu reward functions (the reward model first, then each rule)", r->reward.weights.n,
+                 fns);
+        if (r->method == MT_RECIPE_METHOD_GRPO && r->rollout.num_generations < 2)
+            diag(c, state_of(c, "rollout.num_generations")->at, "rollout.num_generations",
+                 "grpo compares completions within a group: at least 2");
+    }
+}
+
 static void check_rules(rctx *c) {
     mt_recipe *r = c->r;
     for (size_t i = 0; i < mt_recipe_n_keys; i++) {
@@ -972,6 +1084,7 @@ static void check_rules(rctx *c) {
                  ck->names[*(int *)field(r, ck)]);
         }
     }
+    method_rules(c);
     key_state *steps = state_of(c, "train.steps"), *epochs = state_of(c, "train.epochs");
     if (steps->set && epochs->set) diag(c, epochs->at, "train.epochs", "give train.steps or train.epochs, not both");
     key_state *wsteps = state_of(c, "train.warmup_steps"), *wratio = state_of(c, "train.warmup_ratio");
@@ -1027,6 +1140,7 @@ void mt_recipe_free(mt_recipe *r) {
         case MT_RKEY_NAMES: list_free(field(r, k)); break;
         case MT_RKEY_INT_MAP:
         case MT_RKEY_FLOAT_MAP: map_free(field(r, k)); break;
+        case MT_RKEY_FLOATS: free(((mt_recipe_numbers *)field(r, k))->values); break;
         default: break;
         }
     }

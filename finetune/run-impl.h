@@ -8,6 +8,7 @@
 
 struct mt_store;
 struct mt_lora;
+struct mt_objective;
 
 typedef struct mt_run {
     const mt_recipe *r;
@@ -22,12 +23,16 @@ typedef struct mt_run {
     mt_docs train_docs, eval_docs;
     mt_rows train_rows, eval_rows;
     int T;
-    int64_t *order;            /* [train_rows.n_rows] this epoch's row order */
+    const struct mt_objective *obj;
+    void *obj_state;           /* the objective's own */
+    int64_t n_examples;        /* what an epoch visits: rows (sft), pairs, prompts */
+    int64_t *order;            /* [n_examples] this epoch's order */
     int64_t *step_idx;         /* [micro_batch · grad_accum] */
     int64_t total_steps, warmup;
     double aux_coef;
     mt_optim optim;
     mt_trainable *trainables;
+    int n_trainables;
     mt_ckpt_state st;
     mt_workspace *ws, *eval_ws;
     mt_batch_buf buf, eval_buf;

@@ -9,7 +9,8 @@
 #include <string.h>
 
 #include "peft/lora.h"
-#include "run-impl.h"
+#include "objective-impl.h"
+#include "recipe-impl.h"
 #include "store/store.h"
 
 /* Rows sampled for the thresholds: enough for a stable mean, few enough to cost seconds. */
@@ -110,7 +111,7 @@ static mt_status record_sources(mt_run *run, const mt_recipe_list *paths, const 
     return MT_OK;
 }
 
-static mt_status load_data(mt_run *run, mt_error *err) {
+mt_status mt_run_load_docs(mt_run *run, mt_error *err) {
     const mt_recipe *r = run->r;
     char tok_hash[65];
     MT_TRY(mt_tokenizer_file_hash(r->model.tokenizer, tok_hash, err));
@@ -149,13 +150,47 @@ static mt_status load_data(mt_run *run, mt_error *err) {
         MT_TRY(mt_rows_build(&run->eval_docs, run->T, r->data.packing, pad, &run->eval_rows, err));
     mt_run_note(run->opts, "rows of %d tokens: %lld train, %lld held out", run->T, (long long)run->train_rows.n_rows,
          (long long)run->eval_rows.n_rows);
+    run->n_examples = run->train_rows.n_rows;
     return MT_OK;
 }
 
 /* ---- what is trained ---- */
 
+/* adapter.from: the policy starts as an existing adapter (an SFT one before DPO). */
+static mt_status load_start_adapter(mt_run *run, mt_error *err) {
+    const mt_recipe *r = run->r;
+    mt_lora_meta meta = {0};
+    mt_status st = mt_lora_load_peft(&run->lora, run->model, r->adapter.from, &meta, err);
+    free(meta.thresholds_json);
+    if (st != MT_OK) {
+        mt_error_prefix(err, "adapter.from: ");
+        return st;
+    }
+    if (meta.base_hash[0] && strcmp(meta.base_hash, run->base_hash) != 0)
+        return mt_error_set(err, MT_ERR_INVALID,
+                            "adapter.from: %s was trained on another base (content hash %.12s…, this base %.12s…)",
+                            r->adapter.from, meta.base_hash, run->base_hash);
+    MT_TRY(mt_lora_alloc_grads(run->lora, err));
+    mt_lora_summary s;
+    mt_lora_get_summary(run->lora, &s);
+    mt_run_note(run->opts, "LoRA from %s: %d modules, %lld trainable parameters", r->adapter.from, s.n_modules,
+                (long long)s.n_params);
+    char *from = mt_json_quote(r->adapter.from);
+    snprintf(run->trained_json, sizeof run->trained_json,
+             "{\"type\":\"lora\",\"from\":%s,\"modules\":%d,\"params\":%lld,\"base_params\":%lld}", from,
+             s.n_modules, (long long)s.n_params, (long long)s.base_params);
+    free(from);
+    int n = mt_lora_tensor_count(run->lora);
+    for (int i = 0; i < n; i++) {
+        mt_lora_tensor *t = mt_lora_tensor_at(run->lora, i);
+        mt_run_add_trainable(run, t->name, t->data, t->grad, t->numel, true, 1.0);
+    }
+    return MT_OK;
+}
+
 static mt_status attach_lora(mt_run *run, mt_error *err) {
     const mt_recipe *r = run->r;
+    if (r->adapter.from) return load_start_adapter(run, err);
     mt_lora_config c;
     mt_lora_config_default(&c);
     c.r = r->adapter.r;
@@ -211,30 +246,28 @@ static mt_status attach_lora(mt_run *run, mt_error *err) {
         }
     if (off < sizeof run->trained_json) snprintf(run->trained_json + off, sizeof run->trained_json - off, "}}");
     int n = mt_lora_tensor_count(run->lora);
-    run->trainables = mt_xcalloc((size_t)n, sizeof *run->trainables);
     for (int i = 0; i < n; i++) {
         mt_lora_tensor *t = mt_lora_tensor_at(run->lora, i);
-        run->trainables[i] = (mt_trainable){.name = t->name, .data = t->data, .grad = t->grad, .numel = t->numel,
-                                            .decay = true};
+        mt_run_add_trainable(run, t->name, t->data, t->grad, t->numel, true, 1.0);
     }
-    return mt_optim_init(&run->optim, run->be, run->trainables, n, err);
+    return MT_OK;
 }
 
 static mt_status require_all(mt_run *run, mt_error *err) {
     int n = mt_model_param_count(run->model), k = 0;
-    run->trainables = mt_xcalloc((size_t)n, sizeof *run->trainables);
+    int64_t params = 0;
     for (int i = 0; i < n; i++) {
         mt_param *p = mt_model_param(run->model, i);
         /* DeepSeek-V3's routing bias is a buffer updated by load statistics, not by gradients */
         if (strstr(p->name, "e_score_correction_bias")) continue;
         MT_TRY(mt_model_require_grad(run->model, p, err));
-        run->trainables[k++] = (mt_trainable){.name = p->name, .data = p->data, .grad = p->grad, .numel = p->numel,
-                                              .decay = p->ndim >= 2};
+        mt_run_add_trainable(run, p->name, p->data, p->grad, p->numel, p->ndim >= 2, 1.0);
+        k++;
+        params += p->numel;
     }
-    MT_TRY(mt_optim_init(&run->optim, run->be, run->trainables, k, err));
-    mt_run_note(run->opts, "full fine-tuning: %d tensors, %lld parameters", k, (long long)run->optim.n_params);
+    mt_run_note(run->opts, "full fine-tuning: %d tensors, %lld parameters", k, (long long)params);
     snprintf(run->trained_json, sizeof run->trained_json, "{\"type\":\"full\",\"tensors\":%d,\"params\":%lld}", k,
-             (long long)run->optim.n_params);
+             (long long)params);
     return MT_OK;
 }
 
@@ -261,7 +294,7 @@ static mt_status begin_record(mt_run *run, bool resuming, mt_error *err) {
     char sha[65];
     mt_recipe_hash(r, sha);
     mt_store_run_info info = {.name = r->name,
-                              .method = "sft",
+                              .method = mt_recipe_method_name(r->method),
                               .recipe_text = text,
                               .recipe_sha256 = sha,
                               .base_path = r->model.path,
@@ -282,9 +315,10 @@ static mt_status resolve_steps(mt_run *run, mt_error *err) {
     if (r->train.steps != MT_RECIPE_UNSET)
         run->total_steps = r->train.steps;
     else
-        run->total_steps = (int64_t)ceil(r->train.epochs * (double)run->train_rows.n_rows / (double)per_step);
-    if (run->total_steps < 1)
-        return mt_error_set(err, MT_ERR_INVALID, "train: %lld rows make no whole step", (long long)run->train_rows.n_rows);
+        run->total_steps = (int64_t)ceil(r->train.epochs * (double)run->n_examples / (double)per_step);
+    if (run->total_steps < 1 || run->n_examples < 1)
+        return mt_error_set(err, MT_ERR_INVALID, "train: %lld training examples make no whole step",
+                            (long long)run->n_examples);
     run->warmup = r->train.warmup_steps != MT_RECIPE_UNSET ? r->train.warmup_steps
                                                            : (int64_t)ceil(r->train.warmup_ratio * (double)run->total_steps);
     run->aux_coef = r->train.router_aux_coef;
@@ -335,7 +369,12 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     MT_TRY(mt_tokenizer_load(&run->tok, r->model.tokenizer, err));
     double t0 = mt_now_seconds();
     MT_TRY(mt_model_load(&run->model, r->model.path, run->be, err));
+    /* the hash identifies the base as stored; quantising changes its values, not its identity */
     mt_model_content_hash(run->model, run->base_hash);
+    if (r->model.quantize == MT_RECIPE_QUANT_INT8) {
+        MT_TRY(mt_model_quantize(run->model, MT_QUANT_INT8, 0, err));
+        mt_run_note(o, "model: frozen linear weights quantised to int8 (groups of %d)", MT_QUANT_GROUP_DEFAULT);
+    }
     int64_t active;
     int64_t params = mt_config_param_count(mt_model_config(run->model), &active);
     mt_run_note(o, "model: %s (%s, %.2fM parameters, %.2fM active per token) loaded in %.1fs", r->model.path,
@@ -363,10 +402,12 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
                                 r->output.dir, ckpt, r->output.dir);
         ckpt[0] = '\0';
     }
-    MT_TRY(load_data(run, err));
+    run->obj = mt_objective_for(r->method);
+    if (!run->obj) return mt_error_set(err, MT_ERR_UNSUPPORTED, "method: not available yet");
+    MT_TRY(run->obj->open_data(run, err));
     MT_TRY(resolve_steps(run, err));
     res->total_steps = run->total_steps;
-    run->order = mt_xcalloc((size_t)run->train_rows.n_rows, sizeof *run->order);
+    run->order = mt_xcalloc((size_t)run->n_examples, sizeof *run->order);
     run->step_idx = mt_xcalloc((size_t)r->train.micro_batch * r->train.grad_accum, sizeof *run->step_idx);
 
     if (!resuming) MT_TRY(thresholds(run, err)); /* the base alone: before any adapter exists */
@@ -374,6 +415,8 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
         MT_TRY(attach_lora(run, err));
     else
         MT_TRY(require_all(run, err));
+    MT_TRY(run->obj->open_model(run, err));
+    MT_TRY(mt_optim_init(&run->optim, run->be, run->trainables, run->n_trainables, err));
     res->trainable_params = run->optim.n_params;
 
     if (resuming) {
@@ -394,7 +437,7 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     res->dap_threshold = run->st.dap_threshold;
     res->mean_entropy = run->st.mean_entropy >= 0 ? run->st.mean_entropy : NAN;
     format_thresholds(run);
-    mt_rows_epoch_order(run->train_rows.n_rows, (uint64_t)r->train.seed, run->st.epoch, r->data.shuffle, run->order);
+    mt_rows_epoch_order(run->n_examples, (uint64_t)r->train.seed, run->st.epoch, r->data.shuffle, run->order);
 
     MT_TRY(begin_record(run, resuming, err));
     res->run_id = run->run_id;
@@ -406,19 +449,12 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
         MT_TRY(mt_store_log_metrics(run->store, run->run_id, 0, m, run->st.mean_entropy >= 0 ? 2 : 1, err));
     }
 
-    int max_rank = run->lora ? mt_lora_max_rank(run->lora) : 0;
-    MT_TRY(mt_workspace_init(&run->ws, run->model, r->train.micro_batch, run->T, true, max_rank, err));
-    mt_batch_buf_init(&run->buf, r->train.micro_batch, run->T);
-    if (run->eval_rows.n_rows) {
-        MT_TRY(mt_workspace_init(&run->eval_ws, run->model, r->train.micro_batch, run->T, false, max_rank, err));
-        mt_batch_buf_init(&run->eval_buf, r->train.micro_batch, run->T);
-    }
     mt_run_note(o, "training: %lld steps of %d x %d rows x %d tokens, lr %g, %s schedule, warmup %lld; activations %.1f MB",
          (long long)run->total_steps, r->train.grad_accum, r->train.micro_batch, run->T, r->train.lr,
          r->train.schedule == MT_RECIPE_SCHEDULE_COSINE   ? "cosine"
          : r->train.schedule == MT_RECIPE_SCHEDULE_LINEAR ? "linear"
                                                           : "constant",
-         (long long)run->warmup, (double)mt_workspace_bytes(run->ws) / 1e6);
+         (long long)run->warmup, run->ws ? (double)mt_workspace_bytes(run->ws) / 1e6 : 0.0);
     return MT_OK;
 }
 
@@ -431,6 +467,7 @@ mt_status mt_run_open(mt_run *run, const mt_recipe *r, const mt_train_opts *opts
 }
 
 void mt_run_close(mt_run *run) {
+    if (run->obj && run->obj->close) run->obj->close(run);
     mt_batch_buf_free(&run->eval_buf);
     mt_batch_buf_free(&run->buf);
     mt_workspace_free(run->eval_ws);
@@ -449,4 +486,11 @@ void mt_run_close(mt_run *run) {
     mt_store_close(run->store);
     if (run->be) mt_backend_free(run->be);
     memset(run, 0, sizeof *run);
+}
+
+void mt_run_add_trainable(mt_run *run, const char *name, float *data, float *grad, int64_t numel, bool decay,
+                          double lr_scale) {
+    run->trainables = mt_xrealloc(run->trainables, (size_t)(run->n_trainables + 1) * sizeof *run->trainables);
+    run->trainables[run->n_trainables++] =
+        (mt_trainable){.name = name, .data = data, .grad = grad, .numel = numel, .decay = decay, .lr_scale = lr_scale};
 }

@@ -10,7 +10,7 @@
 
 #include "checkpoint-impl.h"
 #include "peft/lora.h"
-#include "run-impl.h"
+#include "objective-impl.h"
 #include "store/store.h"
 
 
@@ -43,85 +43,90 @@ static mt_status metrics(mt_run *run, int64_t step, const mt_metric *m, size_t n
 
 /* ---- one optimizer step ---- */
 
-/* The next n rows of the data order, moving to the next epoch (a new permutation) at the end. */
-static void next_rows(mt_run *run, int64_t *idx, int n) {
+/* The next n examples of the data order, moving to the next epoch (a new permutation) at the end. */
+static void next_examples(mt_run *run, int64_t *idx, int n) {
     for (int i = 0; i < n; i++) {
-        if (run->st.cursor >= run->train_rows.n_rows) {
+        if (run->st.cursor >= run->n_examples) {
             run->st.epoch++;
             run->st.cursor = 0;
-            mt_rows_epoch_order(run->train_rows.n_rows, (uint64_t)run->r->train.seed, run->st.epoch,
-                                run->r->data.shuffle, run->order);
+            mt_rows_epoch_order(run->n_examples, (uint64_t)run->r->train.seed, run->st.epoch, run->r->data.shuffle,
+                                run->order);
         }
         idx[i] = run->order[run->st.cursor++];
     }
 }
 
-typedef struct step_out {
-    double loss, aux, grad_norm, lr;
-    int64_t n_tokens;
-    bool skipped;
-} step_out;
+void mt_obj_metric(mt_obj_metrics *ms, const char *name, double value) {
+    /* a metric an objective cannot compute for this batch is left out rather than stored as NaN */
+    if (!isfinite(value) || ms->n >= MT_OBJ_MAX_METRICS) return;
+    ms->m[ms->n++] = (mt_metric){name, value};
+}
 
-static mt_status train_step(mt_run *run, step_out *so, mt_error *err) {
-    const mt_recipe *r = run->r;
-    int B = r->train.micro_batch, ga = r->train.grad_accum, T = run->T;
-    int64_t *idx = run->step_idx; /* [ga·B] */
-    next_rows(run, idx, ga * B);
-    /* The step's loss is the mean over every target token of all its micro-batches (as
-     * transformers does with num_items_in_batch), so accumulation does not reweight rows. */
-    int64_t n_step = 0;
-    for (int i = 0; i < ga * B; i++) n_step += run->train_rows.n_targets[idx[i]];
+void mt_run_zero_grad(mt_run *run) {
     if (run->lora) mt_lora_zero_grad(run->lora);
     mt_optim_zero_grad(&run->optim);
-    double loss_sum = 0, aux_sum = 0;
-    for (int g = 0; g < ga; g++) {
-        mt_batch_buf_fill(&run->buf, &run->train_rows, idx + (size_t)g * B, B);
-        size_t n = (size_t)B * T;
-        float w = n_step > 0 ? 1.0f / (float)n_step : 0.0f;
-        for (size_t t = 0; t < n; t++) run->buf.dloss[t] = run->buf.targets[t] != MT_IGNORE_INDEX ? w : 0.0f;
-        mt_batch batch = mt_batch_buf_view(&run->buf);
-        mt_forward_opts fo = {
-            .train = true,
-            .seed = mt_hash_u64((uint64_t)r->train.seed, (uint64_t)(run->st.step * ga + g)),
-            .router_noise = (float)r->train.router_noise,
-            .aux_coef = (float)(run->aux_coef / ga),
-            .adapter = mt_lora_adapter(run->lora),
-        };
-        mt_forward_result fr;
-        MT_TRY(mt_model_forward(run->model, run->ws, &batch, &fo, &fr, err));
-        MT_TRY(mt_model_backward(run->model, run->ws, run->buf.dloss, err));
-        loss_sum += fr.loss_sum;
-        aux_sum += fr.aux_loss;
-    }
-    so->n_tokens = n_step;
-    so->loss = n_step ? loss_sum / (double)n_step : NAN;
-    so->aux = aux_sum / ga;
+}
+
+mt_forward_opts mt_run_forward_opts(const mt_run *run, int g) {
+    const mt_recipe *r = run->r;
+    int ga = r->train.grad_accum;
+    return (mt_forward_opts){
+        .train = true,
+        .seed = mt_hash_u64((uint64_t)r->train.seed, (uint64_t)(run->st.step * ga + g)),
+        .router_noise = (float)r->train.router_noise,
+        .aux_coef = (float)(run->aux_coef / ga),
+        .adapter = mt_lora_adapter(run->lora),
+    };
+}
+
+void mt_run_update(mt_run *run, double loss, mt_step_out *so) {
+    const mt_recipe *r = run->r;
     so->grad_norm = mt_optim_grad_norm(&run->optim);
     so->lr = mt_schedule_lr(r, run->st.step, run->total_steps, run->warmup);
-    so->skipped = !isfinite(so->grad_norm) || !isfinite(so->loss);
-    if (so->skipped) return MT_OK;
+    so->skipped = !isfinite(so->grad_norm) || !isfinite(loss);
+    if (so->skipped) return;
     if (r->train.clip_norm > 0 && so->grad_norm > r->train.clip_norm)
         mt_optim_scale_grad(&run->optim, (float)(r->train.clip_norm / (so->grad_norm + 1e-6)));
     mt_optim_step(&run->optim, r, so->lr);
-    return MT_OK;
+}
+
+static mt_status train_step(mt_run *run, mt_step_out *so, mt_error *err) {
+    int n = run->r->train.micro_batch * run->r->train.grad_accum;
+    next_examples(run, run->step_idx, n);
+    memset(so, 0, sizeof *so);
+    return run->obj->step(run, run->step_idx, n, so, err);
 }
 
 /* ---- evaluation and checkpoints ---- */
 
 static mt_status evaluate(mt_run *run, int64_t step, mt_train_result *res, mt_error *err) {
-    if (!run->eval_rows.n_rows) return MT_OK;
-    double loss;
-    int64_t n;
-    MT_TRY(mt_eval_rows(run->model, run->eval_ws, &run->eval_buf, &run->eval_rows, mt_lora_adapter(run->lora), &loss,
-                        &n, err));
-    res->eval_loss = loss;
-    res->eval_ppl = exp(loss);
-    res->eval_tokens = n;
-    mt_metric m[] = {{"eval_loss", loss}, {"eval_ppl", exp(loss)}};
-    MT_TRY(metrics(run, step, m, 2, err));
+    if (!run->obj->eval) return MT_OK;
+    mt_eval_out eo = {.loss = NAN};
+    MT_TRY(run->obj->eval(run, &eo, err));
+    if (!isfinite(eo.loss) && eo.metrics.n == 0) return MT_OK; /* nothing held out */
+    res->eval_loss = eo.loss;
+    res->eval_ppl = eo.has_ppl ? exp(eo.loss) : NAN;
+    res->eval_tokens = eo.n_tokens;
+    mt_metric m[2 + MT_OBJ_MAX_METRICS];
+    char names[MT_OBJ_MAX_METRICS][80];
+    size_t n = 0;
+    if (isfinite(eo.loss)) m[n++] = (mt_metric){"eval_loss", eo.loss};
+    if (eo.has_ppl && isfinite(eo.loss)) m[n++] = (mt_metric){"eval_ppl", exp(eo.loss)};
+    for (int i = 0; i < eo.metrics.n; i++) {
+        snprintf(names[i], sizeof names[i], "eval_%s", eo.metrics.m[i].name);
+        m[n++] = (mt_metric){names[i], eo.metrics.m[i].value};
+    }
+    MT_TRY(metrics(run, step, m, n, err));
     if (run->opts->on_progress) {
+        const char *mn[MT_OBJ_MAX_METRICS];
+        double mv[MT_OBJ_MAX_METRICS];
+        for (int i = 0; i < eo.metrics.n; i++) {
+            mn[i] = eo.metrics.m[i].name;
+            mv[i] = eo.metrics.m[i].value;
+        }
         mt_train_progress p = {.step = step, .total_steps = run->total_steps, .eval = true,
-                               .eval_loss = loss, .eval_ppl = exp(loss), .log_line = true};
+                               .eval_loss = eo.loss, .eval_ppl = res->eval_ppl, .log_line = true,
+                               .n_metrics = eo.metrics.n, .metric_names = mn, .metric_values = mv};
         run->opts->on_progress(run->opts->user, &p);
     }
     return MT_OK;
@@ -149,16 +154,17 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
     const mt_train_opts *o = run->opts;
     double t0 = mt_now_seconds(), window_t = t0;
     int64_t window_tokens = 0, done_here = 0;
-    int64_t tokens_per_step = (int64_t)r->train.micro_batch * r->train.grad_accum * run->T;
+    int64_t tokens_here = 0;
     double tps = 0;
     while (run->st.step < run->total_steps) {
         if (o->max_steps > 0 && done_here >= o->max_steps) break;
-        step_out so;
+        mt_step_out so;
         MT_TRY(train_step(run, &so, err));
         run->st.step++;
         done_here++;
-        run->st.tokens_seen += tokens_per_step;
-        window_tokens += tokens_per_step;
+        run->st.tokens_seen += so.n_tokens;
+        window_tokens += so.n_tokens;
+        tokens_here += so.n_tokens;
         double now = mt_now_seconds();
         /* tokens/s over a window of at least a few seconds: steady, but still current */
         if (now - window_t > 0) tps = (double)window_tokens / (now - window_t);
@@ -185,10 +191,19 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
         }
         bool log_line = run->st.step == 1 || every(r->train.log_every, run->st.step) ||
                         run->st.step == run->total_steps;
-        mt_metric m[] = {{"loss", so.loss},           {"lr", so.lr},          {"grad_norm", so.grad_norm},
-                         {"aux_loss", so.aux},        {"tokens_per_sec", tps}, {"tokens", (double)so.n_tokens}};
-        if (log_line) MT_TRY(metrics(run, run->st.step, m, sizeof m / sizeof m[0], err));
+        mt_metric m[6 + MT_OBJ_MAX_METRICS] = {{"loss", so.loss},    {"lr", so.lr},
+                                               {"grad_norm", so.grad_norm}, {"aux_loss", so.aux},
+                                               {"tokens_per_sec", tps}, {"num_tokens", (double)run->st.tokens_seen}};
+        size_t nm = 6;
+        for (int i = 0; i < so.metrics.n; i++) m[nm++] = so.metrics.m[i];
+        if (log_line) MT_TRY(metrics(run, run->st.step, m, nm, err));
         if (o->on_progress) {
+            const char *mn[MT_OBJ_MAX_METRICS];
+            double mv[MT_OBJ_MAX_METRICS];
+            for (int i = 0; i < so.metrics.n; i++) {
+                mn[i] = so.metrics.m[i].name;
+                mv[i] = so.metrics.m[i].value;
+            }
             double rate = (now - t0) / (double)done_here;
             mt_train_progress p = {.step = run->st.step,
                                    .total_steps = run->total_steps,
@@ -199,7 +214,10 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
                                    .tokens_per_sec = tps,
                                    .eta_seconds = rate * (double)(run->total_steps - run->st.step),
                                    .skipped = so.skipped,
-                                   .log_line = log_line};
+                                   .log_line = log_line,
+                                   .n_metrics = so.metrics.n,
+                                   .metric_names = mn,
+                                   .metric_values = mv};
             o->on_progress(o->user, &p);
         }
         bool last = run->st.step == run->total_steps;
@@ -213,7 +231,7 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
         }
     }
     double secs = mt_now_seconds() - t0;
-    res->tokens_per_sec = secs > 0 ? (double)(done_here * tokens_per_step) / secs : 0;
+    res->tokens_per_sec = secs > 0 ? (double)tokens_here / secs : 0;
     return MT_OK;
 }
 

@@ -318,14 +318,14 @@ static void test_suggestions(void **state) {
                                  "thresholds:\n"
                                  "  dap: high\n");
     const char *want[] = {
-        "3:3: model.zzzzzz: unknown key (keys under model: path, tokenizer)",
+        "3:3: model.zzzzzz: unknown key (keys under model: path, tokenizer, quantize)",
         "4:3: model.learning_rate: unknown key (did you mean 'train.lr'?)",
         "7:3: data.lora_alpha: unknown key (did you mean 'adapter.alpha'?)",
         "8:3: data.lr: unknown key (lr belongs under train:)",
         "9:3: data.type: unknown key (did you mean 'format'?)",
         "10:1: lora_r: unknown key (did you mean 'adapter.r'?)",
-        ("11:1: qqqqqqqqqq: unknown key (top-level keys: name, method, model, adapter, data, train, thresholds, "
-         "output)"),
+        ("11:1: qqqqqqqqqq: unknown key (top-level keys: name, method, model, adapter, data, train, pref, "
+         "reference, reward, rollout, grpo, ppo, thresholds, output)"),
         "13:9: adapter.init: expected one of default, gaussian, got 'Gaussian' (did you mean 'gaussian'?)",
         "14:3: adapter.target_modules: unknown key (did you mean 'targets'?)",
         "16:8: thresholds.dap: expected auto or a number, got 'high'",
