@@ -516,4 +516,40 @@ mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, const mt_gen_prompt 
                       const mt_generate_opts *o, mt_generate_result *res, mt_error *err);
 void mt_generate_result_free(mt_generate_result *r);
 
+/* ---- dynamic attention pruning and adaptive expert counts (docs/attention-pruning.md) ---- */
+
+typedef struct mt_dap_opts {
+    float threshold;    /* τ: a block whose bound gives its keys at most τ× the best block's
+                           weight is skipped; 0 = full attention exactly */
+    int n_sink_blocks;  /* the first blocks, always kept (attention sinks) */
+    int n_local_blocks; /* the last blocks, always kept (local window) */
+    float mass_floor;   /* kept blocks' estimated share of the mass below this: full attention */
+} mt_dap_opts;
+typedef struct mt_dap_counts {
+    uint64_t queries, blocks, skipped, fallbacks;
+} mt_dap_counts;
+/* Per-channel min/max of n_tok key rows (row stride `stride` floats) over d channels. */
+void mt_dap_block_summary(const float *k, int n_tok, int d, int stride, float *kmin, float *kmax);
+/* An upper bound of q·k for every k inside [kmin, kmax] (channel-wise). */
+float mt_dap_block_bound(const float *q, const float *kmin, const float *kmax, int d);
+/* keep[b] = 1 for the blocks attended, from their bounds (unscaled q·k) and token counts;
+ * returns how many are kept. o NULL or threshold 0 keeps all. Counts are accumulated. */
+int mt_dap_select(const float *bounds, const int *n_tok, int n_blocks, float scale, const mt_dap_opts *o,
+                  uint8_t *keep, mt_dap_counts *c);
+/* One head's decode attention of q [d] over n_tok keys/values [n_tok, d] in blocks of `block`
+ * rows, with DAP (o may be NULL). scratch holds mt_dap_attend_scratch() bytes. */
+void mt_dap_attend(const float *q, const float *k, const float *v, int n_tok, int d, int block, float scale,
+                   const mt_dap_opts *o, mt_dap_counts *c, float *scratch, float *out);
+size_t mt_dap_attend_scratch(int n_tok, int d, int block);
+
+typedef struct mt_adaptive_k {
+    float threshold; /* take experts in router order until Σp ≥ threshold; ≥ 1 = top-max-k */
+    int min_k, max_k; /* bounds (0 = 1 and the config's top_k) */
+} mt_adaptive_k;
+/* After mt_route_forward: for each token keeps its first c of K chosen experts (c from the
+ * cumulative router probability, clamped), renormalises their weights as `norm`/`scale` do and
+ * zeroes the rest. k_used [n_tok] may be NULL. Returns Σ c. */
+int mt_route_adaptive_k(const float *scores, int n_tok, int E, int K, const int32_t *idx, float *w,
+                        const mt_adaptive_k *a, mt_route_norm norm, float scale, int32_t *k_used);
+
 #endif
