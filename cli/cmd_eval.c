@@ -20,7 +20,9 @@ static void usage(FILE *f) {
             "  --max-seq-len N   tokens per row; longer documents are cut into rows (default 256)\n"
             "  --batch B         rows per forward pass (default 4)\n"
             "  --threads N       CPU threads (default: all cores)\n"
-            "  --quantize int8   INT8 weight-only base (per channel, groups of 64 inputs, fp32 scales)\n");
+            "  --quantize int8   INT8 weight-only base (per channel, groups of 64 inputs, fp32 scales)\n"
+            "  --expert-threshold P  adaptive expert count: experts in router order until their\n"
+            "                    probabilities sum to P (0 = off, 1 = top-k), within --min-k/--max-k\n");
 }
 
 int mt_cmd_eval(int argc, char **argv) {
@@ -56,6 +58,21 @@ int mt_cmd_eval(int argc, char **argv) {
             mt_quant q;
             if (!(v = mt_cli_value("--quantize", argc, argv, &i)) || mt_quant_from_name(v, &q) != MT_OK) goto bad;
             o.quantize = (int)q;
+        } else if (mt_cli_is_flag(a, "--expert-threshold")) {
+            char *end;
+            if (!(v = mt_cli_value("--expert-threshold", argc, argv, &i))) goto bad;
+            double t = strtod(v, &end);
+            if (*end || !(t >= 0 && t <= 1)) {
+                fprintf(stderr, "eval: --expert-threshold %s: must be a number in [0, 1]\n", v);
+                goto bad;
+            }
+            o.expert_threshold = (float)t;
+        } else if (mt_cli_is_flag(a, "--min-k")) {
+            if (!(v = mt_cli_value("--min-k", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 4096, &n)) goto bad;
+            o.min_k = (int)n;
+        } else if (mt_cli_is_flag(a, "--max-k")) {
+            if (!(v = mt_cli_value("--max-k", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 4096, &n)) goto bad;
+            o.max_k = (int)n;
         } else {
             goto bad;
         }
@@ -74,6 +91,9 @@ int mt_cmd_eval(int argc, char **argv) {
         printf("%-10s %10.4f %12.2f\n", "adapted", res.adapter_loss, res.adapter_ppl);
         printf("perplexity change: %+.1f%%\n", 100.0 * (res.adapter_ppl / res.base_ppl - 1.0));
     }
+    if (o.expert_threshold > 0)
+        printf("adaptive experts: threshold %g, mean experts per token and MoE layer %.3f\n",
+               (double)o.expert_threshold, res.mean_experts);
     return 0;
 bad:
     free(paths);

@@ -12,6 +12,7 @@
 mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err) {
     res->base_loss = res->base_ppl = res->adapter_loss = res->adapter_ppl = NAN;
     res->n_docs = res->n_tokens = 0;
+    res->mean_experts = NAN;
     if (o->max_seq_len < 2 || o->batch < 1)
         return mt_error_set(err, MT_ERR_INVALID, "eval: max_seq_len must be >= 2 and batch >= 1");
     const char *tok_dir = o->tokenizer_dir ? o->tokenizer_dir : o->model_dir;
@@ -32,6 +33,10 @@ mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err)
     if (st == MT_OK && o->adapter_dir) st = mt_lora_load_peft(&l, m, o->adapter_dir, NULL, err);
     /* after the adapter: its base check hashes the weights as stored, not as quantised */
     if (st == MT_OK) st = mt_model_quantize(m, (mt_quant)o->quantize, 0, err);
+    if (st == MT_OK) {
+        mt_adaptive_k ak = {.threshold = o->expert_threshold, .min_k = o->min_k, .max_k = o->max_k};
+        mt_model_set_adaptive_k(m, &ak);
+    }
     /* every token of every document scores, prompts included: this is the corpus's perplexity */
     if (st == MT_OK) st = mt_data_load(o->data, o->format, false, tok, tok_hash, NULL, &docs, src, err);
     int32_t pad = tok ? mt_tokenizer_eos_id(tok) : 0;
@@ -46,6 +51,9 @@ mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err)
             st = mt_eval_rows(m, ws, &buf, &rows, mt_lora_adapter(l), &res->adapter_loss, NULL, err);
             res->adapter_ppl = exp(res->adapter_loss);
         }
+        uint64_t nt, ne;
+        mt_model_adaptive_k_stats(m, &nt, &ne);
+        if (o->expert_threshold > 0 && nt > 0) res->mean_experts = (double)ne / (double)nt;
     }
     mt_batch_buf_free(&buf);
     mt_workspace_free(ws);

@@ -352,12 +352,15 @@ typedef struct mt_eval_opts {
     int batch;
     int threads;                 /* 0 = all cores */
     int quantize;                /* an mt_quant (model.h): weight-only quantisation of the base after loading */
+    float expert_threshold;      /* adaptive expert counts (model.h mt_adaptive_k; 0 = the config's top_k) */
+    int min_k, max_k;            /* its bounds (0 = 1 and top_k) */
 } mt_eval_opts;
 
 typedef struct mt_eval_result {
     double base_loss, base_ppl;       /* the base model alone */
     double adapter_loss, adapter_ppl; /* with the adapter (NaN without one) */
     int64_t n_docs, n_tokens;         /* documents read, tokens scored */
+    double mean_experts;              /* routed experts per token and MoE layer with adaptive_k (NaN off) */
 } mt_eval_result;
 
 /* Held-out loss and perplexity (exp of the mean token cross-entropy) of the base and, when

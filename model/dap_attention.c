@@ -156,3 +156,14 @@ int mt_route_adaptive_k(const float *scores, int n_tok, int E, int K, const int3
     }
     return total;
 }
+
+void mt_model_set_adaptive_k(mt_model *m, const mt_adaptive_k *a) {
+    memset(&m->adaptive_k, 0, sizeof m->adaptive_k);
+    if (a) m->adaptive_k = *a;
+    m->ak_tokens = m->ak_experts = 0;
+}
+
+void mt_model_adaptive_k_stats(const mt_model *m, uint64_t *tokens, uint64_t *experts) {
+    if (tokens) *tokens = m->ak_tokens;
+    if (experts) *experts = m->ak_experts;
+}

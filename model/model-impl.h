@@ -63,6 +63,8 @@ typedef struct mt_name_index {
 struct mt_model {
     mt_config cfg;
     mt_backend *be;
+    mt_adaptive_k adaptive_k;     /* threshold 0 = fixed top_k routing */
+    uint64_t ak_tokens, ak_experts; /* what adaptive routing used, summed over passes */
 
     int n_params;
     mt_param *params;            /* [n_params], in checkpoint-table order */

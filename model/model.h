@@ -551,5 +551,10 @@ typedef struct mt_adaptive_k {
  * zeroes the rest. k_used [n_tok] may be NULL. Returns Σ c. */
 int mt_route_adaptive_k(const float *scores, int n_tok, int E, int K, const int32_t *idx, float *w,
                         const mt_adaptive_k *a, mt_route_norm norm, float scale, int32_t *k_used);
+/* Adaptive routing for the model's inference passes on the CPU (NULL or threshold 0: off),
+ * and the tokens and experts it has routed since it was set. The zeroed slots are still
+ * computed by the expert GEMMs: this changes quality, not yet speed (docs/attention-pruning.md). */
+void mt_model_set_adaptive_k(mt_model *m, const mt_adaptive_k *a);
+void mt_model_adaptive_k_stats(const mt_model *m, uint64_t *tokens, uint64_t *experts);
 
 #endif

@@ -102,6 +102,13 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
     mt_route_args ra;
     mt_route_args_fill(m, ly, N, &ra);
     mt_route_forward(be, &ra, a->rlogits, a->scores, a->idx, a->w);
+    /* inference only, host memory only: training keeps the router's fixed k so its gradient
+     * is the one the loss defines */
+    if (m->adaptive_k.threshold > 0 && !p->train && mt_backend_get_kind(be) == MT_BACKEND_CPU) {
+        m->ak_tokens += (uint64_t)N;
+        m->ak_experts += (uint64_t)mt_route_adaptive_k(a->scores, N, d.E, d.K, a->idx, a->w, &m->adaptive_k, ra.norm,
+                                                       ra.scale, NULL);
+    }
     mt_moe_permute(be, a->idx, N, d.K, d.E, a->offsets, a->src_tok, a->src_slot);
     mt_backend_download(be, a->offsets_host, a->offsets, (size_t)(d.E + 1) * sizeof(int32_t));
     mt_gather_rows(be, x, a->src_tok, NK, d.H, a->xp);
