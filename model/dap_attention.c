@@ -131,9 +131,12 @@ int mt_route_adaptive_k(const float *scores, int n_tok, int E, int K, const int3
          * before the last expert, and then "until the cumulative probability passes 1" would
          * depend on rounding */
         if (a->threshold < 1.0f) {
-            double cum = 0;
+            /* shares of all E scores: softmax scores already sum to 1, sigmoid ones (DeepSeek-V3)
+             * do not, and a threshold on their raw sum would mean nothing */
+            double tot = 0, cum = 0;
+            for (int e = 0; e < E; e++) tot += scores[(size_t)t * E + e];
             for (int j = 0; j < max_k; j++) {
-                cum += scores[(size_t)t * E + it[j]];
+                cum += scores[(size_t)t * E + it[j]] / tot;
                 if (cum >= a->threshold) {
                     c = j + 1;
                     break;

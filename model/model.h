@@ -543,7 +543,7 @@ void mt_dap_attend(const float *q, const float *k, const float *v, int n_tok, in
 size_t mt_dap_attend_scratch(int n_tok, int d, int block);
 
 typedef struct mt_adaptive_k {
-    float threshold; /* take experts in router order until Σp ≥ threshold; ≥ 1 = top-max-k */
+    float threshold; /* experts in router order until their share of Σ_E scores ≥ threshold; ≥ 1 = top-max-k */
     int min_k, max_k; /* bounds (0 = 1 and the config's top_k) */
 } mt_adaptive_k;
 /* After mt_route_forward: for each token keeps its first c of K chosen experts (c from the

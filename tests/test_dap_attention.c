@@ -207,10 +207,11 @@ static void test_adaptive_k(void **state) {
         int tot = mt_route_adaptive_k(scores, n, E, K, idx_ref, w, &ak, a.norm, a.scale, used);
         int sum = 0;
         for (int t = 0; t < n; t++) {
-            double cum = 0;
+            double cum = 0, tsum = 0;
             int c = K;
+            for (int e = 0; e < E; e++) tsum += scores[t * E + e];
             for (int j = 0; j < K; j++) {
-                cum += scores[t * E + idx_ref[t * K + j]];
+                cum += scores[t * E + idx_ref[t * K + j]] / tsum;
                 if (cum >= 0.3) {
                     c = j + 1;
                     break;
