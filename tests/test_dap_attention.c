@@ -6,6 +6,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -225,11 +226,69 @@ static void test_adaptive_k(void **state) {
     }
 }
 
+static double eval_base_loss(const char *out) {
+    const char *b = strstr(out, "\nbase ");
+    double loss = NAN;
+    if (b) sscanf(b + 6, "%lf", &loss);
+    return loss;
+}
+
+static double eval_mean_experts(const char *out) {
+    const char *b = strstr(out, "MoE layer ");
+    double e = NAN;
+    if (b) sscanf(b + 10, "%lf", &e);
+    return e;
+}
+
+/* moetune eval end to end: threshold 1 is the router's top-k (same loss to the printed digit),
+ * a tiny threshold routes min_k experts, out-of-range values are bad usage naming the flag */
+static void test_eval_cli(void **state) {
+    (void)state;
+    const char *tmp = mt_test_tmpdir("dap_attention_cli");
+    char model[4200], data[4200];
+    snprintf(model, sizeof model, "%s/model", tmp);
+    snprintf(data, sizeof data, "%s/eval.jsonl", tmp);
+    FILE *f = fopen(data, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 6; i++)
+        fprintf(f, "{\"text\": \"Hypertrophy of the left ventricle, case %d, and the licensee may copy it.\"}\n", i);
+    fclose(f);
+    char *out = NULL;
+    int rc = mt_test_run_cli(&out, "init --preset tiny --seed 5 '%s'", model);
+    if (rc != 0) fail_msg("init: %s", out);
+    free(out);
+    rc = mt_test_run_cli(&out, "eval --model '%s' --data '%s' --threads 2", model, data);
+    if (rc != 0) fail_msg("eval: %s", out);
+    double off = eval_base_loss(out);
+    free(out);
+    rc = mt_test_run_cli(&out, "eval --model '%s' --data '%s' --threads 2 --expert-threshold 1", model, data);
+    if (rc != 0) fail_msg("eval: %s", out);
+    assert_float_equal(eval_base_loss(out), off, 0);
+    double e_all = eval_mean_experts(out);
+    free(out);
+    rc = mt_test_run_cli(&out, "eval --model '%s' --data '%s' --threads 2 --expert-threshold 0.001 --min-k 1", model,
+                         data);
+    if (rc != 0) fail_msg("eval: %s", out);
+    double one = eval_base_loss(out);
+    assert_float_equal(eval_mean_experts(out), 1.0, 0);
+    free(out);
+    print_message("eval loss top-k %.4f (%.3f experts), one expert %.4f\n", off, e_all, one);
+    assert_true(e_all > 1.0);
+    assert_true(isfinite(one) && one != off);
+    rc = mt_test_run_cli(&out, "eval --model '%s' --data '%s' --expert-threshold 1.5", model, data);
+    assert_int_equal(rc, 2);
+    assert_non_null(strstr(out, "--expert-threshold 1.5"));
+    free(out);
+    rc = mt_test_run_cli(&out, "eval --model '%s' --data '%s' --expert-threshold 0.5 --min-k 0", model, data);
+    assert_int_equal(rc, 2);
+    free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_threshold_zero_is_full), cmocka_unit_test(test_bounds_are_upper_bounds),
         cmocka_unit_test(test_skip_monotone_and_always_kept), cmocka_unit_test(test_fallback),
-        cmocka_unit_test(test_adaptive_k),
+        cmocka_unit_test(test_adaptive_k), cmocka_unit_test(test_eval_cli),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
