@@ -35,7 +35,9 @@ static void usage(FILE *f) {
             "  --stop STR        stop when the text contains STR (repeatable; STR is not printed)\n"
             "  --no-eos          do not stop at the end-of-sequence token\n"
             "  --threads N       CPU threads (default: all cores)\n"
-            "  --quantize int8   INT8 weight-only base (per channel, groups of 64 inputs, fp32 scales)\n");
+            "  --quantize int8   INT8 weight-only base (per channel, groups of 64 inputs, fp32 scales)\n"
+            "  --expert-threshold P  adaptive expert count: experts in router order until their\n"
+            "                    score share reaches P (0 = off, 1 = top-k), within --min-k/--max-k\n");
 }
 
 static bool print_text(void *user, int index, const char *text, size_t len) {
@@ -58,6 +60,8 @@ int mt_cmd_generate(int argc, char **argv) {
     double temperature = 0.8, top_p = 0.95;
     bool stop_at_eos = true;
     mt_quant quant = MT_QUANT_NONE;
+    mt_adaptive_k akt = {0};
+    long akn;
     const char **stops = mt_xcalloc((size_t)argc, sizeof(char *));
     const char **texts = mt_xcalloc((size_t)argc, sizeof(char *));
     named_adapter *ads = mt_xcalloc((size_t)argc, sizeof *ads);
@@ -101,6 +105,16 @@ int mt_cmd_generate(int argc, char **argv) {
             stops[n_stop++] = v;
         } else if (mt_cli_is_flag(a, "--quantize")) {
             if (!(v = mt_cli_value("--quantize", argc, argv, &i)) || mt_quant_from_name(v, &quant) != MT_OK) goto bad;
+        } else if (mt_cli_is_flag(a, "--expert-threshold")) {
+            double t;
+            if (!(v = mt_cli_value("--expert-threshold", argc, argv, &i)) || !mt_cli_parse_double(v, 0, 1, &t)) goto bad;
+            akt.threshold = (float)t;
+        } else if (mt_cli_is_flag(a, "--min-k")) {
+            if (!(v = mt_cli_value("--min-k", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 4096, &akn)) goto bad;
+            akt.min_k = (int)akn;
+        } else if (mt_cli_is_flag(a, "--max-k")) {
+            if (!(v = mt_cli_value("--max-k", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 4096, &akn)) goto bad;
+            akt.max_k = (int)akn;
         } else if (!strcmp(a, "--no-eos")) {
             stop_at_eos = false;
         } else if (mt_cli_is_flag(a, "--threads")) {
@@ -148,6 +162,7 @@ int mt_cmd_generate(int argc, char **argv) {
     for (int i = 0; !st && i < n_ads; i++) st = mt_lora_load_peft(&ads[i].lora, m, ads[i].dir, NULL, &err);
     /* after the adapters: their base check hashes the weights as stored, not as quantised */
     if (!st) st = mt_model_quantize(m, quant, 0, &err);
+    if (!st) mt_model_set_adaptive_k(m, &akt);
     if (!st) st = mt_tokenizer_load(&tok, model_dir, &err);
     if (!st && prompts_file) st = mt_prompts_load(prompts_file, &items, &n_items, &err);
     int n_prompts = prompts_file ? n_items : n_texts;
@@ -209,6 +224,11 @@ int mt_cmd_generate(int argc, char **argv) {
         double dc = res[0].decode_seconds > 0 ? new_tok / res[0].decode_seconds : 0;
         fprintf(stderr, "prompt: %ld tokens, %.1f tokens/s; decode: %ld tokens in %d outputs, %.1f tokens/s%s%s\n",
                 prompt_tok, pf, new_tok, n_out, dc, n_out == 1 ? "; finish: " : "", n_out == 1 ? res[0].finish : "");
+        uint64_t akt_tok, akt_exp;
+        mt_model_adaptive_k_stats(m, &akt_tok, &akt_exp);
+        if (akt.threshold > 0 && akt_tok > 0)
+            fprintf(stderr, "adaptive experts: threshold %g, mean experts per token and MoE layer %.3f\n",
+                    (double)akt.threshold, (double)akt_exp / (double)akt_tok);
     }
     for (int j = 0; res && j < n_out; j++) mt_generate_result_free(&res[j]);
     free(res);

@@ -275,6 +275,25 @@ static void test_eval_cli(void **state) {
     print_message("eval loss top-k %.4f (%.3f experts), one expert %.4f\n", off, e_all, one);
     assert_true(e_all > 1.0);
     assert_true(isfinite(one) && one != off);
+    /* generate: greedy text with threshold 1 is the top-k text */
+    char *g0 = NULL, *g1 = NULL;
+    rc = mt_test_run_cli(&g0, "generate --model '%s' --prompt 'Hypertrophy' --max-tokens 12 --temperature 0 --no-eos "
+                              "--threads 2", model);
+    if (rc != 0) fail_msg("generate: %s", g0);
+    rc = mt_test_run_cli(&g1, "generate --model '%s' --prompt 'Hypertrophy' --max-tokens 12 --temperature 0 --no-eos "
+                              "--threads 2 --expert-threshold 1", model);
+    if (rc != 0) fail_msg("generate: %s", g1);
+    /* the timing line that follows the text differs run to run */
+    char *c0 = strstr(g0, "\nprompt: "), *c1 = strstr(g1, "\nprompt: ");
+    assert_non_null(c0);
+    assert_non_null(c1);
+    *c0 = *c1 = 0;
+    assert_string_equal(g0, g1);
+    free(g0);
+    free(g1);
+    rc = mt_test_run_cli(&out, "generate --model '%s' --prompt 'x' --expert-threshold -0.5", model);
+    assert_int_equal(rc, 2);
+    free(out);
     rc = mt_test_run_cli(&out, "eval --model '%s' --data '%s' --expert-threshold 1.5", model, data);
     assert_int_equal(rc, 2);
     assert_non_null(strstr(out, "--expert-threshold 1.5"));
