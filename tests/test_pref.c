@@ -109,12 +109,12 @@ static double step_loss(mt_run *run, const int64_t *idx, int n) {
     return so.loss;
 }
 
-static void grad_check(const char *loss_type) {
+/* `label` names the case; extra is the recipe's pref/reference sections. */
+static void grad_check(const char *label, const char *method, const char *extra) {
+    const char *loss_type = label;
     char dir[4200];
-    snprintf(dir, sizeof dir, "%s/grad-%s", root, loss_type);
-    char extra[256];
-    snprintf(extra, sizeof extra, "pref:\n  beta: 0.5\n  loss_type: [%s]\nreference:\n  cache: false\n", loss_type);
-    write_recipe(dir, "dpo", train_data(pairs_path), 4, extra, NULL);
+    snprintf(dir, sizeof dir, "%s/grad-%s", root, label);
+    write_recipe(dir, method, train_data(pairs_path), 4, extra, NULL);
     mt_recipe r;
     load_recipe(dir, NULL, 0, &r);
     mt_train_opts o = {.no_store = true, .no_export = true, .no_checkpoints = true};
@@ -180,8 +180,18 @@ static void grad_check(const char *loss_type) {
 
 static void test_dpo_gradient_is_finite_differences(void **state) {
     (void)state;
-    grad_check("sigmoid");
-    grad_check("ipo");
+    grad_check("sigmoid", "dpo", "pref:\n  beta: 0.5\n  loss_type: [sigmoid]\nreference:\n  cache: false\n");
+    grad_check("ipo", "dpo", "pref:\n  beta: 0.5\n  loss_type: [ipo]\nreference:\n  cache: false\n");
+    /* LD-DPO weights the tokens past the shorter completion; the cached reference path */
+    grad_check("ld", "dpo", "pref:\n  beta: 0.5\n  ld_alpha: 0.3\nreference:\n  cache: true\n");
+}
+
+/* The reference-free losses: averaged log-probs, plus the chosen NLL (SimPO's CPO term over
+ * the completion, ORPO's over the whole chosen row). */
+static void test_simpo_orpo_gradient_is_finite_differences(void **state) {
+    (void)state;
+    grad_check("simpo", "simpo", "pref:\n  beta: 2\n  cpo_alpha: 0.5\n");
+    grad_check("orpo", "orpo", "pref:\n  beta: 0.5\n");
 }
 
 /* ---- 2. the reference cache ---- */
@@ -476,6 +486,7 @@ int main(void) {
     setenv("OMP_NUM_THREADS", "1", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dpo_gradient_is_finite_differences),
+        cmocka_unit_test(test_simpo_orpo_gradient_is_finite_differences),
         cmocka_unit_test(test_reference_cache),
         cmocka_unit_test(test_resume_is_bit_identical),
         cmocka_unit_test(test_pairs_from_store),
