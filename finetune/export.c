@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "peft/lora.h"
-#include "run-impl.h"
+#include "objective-impl.h"
 #include "store/store.h"
 
 /* moetune.json beside a full model: the same metadata an adapter carries. */
@@ -39,6 +39,7 @@ mt_status mt_run_export(mt_run *run, mt_train_result *res, mt_error *err) {
     MT_TRY(mt_mkdirs(dir, err));
     if (run->lora) {
         mt_lora_meta meta = {.run_id = run->run_id, .thresholds_json = run->thresholds_json};
+        if (run->obj->head) MT_TRY(run->obj->head(run, &meta.score, &meta.score_rows, &meta.score_cols));
         snprintf(meta.base_model, sizeof meta.base_model, "%s", r->model.path);
         memcpy(meta.base_hash, run->base_hash, sizeof meta.base_hash);
         MT_TRY(mt_lora_save_peft(run->lora, dir, &meta, err));

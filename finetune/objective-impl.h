@@ -46,8 +46,8 @@ typedef struct mt_objective {
     mt_status (*step)(mt_run *run, const int64_t *idx, int n, mt_step_out *so, mt_error *err);
     /* NULL when the objective has nothing held out. */
     mt_status (*eval)(mt_run *run, mt_eval_out *eo, mt_error *err);
-    /* Files beside the exported adapter (a head); may be NULL. */
-    mt_status (*export_extra)(mt_run *run, const char *dir, mt_error *err);
+    /* A scalar head exported with the adapter (the reward model's score); NULL: none. */
+    mt_status (*head)(mt_run *run, float **w, int64_t *rows, int64_t *cols);
     void (*close)(mt_run *run);
 } mt_objective;
 

@@ -1009,6 +1009,9 @@ static void method_rules(rctx *c) {
     if (r->model.quantize != MT_RECIPE_QUANT_NONE && r->adapter.type == MT_RECIPE_ADAPTER_NONE)
         diag(c, state_of(c, "model.quantize")->at, "model.quantize",
              "full fine-tuning trains every weight in fp32; quantise the frozen base of a LoRA run only");
+    if (r->method == MT_RECIPE_METHOD_REWARD && r->adapter.type == MT_RECIPE_ADAPTER_NONE)
+        diag(c, state_of(c, "adapter.type")->at, "adapter.type",
+             "a reward model is a LoRA adapter plus its score head (exported as a PEFT SEQ_CLS adapter): use lora");
     if (r->method == MT_RECIPE_METHOD_DPO) {
         if (r->pref.loss_weights.n && r->pref.loss_weights.n != r->pref.loss_type.n)
             diag(c, state_of(c, "pref.loss_weights")->at, "pref.loss_weights", "%zu weights for %zu loss types",

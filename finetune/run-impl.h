@@ -38,6 +38,9 @@ typedef struct mt_run {
     mt_batch_buf buf, eval_buf;
     char thresholds_json[512];
     char trained_json[1024];   /* what trains, by kind of linear (the "adapter" event) */
+    /* adapter.from's score head when it is a reward model ([rows, cols], malloc'ed), NULL else */
+    float *from_score;
+    int64_t from_score_rows, from_score_cols;
 } mt_run;
 
 /* Sets everything up, resuming from the newest checkpoint when asked. Whatever it set up, on

@@ -162,6 +162,9 @@ static mt_status load_start_adapter(mt_run *run, mt_error *err) {
     mt_lora_meta meta = {0};
     mt_status st = mt_lora_load_peft(&run->lora, run->model, r->adapter.from, &meta, err);
     free(meta.thresholds_json);
+    run->from_score = meta.score;
+    run->from_score_rows = meta.score_rows;
+    run->from_score_cols = meta.score_cols;
     if (st != MT_OK) {
         mt_error_prefix(err, "adapter.from: ");
         return st;
@@ -481,6 +484,7 @@ void mt_run_close(mt_run *run) {
     mt_docs_free(&run->eval_docs);
     free(run->order);
     free(run->step_idx);
+    free(run->from_score);
     mt_model_free(run->model);
     mt_tokenizer_free(run->tok);
     mt_store_close(run->store);

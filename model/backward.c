@@ -9,6 +9,11 @@
 static void zero(mt_backend *be, float *p, size_t n) { mt_backend_memset0(be, p, n * sizeof(float)); }
 
 mt_status mt_model_backward(mt_model *m, mt_workspace *ws, const float *dloss, mt_error *err) {
+    return mt_model_backward_hidden(m, ws, dloss, NULL, err);
+}
+
+mt_status mt_model_backward_hidden(mt_model *m, mt_workspace *ws, const float *dloss, const float *dhidden,
+                                   mt_error *err) {
     if (ws->m != m) return mt_error_set(err, MT_ERR_INVALID, "backward: workspace belongs to another model");
     if (!ws->train) return mt_error_set(err, MT_ERR_INVALID, "backward: the workspace was created without train");
     if (!ws->fwd_done || !ws->opts.train)
@@ -41,6 +46,8 @@ mt_status mt_model_backward(mt_model *m, mt_workspace *ws, const float *dloss, m
         }
         mt_lin_backward(m, m->lm_head, &c, xf, ws->logits, rows, (uint64_t)r0, ws->dxf + (size_t)r0 * d.H);
     }
+    /* a head on the final hidden states (reward, value) adds its gradient here */
+    if (dhidden) mt_add(be, ws->dxf, dhidden, 1.0f, (size_t)N * d.H);
     zero(be, g->dres, (size_t)N * d.H);
     mt_rmsnorm_backward(be, ws->dxf, ws->x_final, m->final_norm->data, ws->rstdf, g->dres, m->final_norm->grad, N, d.H);
 

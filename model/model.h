@@ -364,6 +364,11 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
  * gradient buffer of the forward's adapter (dA/dB). Requires a preceding forward with
  * train = true on the same batch. */
 mt_status mt_model_backward(mt_model *m, mt_workspace *ws, const float *dloss, mt_error *err);
+/* The same, plus dhidden [B·T, hidden] (may be NULL) added to ∂L/∂(final hidden states after
+ * the final norm, mt_workspace_hidden(ws, L)): the backward of a head on them (a reward or
+ * value head). dloss may be NULL with dhidden when the loss has no token term. */
+mt_status mt_model_backward_hidden(mt_model *m, mt_workspace *ws, const float *dloss, const float *dhidden,
+                                   mt_error *err);
 /* ∂L/∂(input embeddings) [B·T, hidden] after backward (the model's gradient for its inputs). */
 const float *mt_workspace_input_grad(const mt_workspace *ws);
 /* Hidden states of the last forward as transformers' output_hidden_states gives them, each

@@ -100,6 +100,12 @@ typedef struct mt_lora_meta {
     char base_hash[65];     /* mt_model_content_hash of the base */
     int64_t run_id;         /* store run, 0 = none */
     char *thresholds_json;  /* e.g. {"dap":0.31,"base":0.5,...}; malloc'ed by load */
+    /* A reward model's scalar head beside the adapter, [score_rows, score_cols] fp32, saved as
+     * PEFT saves modules_to_save ["score"] of a SEQ_CLS adapter (tensor
+     * base_model.model.score.weight), so that AutoPeftModelForSequenceClassification loads
+     * it. NULL when none; load fills it (malloc'ed: free it) when the adapter has one. */
+    float *score;
+    int64_t score_rows, score_cols;
 } mt_lora_meta;
 
 /* Writes `dir`/adapter_config.json and adapter_model.safetensors exactly as PEFT's

@@ -15,6 +15,7 @@
 
 typedef struct peft_cfg {
     const char *path;
+    bool score_head;              /* SEQ_CLS with modules_to_save ["score"]: a reward model's head */
     int r;
     float alpha, dropout;
     bool use_rslora;
@@ -188,8 +189,15 @@ static mt_status parse_config(const cJSON *j, peft_cfg *c, mt_error *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "peft_type");
     if (!cJSON_IsString(v) || strcmp(v->valuestring, "LORA"))
         return bad(c, MT_ERR_UNSUPPORTED, "peft_type", "must be \"LORA\" (moetune reads LoRA adapters only)", err);
+    /* the one saved module moetune knows: a sequence classifier's score head (reward models) */
+    const cJSON *mts = cJSON_GetObjectItemCaseSensitive(j, "modules_to_save");
+    const cJSON *task = cJSON_GetObjectItemCaseSensitive(j, "task_type");
+    c->score_head = cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 1 && cJSON_IsString(mts->child) &&
+                    !strcmp(mts->child->valuestring, "score") && cJSON_IsString(task) &&
+                    !strcmp(task->valuestring, "SEQ_CLS");
     for (size_t i = 0; i < sizeof k_must_be_unset / sizeof k_must_be_unset[0]; i++) {
         if (unset(cJSON_GetObjectItemCaseSensitive(j, k_must_be_unset[i].key))) continue;
+        if (c->score_head && !strcmp(k_must_be_unset[i].key, "modules_to_save")) continue;
         char what[300];
         snprintf(what, sizeof what, "is set, which moetune cannot honour: %s", k_must_be_unset[i].why);
         return bad(c, MT_ERR_UNSUPPORTED, k_must_be_unset[i].key, what, err);
@@ -577,6 +585,7 @@ mt_status mt_lora_load_peft(mt_lora **out, mt_model *m, const char *dir, mt_lora
     mt_lora_meta meta = {0};
     mt_status s;
     char *text = NULL;
+    const mt_st_tensor *score_t = NULL;
 
     if (!mt_is_dir(dir)) {
         s = mt_error_set(err, MT_ERR_NOT_FOUND, "%s: no such adapter folder", dir);
@@ -605,8 +614,15 @@ mt_status mt_lora_load_peft(mt_lora **out, mt_model *m, const char *dir, mt_lora
         goto done;
     }
     keys = mt_xcalloc(n_keys, sizeof *keys);
-    for (size_t i = 0; i < n_keys; i++) {
-        const mt_st_tensor *t = mt_safetensors_at(st, i);
+    size_t n_all = n_keys;
+    n_keys = 0;
+    for (size_t q = 0; q < n_all; q++) {
+        const mt_st_tensor *t = mt_safetensors_at(st, q);
+        if (c.score_head && !strcmp(t->name, "base_model.model.score.weight")) {
+            score_t = t;
+            continue;
+        }
+        size_t i = n_keys++;
         keys[i].t = t;
         if (!parse_key(t->name, &keys[i].module, &keys[i].which)) {
             s = mt_error_set(err, MT_ERR_FORMAT,
@@ -737,15 +753,33 @@ mt_status mt_lora_load_peft(mt_lora **out, mt_model *m, const char *dir, mt_lora
     free(ae);
     free(bm);
     if (s) goto done;
+    if (c.score_head && !score_t) {
+        s = mt_error_set(err, MT_ERR_FORMAT, "%s: modules_to_save names \"score\" but there is no "
+                         "base_model.model.score.weight", st_path);
+        goto done;
+    }
+    if (score_t && meta_out) {
+        if (score_t->ndim != 2 || score_t->shape[1] != mt_model_config(m)->hidden_size) {
+            s = mt_error_set(err, MT_ERR_FORMAT, "%s: the score head must be [labels, %d]", st_path,
+                             mt_model_config(m)->hidden_size);
+            goto done;
+        }
+        meta.score = mt_xmalloc((size_t)score_t->numel * sizeof(float));
+        meta.score_rows = score_t->shape[0];
+        meta.score_cols = score_t->shape[1];
+        if ((s = mt_st_tensor_to_f32(score_t, meta.score, err))) goto done;
+    }
     *out = l;
     l = NULL;
     if (meta_out) {
         *meta_out = meta;
         meta.thresholds_json = NULL;
+        meta.score = NULL;
     }
 done:
     if (l) mt_lora_free(l);
     free(meta.thresholds_json);
+    free(meta.score);
     free(mod_of);
     free(refs);
     free(specs);

@@ -273,7 +273,12 @@ static mt_status config_json(const mt_lora *l, const mt_lora_meta *meta, char **
     cJSON_AddNullToObject(c, "layers_to_transform");
     cJSON_AddItemToObject(c, "lora_alpha", raw_alpha(l->alpha));
     cJSON_AddItemToObject(c, "lora_dropout", raw_float(l->dropout, true));
-    cJSON_AddNullToObject(c, "modules_to_save");
+    if (meta && meta->score) {
+        cJSON *mts = cJSON_AddArrayToObject(c, "modules_to_save");
+        cJSON_AddItemToArray(mts, cJSON_CreateString("score"));
+    } else {
+        cJSON_AddNullToObject(c, "modules_to_save");
+    }
     cJSON_AddStringToObject(c, "peft_type", "LORA");
     cJSON_AddItemToObject(c, "r", raw_int(l->r));
     cJSON_AddItemToObject(c, "rank_pattern", rp);
@@ -290,7 +295,7 @@ static mt_status config_json(const mt_lora *l, const mt_lora_meta *meta, char **
         }
         free(t);
     }
-    cJSON_AddStringToObject(c, "task_type", "CAUSAL_LM");
+    cJSON_AddStringToObject(c, "task_type", meta && meta->score ? "SEQ_CLS" : "CAUSAL_LM");
     cJSON_AddFalseToObject(c, "use_dora");
     cJSON_AddBoolToObject(c, "use_rslora", l->use_rslora);
     sbuf b = {0};
@@ -344,6 +349,10 @@ mt_status mt_lora_save_peft(const mt_lora *l, const char *dir, const mt_lora_met
         for (int i = 0; i < l->n_tensors; i++) {
             const mt_lora_tensor *t = &l->tensors[i];
             mt_st_writer_add(w, t->name, MT_DTYPE_F32, 2, t->shape, host + (t->data - l->block));
+        }
+        if (meta && meta->score) {
+            int64_t shape[2] = {meta->score_rows, meta->score_cols};
+            mt_st_writer_add(w, "base_model.model.score.weight", MT_DTYPE_F32, 2, shape, meta->score);
         }
         /* PEFT writes {"format": "pt"}; the moetune.* entries are ignored by every reader */
         char run[32];

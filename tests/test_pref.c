@@ -4,10 +4,13 @@
  * second run entirely, computes only an edited pair, and gives what a fresh reference pass
  * gives; a stopped and resumed DPO run is bit-identical to the uninterrupted one; pairs from a
  * store dataset train and log TRL's metrics; recipe mistakes are diagnostics naming the key;
- * SimPO and ORPO learn a repeated pair. */
+ * SimPO and ORPO learn a repeated pair; the reward model's gradient (LoRA through the hidden
+ * states, and its score head) equals finite differences, and its exported head and adapter
+ * give back the held-out rewards the trainer measured. */
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -16,6 +19,7 @@
 
 #include "finetune/finetune.h"
 #include "finetune/objective-impl.h"
+#include "peft/lora.h"
 #include "store/store.h"
 
 static char base_dir[4096], pairs_path[4096], edited_path[4096], repeated_path[4096], root[4096];
@@ -192,6 +196,14 @@ static void test_simpo_orpo_gradient_is_finite_differences(void **state) {
     (void)state;
     grad_check("simpo", "simpo", "pref:\n  beta: 2\n  cpo_alpha: 0.5\n");
     grad_check("orpo", "orpo", "pref:\n  beta: 0.5\n");
+}
+
+/* The last trainable is the score head: picks {n-1, -1} and {n-2, 0} cover it and the LoRA
+ * tensors whose gradient arrives through the final hidden states. */
+static void test_reward_gradient_is_finite_differences(void **state) {
+    (void)state;
+    grad_check("reward", "reward", NULL);
+    grad_check("reward-center", "reward", "reward:\n  center_coef: 0.1\n");
 }
 
 /* ---- 2. the reference cache ---- */
@@ -482,6 +494,100 @@ static void test_simpo_and_orpo_learn(void **state) {
     learns("orpo", NULL);
 }
 
+/* ---- 7. the reward model's export ---- */
+
+static void test_reward_export_round_trip(void **state) {
+    (void)state;
+    char a[4200], b[4200], eval_line[8500];
+    snprintf(a, sizeof a, "%s/rm-train", root);
+    snprintf(b, sizeof b, "%s/rm-again", root);
+    snprintf(eval_line, sizeof eval_line, "  train: %s\n  eval: [%s]\n", pairs_path, edited_path);
+    write_recipe(a, "reward", eval_line, 4, NULL, NULL);
+    mt_recipe ra;
+    load_recipe(a, NULL, 0, &ra);
+    mt_train_opts o = {0};
+    mt_train_result trained;
+    mt_error err = {0};
+    if (mt_train(&ra, &o, &trained, &err) != MT_OK) fail_msg("%s", err.msg);
+    assert_true(isfinite(trained.eval_loss));
+
+    /* PEFT's sequence-classification layout: task SEQ_CLS, the head as modules_to_save */
+    char adapter[4300], cfg_path[4400];
+    snprintf(adapter, sizeof adapter, "%s/adapter", a);
+    snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", adapter);
+    char *cfg = NULL;
+    assert_int_equal(mt_read_file(cfg_path, &cfg, NULL, &err), MT_OK);
+    cJSON *j = cJSON_Parse(cfg);
+    assert_non_null(j);
+    assert_string_equal(cJSON_GetObjectItem(j, "task_type")->valuestring, "SEQ_CLS");
+    const cJSON *mts = cJSON_GetObjectItem(j, "modules_to_save");
+    assert_true(cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 1);
+    assert_string_equal(cJSON_GetArrayItem(mts, 0)->valuestring, "score");
+    cJSON_Delete(j);
+    free(cfg);
+    mt_backend *be;
+    assert_int_equal(mt_backend_init(&be, MT_BACKEND_CPU, 1, &err), MT_OK);
+    mt_model *m;
+    if (mt_model_load(&m, base_dir, be, &err) != MT_OK) fail_msg("%s", err.msg);
+    mt_lora *l;
+    mt_lora_meta meta = {0};
+    if (mt_lora_load_peft(&l, m, adapter, &meta, &err) != MT_OK) fail_msg("%s", err.msg);
+    assert_non_null(meta.score);
+    assert_int_equal(meta.score_rows, 1);
+    assert_int_equal(meta.score_cols, mt_model_config(m)->hidden_size);
+    free(meta.score);
+    free(meta.thresholds_json);
+    mt_lora_free(l);
+    mt_model_free(m);
+    mt_backend_free(be);
+
+    /* a run opened from the export holds the trained weights: before any step, its held-out
+     * loss and rewards are the first run's final ones, bit for bit, only if the head and the
+     * adapter came back whole */
+    char from[4500];
+    snprintf(from, sizeof from, "adapter.from=%s", adapter);
+    write_recipe(b, "reward", eval_line, 1, NULL, NULL);
+    const char *sets[] = {from};
+    mt_recipe rb;
+    load_recipe(b, sets, 1, &rb);
+    mt_train_opts ob = {.no_store = true, .no_export = true, .no_checkpoints = true};
+    mt_train_result unused;
+    mt_run run;
+    memset(&run, 0, sizeof run);
+    if (mt_run_open(&run, &rb, &ob, &unused, &err) != MT_OK) fail_msg("%s", err.msg);
+    mt_eval_out eo;
+    memset(&eo, 0, sizeof eo);
+    if (run.obj->eval(&run, &eo, &err) != MT_OK) fail_msg("%s", err.msg);
+    assert_memory_equal(&trained.eval_loss, &eo.loss, sizeof(double));
+    char da[4300];
+    snprintf(da, sizeof da, "%s/moetune.db", a);
+    const char *names[] = {"accuracy", "mean_reward", "min_reward", "max_reward"};
+    for (size_t k = 0; k < 4; k++) {
+        char stored[64];
+        snprintf(stored, sizeof stored, "eval_%s", names[k]);
+        mt_store_series x = series(da, trained.run_id, stored);
+        assert_true(x.n >= 1);
+        int found = 0;
+        for (int i = 0; i < eo.metrics.n; i++)
+            if (!strcmp(eo.metrics.m[i].name, names[k])) {
+                found = 1;
+                if ((float)x.values[x.n - 1] != (float)eo.metrics.m[i].value)
+                    fail_msg("%s: %.9g trained, %.9g from the export", names[k], x.values[x.n - 1],
+                             eo.metrics.m[i].value);
+            }
+        assert_true(found);
+        mt_store_series_free(&x);
+    }
+    mt_run_close(&run);
+    /* and the head moved away from its initialisation: a fresh head gives other rewards */
+    mt_store_series mr = series(da, trained.run_id, "mean_reward");
+    assert_int_equal(mr.n, 4);
+    assert_true(fabs(mr.values[3] - mr.values[0]) > 1e-6);
+    mt_store_series_free(&mr);
+    mt_recipe_free(&ra);
+    mt_recipe_free(&rb);
+}
+
 int main(void) {
     setenv("OMP_NUM_THREADS", "1", 1);
     const struct CMUnitTest tests[] = {
@@ -492,6 +598,8 @@ int main(void) {
         cmocka_unit_test(test_pairs_from_store),
         cmocka_unit_test(test_recipe_errors),
         cmocka_unit_test(test_simpo_and_orpo_learn),
+        cmocka_unit_test(test_reward_gradient_is_finite_differences),
+        cmocka_unit_test(test_reward_export_round_trip),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
