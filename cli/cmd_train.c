@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "dist/dist.h"
 #include "finetune/finetune.h"
 
 static void usage(FILE *f) {
@@ -18,7 +19,9 @@ static void usage(FILE *f) {
             "  --set KEY=VALUE  override a recipe key (the value is YAML), e.g. --set train.lr=1e-4\n"
             "  --resume         continue from the newest checkpoint in output.dir\n"
             "  --max-steps N    stop (with a checkpoint) after N steps in this process\n"
-            "Ctrl-C writes a checkpoint and stops; `--resume` continues exactly where it stopped.\n");
+            "Ctrl-C writes a checkpoint and stops; `--resume` continues exactly where it stopped.\n"
+            "Under `mpirun -np N` the ranks share every step's micro-batches (train.grad_accum of them)\n"
+            "and rank 0 alone writes; a checkpoint resumes with any number of ranks (docs/scale-out.md).\n");
 }
 
 static volatile int stop_requested;
@@ -135,6 +138,16 @@ int mt_cmd_train(int argc, char **argv) {
     }
     if (!file) goto bad;
 
+    /* launched by mpirun: this process is one rank of a data-parallel job */
+    mt_dist *dist = NULL;
+    mt_error derr = {0};
+    if (mt_dist_open(&dist, &derr) != MT_OK) {
+        free(sets);
+        return mt_cli_fail("train", &derr);
+    }
+    opts.dist = dist;
+    int rank = mt_dist_rank(dist), n_ranks = mt_dist_size(dist);
+
     mt_recipe r;
     mt_recipe_diags diags = {0};
     mt_recipe_load_opts lo = {.check_paths = true};
@@ -142,9 +155,12 @@ int mt_cmd_train(int argc, char **argv) {
     mt_status st = mt_recipe_validate(file, sets, n_sets, &lo, &r, &diags, &err);
     free(sets);
     if (st != MT_OK) {
-        for (size_t i = 0; i < diags.n; i++) fprintf(stderr, "%s\n", diags.msgs[i]);
-        if (!diags.n) fprintf(stderr, "moetune train: %s\n", err.msg);
+        if (rank == 0) {
+            for (size_t i = 0; i < diags.n; i++) fprintf(stderr, "%s\n", diags.msgs[i]);
+            if (!diags.n) fprintf(stderr, "moetune train: %s\n", err.msg);
+        }
         mt_recipe_diags_free(&diags);
+        mt_dist_close(dist); /* every rank read the same recipe and stops here */
         return mt_cli_exit_code(st);
     }
     mt_recipe_diags_free(&diags);
@@ -161,6 +177,18 @@ int mt_cmd_train(int argc, char **argv) {
     mt_train_result res;
     st = mt_train(&r, &opts, &res, &err);
     clear_bar(&v);
+    if (st != MT_OK && st != MT_ERR_INTERRUPTED && n_ranks > 1) {
+        /* the others may be waiting in a collective for this rank: end the whole job */
+        fprintf(stderr, "moetune train: rank %d of %d: %s; ending the job\n", rank, n_ranks,
+                err.msg[0] ? err.msg : mt_status_name(st));
+        fflush(stderr);
+        mt_dist_abort(dist, mt_cli_exit_code(st));
+    }
+    mt_dist_close(dist);
+    if (rank > 0) {
+        mt_recipe_free(&r);
+        return mt_cli_exit_code(st);
+    }
     if (st == MT_OK || st == MT_ERR_INTERRUPTED) {
         printf("run:            %lld (%s)\n", (long long)res.run_id, r.output.store);
         printf("steps:          %lld of %lld\n", (long long)res.steps, (long long)res.total_steps);
@@ -176,6 +204,7 @@ int mt_cmd_train(int argc, char **argv) {
             printf("dap threshold:  %.4f (from the recipe)\n", res.dap_threshold);
         printf("throughput:     %.0f tokens/s, %.1f s, peak RSS %.0f MB\n", res.tokens_per_sec, res.seconds,
                res.peak_rss_mb);
+        if (n_ranks > 1) printf("ranks:          %d (%.0f tokens/s per rank)\n", n_ranks, res.tokens_per_sec / n_ranks);
         if (res.adapter_dir[0]) printf("exported:       %s\n", res.adapter_dir);
     }
     mt_recipe_free(&r);

@@ -303,6 +303,11 @@ typedef struct mt_train_opts {
     int64_t max_steps;                    /* stop after this many steps in this process (0 = no limit);
                                            * the schedule still spans the recipe's steps (benchmarks) */
     bool no_store, no_export, no_checkpoints; /* benchmarks: measure the loop alone */
+    /* the job's ranks (dist/dist.h) for data-parallel training; NULL: this process alone. With
+     * several, each rank takes its share of every step's micro-batches, gradients are summed
+     * over ranks before the update, and only rank 0 writes (store, checkpoints, export) and
+     * calls on_note/on_progress (docs/scale-out.md) */
+    struct mt_dist *dist;
 } mt_train_opts;
 
 typedef struct mt_train_result {

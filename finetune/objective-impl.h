@@ -62,8 +62,17 @@ extern const mt_objective mt_objective_sft, mt_objective_pref, mt_objective_rewa
 void mt_run_zero_grad(mt_run *run);
 /* The update of the gradients now held: global norm, NaN guard, clipping, AdamW at the
  * schedule's learning rate for this step (each group scaled by its own ratio). Sets
- * so->grad_norm, so->lr, so->skipped (skipped: nothing applied). */
+ * so->grad_norm, so->lr, so->skipped (skipped: nothing applied).
+ * With several ranks (run->n_ranks > 1) a step does micro-batches g = run->rank, run->rank +
+ * run->n_ranks, … < grad_accum, and holds its share of the step: gradients, loss, aux,
+ * n_tokens and metrics computed with the whole step's denominators (1/grad_accum, the step's
+ * target count), so that summing over ranks gives what one rank doing every micro-batch holds.
+ * mt_run_update first sums them over ranks (gradients in buckets; metrics named min…/max… take
+ * the extreme), then updates identically on every rank. Every rank must call it equally often. */
 void mt_run_update(mt_run *run, double loss, mt_step_out *so);
+/* Sums v[0..n) over the ranks in place (an objective's statistics that span ranks, e.g. GRPO
+ * groups split over ranks); alone a no-op. Every rank must call it at the same point. */
+mt_status mt_run_dist_sum(mt_run *run, double *v, size_t n, mt_error *err);
 /* Appends a trainable tensor (a head) with its learning rate as a ratio of train.lr. */
 void mt_run_add_trainable(mt_run *run, const char *name, float *data, float *grad, int64_t numel, bool decay,
                           double lr_scale);

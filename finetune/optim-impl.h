@@ -36,6 +36,11 @@ void mt_optim_zero_grad(mt_optim *o);
 double mt_optim_grad_norm(const mt_optim *o);
 /* Scales every gradient by s (clipping). */
 void mt_optim_scale_grad(mt_optim *o, float s);
+struct mt_dist;
+/* Sums every gradient over the job's ranks in place: the tensors packed one after another into
+ * bucket[0..cap) and all-reduced a full bucket at a time (one all-reduce per step for LoRA), so
+ * the latency is paid per bucket rather than per tensor. Gradients are host memory (CPU). */
+mt_status mt_optim_allreduce_grad(mt_optim *o, struct mt_dist *d, float *bucket, size_t cap, mt_error *err);
 /* One AdamW update with learning rate lr; increments o->step first (1-based bias correction). */
 void mt_optim_step(mt_optim *o, const mt_recipe *r, double lr);
 

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dist/dist.h"
+
 mt_status mt_optim_init(mt_optim *o, mt_backend *be, const mt_trainable *t, int n, mt_error *err) {
     memset(o, 0, sizeof *o);
     o->be = be;
@@ -48,6 +50,50 @@ double mt_optim_grad_norm(const mt_optim *o) {
 
 void mt_optim_scale_grad(mt_optim *o, float s) {
     for (int i = 0; i < o->n; i++) mt_scale(o->be, o->t[i].grad, s, (size_t)o->t[i].numel);
+}
+
+/* Moves `fill` packed values back to their tensors, starting at tensor *ti offset *off. */
+static void unpack(mt_optim *o, const float *bucket, size_t fill, int *ti, int64_t *off) {
+    size_t k = 0;
+    while (k < fill) {
+        mt_trainable *t = &o->t[*ti];
+        size_t c = (size_t)(t->numel - *off);
+        if (c > fill - k) c = fill - k;
+        memcpy(t->grad + *off, bucket + k, c * sizeof(float));
+        k += c;
+        *off += (int64_t)c;
+        if (*off == t->numel) {
+            (*ti)++;
+            *off = 0;
+        }
+    }
+}
+
+mt_status mt_optim_allreduce_grad(mt_optim *o, struct mt_dist *d, float *bucket, size_t cap, mt_error *err) {
+    size_t fill = 0;
+    int ui = 0;        /* where the next unpack starts */
+    int64_t uoff = 0;
+    for (int i = 0; i < o->n; i++) {
+        const mt_trainable *t = &o->t[i];
+        int64_t off = 0;
+        while (off < t->numel) {
+            size_t c = (size_t)(t->numel - off);
+            if (c > cap - fill) c = cap - fill;
+            memcpy(bucket + fill, t->grad + off, c * sizeof(float));
+            fill += c;
+            off += (int64_t)c;
+            if (fill == cap) {
+                MT_TRY(mt_dist_allreduce_f32(d, bucket, fill, MT_DIST_OP_SUM, err));
+                unpack(o, bucket, fill, &ui, &uoff);
+                fill = 0;
+            }
+        }
+    }
+    if (fill) {
+        MT_TRY(mt_dist_allreduce_f32(d, bucket, fill, MT_DIST_OP_SUM, err));
+        unpack(o, bucket, fill, &ui, &uoff);
+    }
+    return MT_OK;
 }
 
 void mt_optim_step(mt_optim *o, const mt_recipe *r, double lr) {

@@ -377,8 +377,8 @@ static mt_status pair_loss(pref *p, const pair_batch *pb, double *loss, float *d
 }
 
 /* Averages metric lists of several micro-batches into one (same names, same order). */
-static void metrics_accumulate(mt_obj_metrics *acc, const mt_obj_metrics *m, int g) {
-    if (g == 0) {
+static void metrics_accumulate(mt_obj_metrics *acc, const mt_obj_metrics *m, bool first) {
+    if (first) {
         *acc = *m;
         return;
     }
@@ -404,7 +404,8 @@ static mt_status pref_step(mt_run *run, const int64_t *idx, int n, mt_step_out *
     int64_t tokens = 0;
     mt_obj_metrics acc = {0};
     mt_status st = MT_OK;
-    for (int g = 0; g < ga && st == MT_OK; g++) {
+    /* this rank's micro-batches (all of them alone), each weighted 1/ga of the whole step */
+    for (int g = run->rank; g < ga && st == MT_OK; g += run->n_ranks) {
         const int64_t *pidx = idx + (size_t)g * B;
         if (p->needs_ref && !p->cached) {
             st = ref_pass(run, p, &p->train, pidx, B, cm, rc, rr, err);
@@ -453,7 +454,7 @@ static mt_status pref_step(mt_run *run, const int64_t *idx, int n, mt_step_out *
         mt_obj_metrics ms = {0};
         st = pair_loss(p, &pb, &loss, dc, dr, &d_nll, &ms, err);
         if (st != MT_OK) break;
-        metrics_accumulate(&acc, &ms, g);
+        metrics_accumulate(&acc, &ms, g == run->rank);
         /* ∂L/∂(token loss) = −∂L/∂logp, each micro-batch weighted 1/ga (the step's mean over pairs) */
         for (int b = 0; b < B; b++) {
             if (avg) {

@@ -137,7 +137,9 @@ static mt_status rwd_step(mt_run *run, const int64_t *idx, int n, mt_step_out *s
     double loss_sum = 0, aux_sum = 0;
     mt_reward_metrics acc = {0};
     mt_status st = MT_OK;
-    for (int g = 0; g < ga && st == MT_OK; g++) {
+    so->n_tokens = 0;
+    /* this rank's micro-batches (all of them alone), each weighted 1/ga of the whole step */
+    for (int g = run->rank; g < ga && st == MT_OK; g += run->n_ranks) {
         fill(p, &p->train, idx + (size_t)g * B, B, B, T);
         mt_forward_opts fo = mt_run_forward_opts(run, g);
         mt_forward_result fr;
@@ -165,8 +167,9 @@ static mt_status rwd_step(mt_run *run, const int64_t *idx, int n, mt_step_out *s
         acc.accuracy += m.accuracy / ga;
         acc.margin += m.margin / ga;
         acc.mean_reward += m.mean_reward / ga;
-        acc.min_reward = g == 0 || m.min_reward < acc.min_reward ? m.min_reward : acc.min_reward;
-        acc.max_reward = g == 0 || m.max_reward > acc.max_reward ? m.max_reward : acc.max_reward;
+        acc.min_reward = g == run->rank || m.min_reward < acc.min_reward ? m.min_reward : acc.min_reward;
+        acc.max_reward = g == run->rank || m.max_reward > acc.max_reward ? m.max_reward : acc.max_reward;
+        so->n_tokens += (int64_t)2 * B * T;
     }
     free(rc);
     free(rr);
@@ -176,7 +179,6 @@ static mt_status rwd_step(mt_run *run, const int64_t *idx, int n, mt_step_out *s
     add_metrics(&so->metrics, &acc);
     so->loss = loss_sum / ga;
     so->aux = aux_sum / ga;
-    so->n_tokens = (int64_t)2 * n * T;
     mt_run_update(run, so->loss, so);
     return MT_OK;
 }

@@ -9,6 +9,7 @@
 struct mt_store;
 struct mt_lora;
 struct mt_objective;
+struct mt_dist;
 
 typedef struct mt_run {
     const mt_recipe *r;
@@ -41,6 +42,17 @@ typedef struct mt_run {
     /* adapter.from's score head when it is a reward model ([rows, cols], malloc'ed), NULL else */
     float *from_score;
     int64_t from_score_rows, from_score_cols;
+    /* data parallelism (docs/scale-out.md): rank `rank` of `n_ranks` does micro-batches
+     * g = rank, rank + n_ranks, … of every step; mt_run_update sums gradients and the step's
+     * scalars over ranks. Alone: rank 0 of 1, dist NULL, nothing reduced. */
+    struct mt_dist *dist;
+    int rank, n_ranks;
+    float *dist_bucket;        /* [dist_bucket_cap] gradients packed for one all-reduce */
+    size_t dist_bucket_cap;
+    bool dist_stop;            /* some rank was asked to stop: all stop after this step */
+    mt_status dist_status;     /* a failed collective in mt_run_update (it returns nothing) */
+    mt_error dist_err;
+    mt_train_opts rank_opts;   /* ranks > 0: opts without store, checkpoints, export, notes */
 } mt_run;
 
 /* Sets everything up, resuming from the newest checkpoint when asked. Whatever it set up, on

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dist/dist.h"
 #include "peft/lora.h"
 #include "objective-impl.h"
 #include "recipe-impl.h"
@@ -15,6 +16,9 @@
 
 /* Rows sampled for the thresholds: enough for a stable mean, few enough to cost seconds. */
 #define DAP_MAX_ROWS 64
+/* Gradient bucket of the data-parallel all-reduce, in floats (16 MiB: all of a LoRA's gradients
+ * in one all-reduce; full fine-tuning goes in pieces of this size). */
+#define DIST_BUCKET_FLOATS ((size_t)1 << 22)
 
 void mt_run_note(const mt_train_opts *o, const char *fmt, ...) {
     if (!o->on_note) return;
@@ -367,7 +371,12 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
                             "train.device: cuda: the CUDA backend manages devices only (memory, transfers, cuBLAS) "
                             "and has no compute op yet; train with train.device: cpu");
     run->T = r->data.max_seq_len;
-    MT_TRY(mt_mkdirs(r->output.dir, err));
+    if (run->n_ranks > r->train.grad_accum)
+        return mt_error_set(err, MT_ERR_INVALID,
+                            "train.grad_accum is %d but %d ranks share each step's micro-batches: use at most %d ranks "
+                            "or raise train.grad_accum (the global batch is micro_batch x grad_accum rows)",
+                            r->train.grad_accum, run->n_ranks, r->train.grad_accum);
+    if (run->rank == 0) MT_TRY(mt_mkdirs(r->output.dir, err));
     MT_TRY(mt_backend_init(&run->be, MT_BACKEND_CPU, r->train.threads, err));
     MT_TRY(mt_tokenizer_load(&run->tok, r->model.tokenizer, err));
     double t0 = mt_now_seconds();
@@ -407,7 +416,10 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     }
     run->obj = mt_objective_for(r->method);
     if (!run->obj) return mt_error_set(err, MT_ERR_UNSUPPORTED, "method: not available yet");
+    /* rank 0 reads the data first, so that the others find its token cache written and only read */
+    if (run->rank > 0) MT_TRY(mt_dist_barrier(run->dist, err));
     MT_TRY(run->obj->open_data(run, err));
+    if (run->rank == 0) MT_TRY(mt_dist_barrier(run->dist, err));
     MT_TRY(resolve_steps(run, err));
     res->total_steps = run->total_steps;
     run->order = mt_xcalloc((size_t)run->n_examples, sizeof *run->order);
@@ -421,6 +433,17 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     MT_TRY(run->obj->open_model(run, err));
     MT_TRY(mt_optim_init(&run->optim, run->be, run->trainables, run->n_trainables, err));
     res->trainable_params = run->optim.n_params;
+    if (run->n_ranks > 1) {
+        run->dist_bucket_cap = (size_t)run->optim.n_params < DIST_BUCKET_FLOATS ? (size_t)run->optim.n_params
+                                                                                 : DIST_BUCKET_FLOATS;
+        if (run->dist_bucket_cap == 0) run->dist_bucket_cap = 1;
+        run->dist_bucket = mt_xmalloc(run->dist_bucket_cap * sizeof(float));
+        mt_run_note(o, "data parallel: %d ranks, each %d of the %d micro-batches of a step; %.1f MB of gradients "
+                       "summed per step in %zu all-reduce(s)",
+                    run->n_ranks, (r->train.grad_accum + run->n_ranks - 1) / run->n_ranks, r->train.grad_accum,
+                    (double)run->optim.n_params * 4 / 1e6,
+                    ((size_t)run->optim.n_params + run->dist_bucket_cap - 1) / run->dist_bucket_cap);
+    }
 
     if (resuming) {
         MT_TRY(mt_ckpt_load(ckpt, &run->optim, &run->st, err));
@@ -466,6 +489,17 @@ mt_status mt_run_open(mt_run *run, const mt_recipe *r, const mt_train_opts *opts
     memset(run, 0, sizeof *run);
     run->r = r;
     run->opts = opts;
+    run->dist = opts->dist;
+    run->rank = mt_dist_rank(opts->dist);
+    run->n_ranks = mt_dist_size(opts->dist);
+    if (run->rank > 0) {
+        /* one record of the run: rank 0 writes the store, checkpoints and the export, and talks */
+        run->rank_opts = *opts;
+        run->rank_opts.no_store = run->rank_opts.no_checkpoints = run->rank_opts.no_export = true;
+        run->rank_opts.on_note = NULL;
+        run->rank_opts.on_progress = NULL;
+        run->opts = &run->rank_opts;
+    }
     return setup(run, res, err);
 }
 
@@ -485,6 +519,7 @@ void mt_run_close(mt_run *run) {
     free(run->order);
     free(run->step_idx);
     free(run->from_score);
+    free(run->dist_bucket);
     mt_model_free(run->model);
     mt_tokenizer_free(run->tok);
     mt_store_close(run->store);

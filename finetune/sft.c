@@ -28,7 +28,10 @@ static mt_status sft_step(mt_run *run, const int64_t *idx, int n, mt_step_out *s
     for (int i = 0; i < n; i++) n_step += run->train_rows.n_targets[idx[i]];
     mt_run_zero_grad(run);
     double loss_sum = 0, aux_sum = 0;
-    for (int g = 0; g < ga; g++) {
+    so->n_tokens = 0;
+    /* this rank's micro-batches (all of them alone); n_step counts the whole step's targets, so
+     * the ranks' losses and gradients add up to the step's (docs/scale-out.md) */
+    for (int g = run->rank; g < ga; g += run->n_ranks) {
         mt_batch_buf_fill(&run->buf, &run->train_rows, idx + (size_t)g * B, B);
         size_t nt = (size_t)B * T;
         float w = n_step > 0 ? 1.0f / (float)n_step : 0.0f;
@@ -40,8 +43,8 @@ static mt_status sft_step(mt_run *run, const int64_t *idx, int n, mt_step_out *s
         MT_TRY(mt_model_backward(run->model, run->ws, run->buf.dloss, err));
         loss_sum += fr.loss_sum;
         aux_sum += fr.aux_loss;
+        so->n_tokens += (int64_t)B * T;
     }
-    so->n_tokens = (int64_t)n * T;
     so->loss = n_step ? loss_sum / (double)n_step : NAN;
     so->aux = aux_sum / ga;
     mt_run_update(run, so->loss, so);

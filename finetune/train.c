@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 
 #include "checkpoint-impl.h"
+#include "dist/dist.h"
 #include "peft/lora.h"
 #include "objective-impl.h"
 #include "store/store.h"
@@ -79,8 +80,118 @@ mt_forward_opts mt_run_forward_opts(const mt_run *run, int g) {
     };
 }
 
+/* ---- data parallelism: what the ranks add up before an update (docs/scale-out.md) ---- */
+
+/* How a step metric combines over ranks. Objectives report a step's means over its
+ * micro-batches as each rank's share (the sum over its micro-batches of value / grad_accum),
+ * and shares add up; extremes (TRL's min_*, max_*, names ending in /min or /max) take the
+ * extreme. */
+static mt_dist_op metric_op(const char *name) {
+    const char *base = strrchr(name, '/');
+    base = base ? base + 1 : name;
+    if (!strncmp(base, "min", 3)) return MT_DIST_OP_MIN;
+    if (!strncmp(base, "max", 3)) return MT_DIST_OP_MAX;
+    return MT_DIST_OP_SUM;
+}
+
+/* The names of a metric list, hashed: every rank must hold the same list for the slots to line
+ * up (an objective leaves a non-finite metric out, which one rank may do and another not). */
+static uint32_t metric_names_hash(const mt_obj_metrics *ms) {
+    uint32_t h = 2166136261u ^ (uint32_t)ms->n;
+    for (int i = 0; i < ms->n; i++) {
+        for (const char *c = ms->m[i].name; *c; c++) h = (h ^ (uint8_t)*c) * 16777619u;
+        h = (h ^ 0xffu) * 16777619u;
+    }
+    return h;
+}
+
+/* Sums the gradients over ranks (bucketed), then the step's scalars in two small all-reduces
+ * (sums; extremes): loss, aux, tokens, the stop request, the metrics. Each rank's gradients and
+ * scalars are its share of the global step (the objective's denominators are the whole step's),
+ * so the sums are exactly what one rank doing every micro-batch would hold. */
+static mt_status dist_reduce(mt_run *run, double *loss, mt_step_out *so, mt_error *err) {
+    enum { N_FIXED = 6 };
+    MT_TRY(mt_optim_allreduce_grad(&run->optim, run->dist, run->dist_bucket, run->dist_bucket_cap, err));
+    const mt_train_opts *o = run->opts;
+    mt_obj_metrics *ms = &so->metrics;
+    uint32_t sig = metric_names_hash(ms);
+    double sum[N_FIXED + MT_OBJ_MAX_METRICS], ext[MT_OBJ_MAX_METRICS];
+    sum[0] = *loss;
+    sum[1] = so->loss;
+    sum[2] = so->aux;
+    sum[3] = (double)so->n_tokens;
+    sum[4] = (double)sig;
+    sum[5] = o->stop_flag && *o->stop_flag;
+    for (int i = 0; i < MT_OBJ_MAX_METRICS; i++) {
+        mt_dist_op op = i < ms->n ? metric_op(ms->m[i].name) : MT_DIST_OP_SUM;
+        sum[N_FIXED + i] = i < ms->n && op == MT_DIST_OP_SUM ? ms->m[i].value : 0.0;
+        /* one MAX reduce serves both extremes: a minimum travels negated */
+        ext[i] = i >= ms->n || op == MT_DIST_OP_SUM ? -INFINITY
+                 : op == MT_DIST_OP_MAX             ? ms->m[i].value
+                                                    : -ms->m[i].value;
+    }
+    MT_TRY(mt_dist_allreduce_f64(run->dist, sum, N_FIXED + MT_OBJ_MAX_METRICS, MT_DIST_OP_SUM, err));
+    MT_TRY(mt_dist_allreduce_f64(run->dist, ext, MT_OBJ_MAX_METRICS, MT_DIST_OP_MAX, err));
+    *loss = sum[0];
+    so->loss = sum[1];
+    so->aux = sum[2];
+    so->n_tokens = llround(sum[3]);
+    run->dist_stop = sum[5] > 0;
+    /* every rank sees the same sum; it is n_ranks times its own hash only when all lists match */
+    if (sum[4] != (double)sig * run->n_ranks) {
+        mt_run_note(o, "warning: step %lld: the ranks' metric lists differ (a metric was non-finite on some); "
+                       "the step's metrics are not logged",
+                    (long long)run->st.step + 1);
+        ms->n = 0;
+        return MT_OK;
+    }
+    for (int i = 0; i < ms->n; i++) {
+        mt_dist_op op = metric_op(ms->m[i].name);
+        ms->m[i].value = op == MT_DIST_OP_SUM ? sum[N_FIXED + i] : op == MT_DIST_OP_MAX ? ext[i] : -ext[i];
+    }
+    return MT_OK;
+}
+
+/* Every rank's trainables must be bit-identical after each update (same summed gradients, same
+ * AdamW): checked where it matters, before a checkpoint that only rank 0 writes. */
+static mt_status dist_check_identical(mt_run *run, mt_error *err) {
+    if (run->n_ranks <= 1) return MT_OK;
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < run->optim.n; i++) {
+        const uint32_t *w = (const uint32_t *)(const void *)run->optim.t[i].data;
+        for (int64_t k = 0; k < run->optim.t[i].numel; k++) h = (h ^ w[k]) * 16777619u;
+    }
+    double v[2] = {(double)h, (double)h};
+    MT_TRY(mt_dist_allreduce_f64(run->dist, &v[0], 1, MT_DIST_OP_MIN, err));
+    MT_TRY(mt_dist_allreduce_f64(run->dist, &v[1], 1, MT_DIST_OP_MAX, err));
+    if (v[0] != v[1])
+        return mt_error_set(err, MT_ERR_NUMERIC,
+                            "step %lld: the ranks' trainable weights differ (rank %d holds hash %08x); the data-parallel "
+                            "update diverged",
+                            (long long)run->st.step, run->rank, h);
+    return MT_OK;
+}
+
+mt_status mt_run_dist_sum(mt_run *run, double *v, size_t n, mt_error *err) {
+    return mt_dist_allreduce_f64(run->dist, v, n, MT_DIST_OP_SUM, err);
+}
+
+/* Ctrl-C (or a launcher's SIGTERM) reaches the ranks at different moments: with several, the
+ * request travels in the step's all-reduce and every rank stops after the same step. */
+static bool stop_now(const mt_run *run) {
+    if (run->n_ranks > 1) return run->dist_stop;
+    return run->opts->stop_flag && *run->opts->stop_flag;
+}
+
 void mt_run_update(mt_run *run, double loss, mt_step_out *so) {
     const mt_recipe *r = run->r;
+    if (run->n_ranks > 1) {
+        if (run->dist_status == MT_OK) run->dist_status = dist_reduce(run, &loss, so, &run->dist_err);
+        if (run->dist_status != MT_OK) {
+            so->skipped = true; /* train_step reports the failure once the objective returns */
+            return;
+        }
+    }
     so->grad_norm = mt_optim_grad_norm(&run->optim);
     so->lr = mt_schedule_lr(r, run->st.step, run->total_steps, run->warmup);
     so->skipped = !isfinite(so->grad_norm) || !isfinite(loss);
@@ -94,13 +205,19 @@ static mt_status train_step(mt_run *run, mt_step_out *so, mt_error *err) {
     int n = run->r->train.micro_batch * run->r->train.grad_accum;
     next_examples(run, run->step_idx, n);
     memset(so, 0, sizeof *so);
-    return run->obj->step(run, run->step_idx, n, so, err);
+    MT_TRY(run->obj->step(run, run->step_idx, n, so, err));
+    if (run->dist_status != MT_OK) {
+        *err = run->dist_err;
+        return run->dist_status;
+    }
+    return MT_OK;
 }
 
 /* ---- evaluation and checkpoints ---- */
 
 static mt_status evaluate(mt_run *run, int64_t step, mt_train_result *res, mt_error *err) {
-    if (!run->obj->eval) return MT_OK;
+    /* held-out figures are rank 0's to compute and record; the others wait in the next step */
+    if (!run->obj->eval || run->rank != 0) return MT_OK;
     mt_eval_out eo = {.loss = NAN};
     MT_TRY(run->obj->eval(run, &eo, err));
     if (!isfinite(eo.loss) && eo.metrics.n == 0) return MT_OK; /* nothing held out */
@@ -133,6 +250,7 @@ static mt_status evaluate(mt_run *run, int64_t step, mt_train_result *res, mt_er
 }
 
 static mt_status checkpoint(mt_run *run, mt_error *err) {
+    MT_TRY(dist_check_identical(run, err));
     if (run->opts->no_checkpoints) return MT_OK;
     char path[4096];
     run->st.optim_step = run->optim.step;
@@ -222,10 +340,10 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
         }
         bool last = run->st.step == run->total_steps;
         if (every(r->train.eval_every, run->st.step) || last) MT_TRY(evaluate(run, run->st.step, res, err));
-        if ((every(r->train.save_every, run->st.step) && !last) ||
-            (o->stop_flag && *o->stop_flag && !last))
+        bool stop = stop_now(run);
+        if ((every(r->train.save_every, run->st.step) && !last) || (stop && !last))
             MT_TRY(checkpoint(run, err));
-        if (o->stop_flag && *o->stop_flag && !last) {
+        if (stop && !last) {
             res->interrupted = true;
             break;
         }
@@ -251,7 +369,7 @@ mt_status mt_train(const mt_recipe *r, const mt_train_opts *opts, mt_train_resul
         if (st == MT_OK) st = loop(&run, res, err);
         /* interrupted runs checkpointed in the loop; a run cut short by max_steps does it here */
         if (st == MT_OK && !res->interrupted) st = checkpoint(&run, err);
-        if (st == MT_OK && !res->interrupted && res->steps == res->total_steps && !opts->no_export)
+        if (st == MT_OK && !res->interrupted && res->steps == res->total_steps && !run.opts->no_export)
             st = mt_run_export(&run, res, err);
     }
     res->seconds = mt_now_seconds() - t0;
