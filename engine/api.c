@@ -1,7 +1,8 @@
 /* api.c — the OpenAI/vLLM request bodies: parsing and validating /v1/completions,
- * /v1/chat/completions and the LoRA load/unload bodies into mt_eng_params, and OpenAI-style
- * error bodies. Everything here treats its input as hostile: each field is checked for type and
- * range and named in the error, and no input can make it crash (fuzz/fuzz_request.c). */
+ * /v1/chat/completions into mt_eng_params, the LoRA load/unload and /v1/feedback bodies into
+ * theirs, and OpenAI-style error bodies. Everything here treats its input as hostile: each
+ * field is checked for type and range and named in the error, and no input can make it crash
+ * (fuzz/fuzz_request.c). */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
@@ -454,6 +455,67 @@ bool mt_eng_parse_lora(const char *body, size_t len, bool want_path, char *name,
         *load_inplace = false;
         if (ok) ok = get_bool(o, "load_inplace", load_inplace, herr);
     }
+    cJSON_Delete(o);
+    return ok;
+}
+
+/* A string field of at most cap − 1 bytes, copied to out; absent leaves out as it is. */
+static bool get_string(const cJSON *o, const char *name, bool required, bool nonempty, char *out, size_t cap,
+                       mt_eng_http_error *h) {
+    const cJSON *v = field(o, name);
+    if (!v) return required ? bad(h, name, "'%s' is required", name) : true;
+    if (!cJSON_IsString(v)) return bad(h, name, "'%s' must be a string, not %s", name, json_type_name(v));
+    if (nonempty && !v->valuestring[0]) return bad(h, name, "'%s' must not be empty", name);
+    if (strlen(v->valuestring) >= cap) return bad(h, name, "'%s' is longer than %zu bytes", name, cap - 1);
+    snprintf(out, cap, "%s", v->valuestring);
+    return true;
+}
+
+bool mt_eng_parse_feedback(const char *body, size_t len, mt_eng_feedback *f, mt_eng_http_error *herr) {
+    static const char *const known[] = {"chosen_id", "rejected_id", "chosen_index", "rejected_index", "id", "index",
+                                        "rating", "dataset", "annotator", "split"};
+    memset(f, 0, sizeof *f);
+    snprintf(f->dataset, sizeof f->dataset, "served");
+    const char *end = NULL;
+    cJSON *o = parse_json(body, len, &end);
+    if (!o) return bad(herr, NULL, "the body is not valid JSON");
+    bool ok = true;
+    if (!cJSON_IsObject(o)) ok = bad(herr, NULL, "the body must be a JSON object, not %s", json_type_name(o));
+    for (const cJSON *kv = ok ? o->child : NULL; kv && ok; kv = kv->next) {
+        bool k = false;
+        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) k |= !strcmp(kv->string, known[i]);
+        if (!k)
+            ok = bad(herr, kv->string,
+                     "unknown field '%.60s': a preference is {\"chosen_id\", \"rejected_id\"}, a rating {\"id\", "
+                     "\"rating\"}",
+                     kv->string);
+    }
+    if (ok) {
+        f->is_rating = field(o, "rating") || field(o, "id") || field(o, "index");
+        if (f->is_rating && (field(o, "chosen_id") || field(o, "rejected_id") || field(o, "chosen_index") ||
+                             field(o, "rejected_index")))
+            ok = bad(herr, field(o, "rating") ? "rating" : field(o, "id") ? "id" : "index",
+                     "give either a preference (chosen_id, rejected_id) or a rating (id, rating), not both");
+    }
+    int64_t ci = 0, ri = 0;
+    if (ok && f->is_rating) {
+        ok = get_string(o, "id", true, true, f->chosen_id, sizeof f->chosen_id, herr) &&
+             get_int(o, "index", 0, 1 << 20, &ci, herr);
+        if (ok && !field(o, "rating")) ok = bad(herr, "rating", "'rating' is required");
+        if (ok) ok = get_number(o, "rating", -1e300, 1e300, false, &f->rating, herr);
+    } else if (ok) {
+        ok = get_string(o, "chosen_id", true, true, f->chosen_id, sizeof f->chosen_id, herr) &&
+             get_string(o, "rejected_id", true, true, f->rejected_id, sizeof f->rejected_id, herr) &&
+             get_int(o, "chosen_index", 0, 1 << 20, &ci, herr) && get_int(o, "rejected_index", 0, 1 << 20, &ri, herr);
+    }
+    f->chosen_index = (int)ci;
+    f->rejected_index = (int)ri;
+    if (ok) ok = get_string(o, "dataset", false, true, f->dataset, sizeof f->dataset, herr);
+    if (ok) ok = get_string(o, "annotator", false, false, f->annotator, sizeof f->annotator, herr);
+    char split[16] = "train";
+    if (ok) ok = get_string(o, "split", false, true, split, sizeof split, herr);
+    if (ok && strcmp(split, "train") && strcmp(split, "eval")) ok = bad(herr, "split", "'split' must be \"train\" or \"eval\"");
+    f->eval = ok && !strcmp(split, "eval");
     cJSON_Delete(o);
     return ok;
 }

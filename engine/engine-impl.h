@@ -28,6 +28,7 @@ typedef enum mt_eng_endpoint {
     MT_EP_UNLOAD_LORA,
     MT_EP_HEALTH,
     MT_EP_METRICS,
+    MT_EP_FEEDBACK,
     MT_EP_OTHER,
     MT_EP_COUNT
 } mt_eng_endpoint;
@@ -101,6 +102,21 @@ void mt_eng_chat_msgs_free(mt_eng_chat_msgs *m);
 /* {"lora_name","lora_path"} / {"lora_name"}; strings copied into name/path. */
 bool mt_eng_parse_lora(const char *body, size_t len, bool want_path, char *name, size_t name_cap, char *path,
                        size_t path_cap, bool *load_inplace, mt_eng_http_error *herr);
+/* A /v1/feedback body: a preference {"chosen_id","rejected_id"[,"chosen_index","rejected_index"]}
+ * or a rating {"id"[,"index"],"rating"}, with "dataset", "annotator", "split". Unknown keys are
+ * refused by name (a "chosen" meant as "chosen_id" must not pass silently). */
+#define MT_ENG_ID_MAX 200
+typedef struct mt_eng_feedback {
+    bool is_rating;
+    char chosen_id[MT_ENG_ID_MAX + 1];   /* rating: the rated response's id */
+    char rejected_id[MT_ENG_ID_MAX + 1]; /* "" for a rating */
+    int chosen_index, rejected_index;     /* choice indexes, 0 by default */
+    double rating;
+    char dataset[MT_ENG_NAME_MAX];        /* "served" by default */
+    char annotator[MT_ENG_NAME_MAX];      /* "" = none */
+    bool eval;                            /* "split": "eval" */
+} mt_eng_feedback;
+bool mt_eng_parse_feedback(const char *body, size_t len, mt_eng_feedback *f, mt_eng_http_error *herr);
 void mt_eng_herr(mt_eng_http_error *h, int status, const char *type, const char *param, const char *code,
                  const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 /* {"error":{"message","type","param","code"}}, malloc'ed */
@@ -163,6 +179,8 @@ struct mt_eng_req {
     int n_prompts;
     int *prompt_len;          /* [n_prompts] */
     char *prompt_text;        /* for the store: the first prompt as text; may be NULL */
+    char *prompts_json;       /* for the store: chat messages or every prompt's text (JSON); may be NULL */
+    char id[48];              /* the response's "id": the name feedback finds it by */
     int n_samples;
     mt_eng_sample *samples;   /* [n_samples] */
     double t_arrival;         /* mt_now_seconds() at submission */
@@ -230,6 +248,12 @@ mt_status mt_recorder_start(mt_recorder **out, mt_engine *e, const char *path, m
 void mt_recorder_push(mt_recorder *r, const mt_store_served *row);
 void mt_recorder_stop(mt_recorder *r); /* writes what is queued, then joins */
 uint64_t mt_recorder_written(mt_recorder *r);
+/* Waits until every row queued before the call is committed (or failed, or was dropped), then
+ * calls fn with the writer's store handle, the writer kept off it until fn returns. Feedback
+ * uses it: a response the client has seen was queued before the client saw it (record() runs
+ * before the request is marked done), so fn finds it in the store. */
+mt_status mt_recorder_with_store(mt_recorder *r, mt_status (*fn)(mt_store *s, void *ctx, mt_error *err), void *ctx,
+                                 mt_error *err);
 
 /* ---- the engine ---- */
 
@@ -282,6 +306,7 @@ struct mt_engine {
     mt_metrics metrics;
     mt_recorder *rec;
     atomic_uint_fast64_t next_id;
+    uint64_t id_salt;         /* random per engine: response ids differ across restarts on one store */
 
     /* watch (adapters.c) */
     pthread_t watch_thread;
@@ -349,6 +374,8 @@ int mt_eng_send_error(mt_server *s, struct MHD_Connection *c, mt_eng_endpoint ep
                       const mt_eng_http_error *h);
 /* /v1/completions and /v1/chat/completions (openai.c). */
 int mt_eng_handle_generate(mt_server *s, struct MHD_Connection *c, mt_eng_endpoint ep, const char *body, size_t len);
+/* /v1/feedback (feedback.c). */
+int mt_eng_handle_feedback(mt_server *s, struct MHD_Connection *c, const char *body, size_t len);
 
 /* metrics text (metrics.c) */
 char *mt_eng_metrics_text(mt_engine *e);

@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "engine-impl.h"
 
@@ -14,7 +17,8 @@ static const char *const endpoint_paths[MT_EP_COUNT] = {
     [MT_EP_COMPLETIONS] = "/v1/completions",   [MT_EP_CHAT] = "/v1/chat/completions",
     [MT_EP_MODELS] = "/v1/models",             [MT_EP_LOAD_LORA] = "/v1/load_lora_adapter",
     [MT_EP_UNLOAD_LORA] = "/v1/unload_lora_adapter", [MT_EP_HEALTH] = "/health",
-    [MT_EP_METRICS] = "/metrics",              [MT_EP_OTHER] = "other",
+    [MT_EP_METRICS] = "/metrics",              [MT_EP_FEEDBACK] = "/v1/feedback",
+    [MT_EP_OTHER] = "other",
 };
 
 const char *mt_eng_endpoint_path(mt_eng_endpoint ep) {
@@ -58,6 +62,14 @@ mt_status mt_engine_init(mt_engine **out, mt_backend *be, const mt_engine_opts *
     pthread_mutex_init(&e->watch_mu, NULL);
     pthread_cond_init(&e->watch_cv, NULL);
     atomic_init(&e->next_id, 1);
+    /* Response ids are hash(salt, counter): the counter restarts with every engine, and a store
+     * outlives many, so the salt must not repeat; the clock is the fallback when the kernel's
+     * generator cannot be read. */
+    if (getrandom(&e->id_salt, sizeof e->id_salt, 0) != (ssize_t)sizeof e->id_salt) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        e->id_salt = mt_hash_u64((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec, (uint64_t)getpid());
+    }
     e->t_started = mt_now_seconds();
     snprintf(e->model_dir, sizeof e->model_dir, "%s", opts->model_dir);
     if (opts->served_name && *opts->served_name) {

@@ -1,6 +1,7 @@
 /* http.c — the HTTP server (libmicrohttpd, a thread per connection): the route table, the API
  * key (compared in constant time), request bodies under a size limit, and the small endpoints
- * (/v1/models, vLLM's LoRA load/unload, /health, /metrics). Generation lives in openai.c.
+ * (/v1/models, vLLM's LoRA load/unload, /health, /metrics). Generation lives in openai.c,
+ * feedback in feedback.c.
  * Binds 127.0.0.1 unless told otherwise. */
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -241,6 +242,10 @@ static int h_chat(mt_server *s, struct MHD_Connection *c, conn_state *cs) {
     return mt_eng_handle_generate(s, c, MT_EP_CHAT, cs->body, cs->len);
 }
 
+static int h_feedback(mt_server *s, struct MHD_Connection *c, conn_state *cs) {
+    return mt_eng_handle_feedback(s, c, cs->body, cs->len);
+}
+
 static const route routes[] = {
     {"POST", "/v1/completions", MT_EP_COMPLETIONS, true, h_completions},
     {"POST", "/v1/chat/completions", MT_EP_CHAT, true, h_chat},
@@ -248,6 +253,7 @@ static const route routes[] = {
     {"GET", "/v1/models/", MT_EP_MODELS, true, h_model},
     {"POST", "/v1/load_lora_adapter", MT_EP_LOAD_LORA, true, h_load},
     {"POST", "/v1/unload_lora_adapter", MT_EP_UNLOAD_LORA, true, h_unload},
+    {"POST", "/v1/feedback", MT_EP_FEEDBACK, true, h_feedback},
     {"GET", "/health", MT_EP_HEALTH, false, h_health},
     {"GET", "/metrics", MT_EP_METRICS, false, h_metrics},
 };

@@ -183,7 +183,7 @@ static bool encode_prompts(mt_engine *e, mt_eng_endpoint ep, gen_ctx *g, mt_eng_
             }
             pr->n_ids = (int)n;
             if (g->echo) g->echo[i] = mt_xstrdup(pr->text);
-        } else if (g->echo || i == 0) {
+        } else if (g->echo || i == 0 || e->rec) {
             char *text = NULL;
             size_t len = 0;
             if (mt_tokenizer_decode(e->tok, pr->ids, (size_t)pr->n_ids, false, &text, &len, &err) != MT_OK) {
@@ -191,7 +191,7 @@ static bool encode_prompts(mt_engine *e, mt_eng_endpoint ep, gen_ctx *g, mt_eng_
                 return false;
             }
             if (g->echo) g->echo[i] = text;
-            else pr->text = text; /* for the store */
+            else pr->text = text; /* for the store (feedback needs every prompt's text) */
         }
     }
     return true;
@@ -216,10 +216,7 @@ static int respond_whole(mt_server *s, struct MHD_Connection *c, mt_eng_req *r, 
             mt_eng_herr(&h, 500, "server_error", NULL, "internal_error", "%s", r->errmsg);
         return mt_eng_send_error(s, c, r->ep, r->model_name, &h);
     }
-    char id[64];
-    snprintf(id, sizeof id, "%s-%016llx", r->ep == MT_EP_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long long)mt_hash_u64(r->p.seed, (uint64_t)(uintptr_t)r));
-    cJSON *o = response_head(r, id, (long)r->t_arrival_unix, false);
+    cJSON *o = response_head(r, r->id, (long)r->t_arrival_unix, false);
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     for (int i = 0; i < r->n_samples; i++) {
         mt_eng_sample *sm = &r->samples[i];
@@ -411,8 +408,7 @@ static int respond_stream(mt_server *s, struct MHD_Connection *c, mt_eng_req *r,
     st->s = s;
     st->r = r;
     st->c = c;
-    snprintf(st->id, sizeof st->id, "%s-%016llx", r->ep == MT_EP_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long long)mt_hash_u64(r->p.seed, (uint64_t)(uintptr_t)r));
+    snprintf(st->id, sizeof st->id, "%s", r->id);
     st->created = (long)r->t_arrival_unix;
     st->sent_text = mt_xcalloc((size_t)r->n_samples, sizeof(size_t));
     st->sent_lps = mt_xcalloc((size_t)r->n_samples, sizeof(int));
@@ -434,6 +430,28 @@ static int respond_stream(mt_server *s, struct MHD_Connection *c, mt_eng_req *r,
     return ok;
 }
 
+/* What feedback turns into a pair's prompt: chat's messages as TRL's conversational form
+ * ([{"role","content"},...], unformatted), or every prompt's text. */
+static char *prompts_json(mt_eng_endpoint ep, const gen_ctx *g) {
+    cJSON *a = cJSON_CreateArray();
+    if (ep == MT_EP_CHAT) {
+        for (int i = 0; i < g->msgs.n; i++) {
+            cJSON *m = cJSON_CreateObject();
+            cJSON_AddStringToObject(m, "role", g->msgs.role[i]);
+            cJSON_AddStringToObject(m, "content", g->msgs.content[i]);
+            cJSON_AddItemToArray(a, m);
+        }
+    } else {
+        for (int i = 0; i < g->n_prompts; i++)
+            cJSON_AddItemToArray(a, cJSON_CreateString(g->prompts[i].text ? g->prompts[i].text : ""));
+    }
+    char *json = cJSON_PrintUnformatted(a);
+    cJSON_Delete(a);
+    char *out = mt_xstrdup(json);
+    cJSON_free(json);
+    return out;
+}
+
 int mt_eng_handle_generate(mt_server *s, struct MHD_Connection *c, mt_eng_endpoint ep, const char *body, size_t len) {
     mt_engine *e = s->e;
     gen_ctx g = {0};
@@ -451,6 +469,7 @@ int mt_eng_handle_generate(mt_server *s, struct MHD_Connection *c, mt_eng_endpoi
         return ok;
     }
     if (g.prompts[0].text) r->prompt_text = mt_xstrdup(g.prompts[0].text);
+    if (e->rec) r->prompts_json = prompts_json(ep, &g);
     if (!mt_eng_submit(e, r, &h)) {
         int ok = mt_eng_send_error(s, c, ep, r->model_name, &h);
         mt_eng_req_unref(e, r);

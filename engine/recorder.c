@@ -1,6 +1,7 @@
 /* recorder.c — `--store`: served requests go to the SQLite store from a writer thread of their
- * own, a batch per transaction, so that neither the decode thread nor an HTTP thread ever waits
- * on SQLite (a commit's fsync costs milliseconds). */
+ * own, a batch per transaction, so that neither the decode thread nor a generation request ever
+ * waits on SQLite (a commit's fsync costs milliseconds). Feedback borrows the writer's handle
+ * once the rows queued before it are committed (tickets: queued vs. settled). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,10 +18,16 @@ struct mt_recorder {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_cond_t settled_cv; /* signalled when a batch is settled */
     mt_store_served *q; /* [cap] rows with malloc'ed strings */
     size_t n, cap;
     bool stopping;
     uint64_t written, dropped;
+    uint64_t queued;  /* rows ever accepted into q */
+    uint64_t settled; /* of those, rows committed or failed: every row < settled is in the store or never will be */
+    /* Held by whoever uses `store`: the writer for a batch, a feedback call for its lookups and
+     * writes. An SQLite connection may move between threads but not be used by two at once. */
+    pthread_mutex_t store_mu;
 };
 
 static char *dup_or_null(const char *s) { return s ? mt_xstrdup(s) : NULL; }
@@ -32,6 +39,8 @@ static void row_free(mt_store_served *r) {
     free((char *)r->finish_reason);
     free((char *)r->prompt);
     free((char *)r->completions_json);
+    free((char *)r->response_id);
+    free((char *)r->prompts_json);
 }
 
 void mt_recorder_push(mt_recorder *r, const mt_store_served *row) {
@@ -45,6 +54,7 @@ void mt_recorder_push(mt_recorder *r, const mt_store_served *row) {
         r->cap = r->cap ? 2 * r->cap : 64;
         r->q = mt_xrealloc(r->q, r->cap * sizeof *r->q);
     }
+    r->queued++;
     mt_store_served *d = &r->q[r->n++];
     *d = *row;
     d->endpoint = dup_or_null(row->endpoint);
@@ -53,6 +63,8 @@ void mt_recorder_push(mt_recorder *r, const mt_store_served *row) {
     d->finish_reason = dup_or_null(row->finish_reason);
     d->prompt = dup_or_null(row->prompt);
     d->completions_json = dup_or_null(row->completions_json);
+    d->response_id = dup_or_null(row->response_id);
+    d->prompts_json = dup_or_null(row->prompts_json);
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
 }
@@ -78,11 +90,15 @@ static void *rec_main(void *arg) {
         r->n -= k;
         pthread_mutex_unlock(&r->mu);
         mt_error err = {0};
+        pthread_mutex_lock(&r->store_mu);
         mt_status st = mt_store_served_add(r->store, batch, k, &err);
+        pthread_mutex_unlock(&r->store_mu);
         if (st != MT_OK) mt_eng_log(r->e, "store: %zu served requests not recorded: %s", k, err.msg);
         for (size_t i = 0; i < k; i++) row_free(&batch[i]);
         pthread_mutex_lock(&r->mu);
         if (st == MT_OK) r->written += k;
+        r->settled += k;
+        pthread_cond_broadcast(&r->settled_cv);
     }
     pthread_mutex_unlock(&r->mu);
     return NULL;
@@ -99,8 +115,14 @@ mt_status mt_recorder_start(mt_recorder **out, mt_engine *e, const char *path, m
     }
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
+    pthread_cond_init(&r->settled_cv, NULL);
+    pthread_mutex_init(&r->store_mu, NULL);
     if (pthread_create(&r->thread, NULL, rec_main, r) != 0) {
         mt_store_close(r->store);
+        pthread_mutex_destroy(&r->mu);
+        pthread_cond_destroy(&r->cv);
+        pthread_cond_destroy(&r->settled_cv);
+        pthread_mutex_destroy(&r->store_mu);
         free(r);
         return mt_error_set(err, MT_ERR_NOMEM, "cannot start the store writer thread");
     }
@@ -120,6 +142,8 @@ void mt_recorder_stop(mt_recorder *r) {
     mt_store_close(r->store);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
+    pthread_cond_destroy(&r->settled_cv);
+    pthread_mutex_destroy(&r->store_mu);
     free(r);
 }
 
@@ -129,4 +153,19 @@ uint64_t mt_recorder_written(mt_recorder *r) {
     uint64_t w = r->written;
     pthread_mutex_unlock(&r->mu);
     return w;
+}
+
+mt_status mt_recorder_with_store(mt_recorder *r, mt_status (*fn)(mt_store *s, void *ctx, mt_error *err), void *ctx,
+                                 mt_error *err) {
+    /* Rows the writer has taken out of q but not yet committed are neither in q nor in the
+     * store: looking in both would still miss them, so wait for the writer to settle every row
+     * queued so far. It wakes on its own for a non-empty queue, so this costs one commit. */
+    pthread_mutex_lock(&r->mu);
+    uint64_t ticket = r->queued;
+    while (r->settled < ticket) pthread_cond_wait(&r->settled_cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_lock(&r->store_mu);
+    mt_status st = fn(r->store, ctx, err);
+    pthread_mutex_unlock(&r->store_mu);
+    return st;
 }

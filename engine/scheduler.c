@@ -28,6 +28,7 @@ static void req_free(mt_engine *e, mt_eng_req *r) {
     free(r->samples);
     free(r->prompt_len);
     free(r->prompt_text);
+    free(r->prompts_json);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r);
@@ -138,6 +139,8 @@ mt_eng_req *mt_eng_req_new(mt_engine *e, mt_eng_endpoint ep, const mt_eng_params
         clock_gettime(CLOCK_REALTIME, &ts);
         r->p.seed = mt_hash_u64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30), atomic_fetch_add(&e->next_id, 1));
     }
+    snprintf(r->id, sizeof r->id, "%s-%016llx", ep == MT_EP_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)mt_hash_u64(e->id_salt, atomic_fetch_add(&e->next_id, 1)));
     atomic_init(&r->cancelled, false);
     if (!mt_eng_resolve_model(e, p->model, &r->ref, &r->has_ref, herr)) {
         free(maxes);
@@ -266,6 +269,9 @@ static void record(mt_engine *e, mt_eng_req *r) {
         .latency = now - r->t_arrival,
         .prompt = r->prompt_text,
         .completions_json = json,
+        .response_id = r->id,
+        .prompts_json = r->prompts_json,
+        .n_per_prompt = r->p.n,
     };
     mt_recorder_push(e->rec, &row);
     cJSON_free(json);
@@ -292,15 +298,19 @@ static void req_finish(mt_engine *e, mt_eng_req *r, mt_status st, const char *ms
     }
     r->status = st;
     if (msg) snprintf(r->errmsg, sizeof r->errmsg, "%s", msg);
-    r->done = true;
-    pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
     if (st == MT_OK) {
         pthread_mutex_lock(&e->metrics.mu);
         mt_hist_observe(&e->metrics.e2e, mt_now_seconds() - r->t_arrival);
         pthread_mutex_unlock(&e->metrics.mu);
     }
+    /* queued for the store before the client can hear the request is done: feedback that
+     * follows the response at once then finds its row (mt_recorder_with_store waits for it) */
     record(e, r);
+    pthread_mutex_lock(&r->mu);
+    r->done = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
     /* remove its samples from the active list, keeping admission order */
     int w = 0;
     for (int i = 0; i < e->n_active; i++)

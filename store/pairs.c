@@ -347,8 +347,7 @@ mt_status mt_store_pairs_dataset_id(mt_store *s, const char *name, int64_t *id, 
     return mt_st_db_error(s, err, rc, "looking up a pair dataset");
 }
 
-/* the dataset of that name, created when missing (inside the caller's transaction) */
-static mt_status dataset_get_or_create(mt_store *s, const char *name, int64_t *id, mt_error *err) {
+mt_status mt_st_pair_dataset_get_or_create(mt_store *s, const char *name, int64_t *id, mt_error *err) {
     mt_error e2 = {0};
     mt_status rs = mt_store_pairs_dataset_id(s, name, id, &e2);
     if (rs != MT_ERR_NOT_FOUND) {
@@ -372,9 +371,7 @@ static mt_status dataset_get_or_create(mt_store *s, const char *name, int64_t *i
     return rs;
 }
 
-/* The dataset row's sha256 becomes the digest of its pair hashes in hash order (a set's
- * identity, whatever the insertion order) and n_docs its count. */
-static mt_status dataset_refresh(mt_store *s, int64_t id, mt_error *err) {
+mt_status mt_st_pair_dataset_refresh(mt_store *s, int64_t id, mt_error *err) {
     sqlite3_stmt *st;
     mt_status rs = mt_st_prepare(s, "SELECT hash FROM pairs WHERE dataset_id = ?1 ORDER BY hash", &st, err);
     if (rs != MT_OK) return rs;
@@ -448,7 +445,7 @@ static mt_status write_import(mt_store *s, const char *path, const char *file_ha
     int64_t ds = 0, imp = 0;
     double now = mt_st_now();
     sqlite3_stmt *st = NULL;
-    rs = dataset_get_or_create(s, o->dataset, &ds, err);
+    rs = mt_st_pair_dataset_get_or_create(s, o->dataset, &ds, err);
     if (rs == MT_OK)
         rs = mt_st_prepare(s,
                            "INSERT INTO pair_imports (dataset_id, file, file_sha256, time, strict, eval_fraction,"
@@ -528,7 +525,7 @@ static mt_status write_import(mt_store *s, const char *path, const char *file_ha
         rs = mt_st_step_done(s, st, "recording an import", err);
     }
     sqlite3_finalize(st);
-    if (rs == MT_OK) rs = dataset_refresh(s, ds, err);
+    if (rs == MT_OK) rs = mt_st_pair_dataset_refresh(s, ds, err);
     if (rs != MT_OK) {
         mt_st_rollback(s);
         return rs;

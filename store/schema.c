@@ -5,6 +5,7 @@
 
 extern const char mt_st_migration_served[]; /* 1 -> 2, beside the code that uses it (served.c) */
 extern const char mt_st_migration_pairs[];  /* 2 -> 3, preference pairs and reference log-probs (pairs.c) */
+extern const char mt_st_migration_feedback[]; /* 3 -> 4, served requests findable by id, ratings (feedback.c) */
 
 const char *const mt_st_migrations[] = {
     /* 0 -> 1: the first schema. Times are Unix seconds (REAL, UTC) so that the sqlite3 shell can
@@ -97,6 +98,7 @@ const char *const mt_st_migrations[] = {
     ");",
     mt_st_migration_served,
     mt_st_migration_pairs,
+    mt_st_migration_feedback,
 };
 
 _Static_assert(sizeof mt_st_migrations / sizeof mt_st_migrations[0] == MT_STORE_SCHEMA_VERSION,

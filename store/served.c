@@ -1,6 +1,7 @@
-/* served.c — the requests `moetune serve --store` served: the `served` table (migration 1 -> 2)
- * and its batched insert. The engine hands rows over in batches from a writer thread, so one
- * transaction per batch keeps SQLite's fsyncs off the decode loop's clock. */
+/* served.c — the requests `moetune serve --store` served: the `served` table (migration 1 -> 2;
+ * response_id, prompts_json and n_per_prompt come with 3 -> 4 in feedback.c) and its batched
+ * insert. The engine hands rows over in batches from a writer thread, so one transaction per
+ * batch keeps SQLite's fsyncs off the decode loop's clock. */
 #include <math.h>
 #include <stdio.h>
 
@@ -44,8 +45,9 @@ mt_status mt_store_served_add(mt_store *s, const mt_store_served *rows, size_t n
     sqlite3_stmt *st = NULL;
     rs = mt_st_prepare(s,
                        "INSERT INTO served (time, endpoint, model, adapter, adapter_version, status, prompt_tokens,"
-                       " completion_tokens, n_choices, finish_reason, ttft, latency, prompt, completions_json)"
-                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                       " completion_tokens, n_choices, finish_reason, ttft, latency, prompt, completions_json,"
+                       " response_id, prompts_json, n_per_prompt)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                        &st, err);
     for (size_t i = 0; rs == MT_OK && i < n; i++) {
         const mt_store_served *r = &rows[i];
@@ -65,6 +67,12 @@ mt_status mt_store_served_add(mt_store *s, const mt_store_served *rows, size_t n
         bind_real(st, 12, r->latency);
         mt_st_bind_text(st, 13, r->prompt);
         mt_st_bind_text(st, 14, r->completions_json);
+        mt_st_bind_text(st, 15, r->response_id);
+        mt_st_bind_text(st, 16, r->prompts_json);
+        if (r->n_per_prompt > 0)
+            sqlite3_bind_int(st, 17, r->n_per_prompt);
+        else
+            sqlite3_bind_null(st, 17);
         rs = mt_st_step_done(s, st, "recording a served request", err);
     }
     sqlite3_finalize(st);

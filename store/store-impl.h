@@ -56,6 +56,12 @@ double mt_st_col_real(sqlite3_stmt *st, int i);               /* NULL reads as N
  * first use; NULL (SQLite's default VFS) while fault injection is not armed. */
 const char *mt_st_fault_vfs(void);
 
+/* Named pair datasets (pairs.c), inside the caller's transaction: the dataset of that name,
+ * created when missing; and its refresh after pairs were added (sha256 = the digest of its pair
+ * hashes in hash order, a set's identity whatever the insertion order; n_docs = its count). */
+mt_status mt_st_pair_dataset_get_or_create(mt_store *s, const char *name, int64_t *id, mt_error *err);
+mt_status mt_st_pair_dataset_refresh(mt_store *s, int64_t id, mt_error *err);
+
 /* Unix time in seconds with sub-second precision. */
 double mt_st_now(void);
 /* MT_ERR_NOT_FOUND unless the run exists. */

@@ -12,7 +12,7 @@
 
 /* The schema version this binary writes (PRAGMA user_version). A store with a higher version is
  * refused: an older binary must not write into tables whose meaning it does not know. */
-#define MT_STORE_SCHEMA_VERSION 3
+#define MT_STORE_SCHEMA_VERSION 4
 
 typedef struct mt_store mt_store;
 
@@ -454,11 +454,72 @@ typedef struct mt_store_served {
     double latency;           /* seconds to the last */
     const char *prompt;       /* the first prompt as text */
     const char *completions_json; /* JSON array of the choices' texts */
+    /* what feedback needs to find a completion again (schema 4; NULL/0 in older rows) */
+    const char *response_id;  /* the response's "id", e.g. "chatcmpl-…" */
+    const char *prompts_json; /* chat: the messages [{"role","content"},...]; completions: every
+                               * prompt's text as a JSON array of strings */
+    int n_per_prompt;         /* the request's n: choice i answers prompt i / n */
 } mt_store_served;
 
 /* Inserts rows in ONE transaction (the engine writes in batches off its decode thread). */
 mt_status mt_store_served_add(mt_store *s, const mt_store_served *rows, size_t n, mt_error *err);
 mt_status mt_store_served_count(mt_store *s, int64_t *count, mt_error *err);
+
+/* ============================ feedback on served completions ============================ */
+/* (feedback.c) A client that was served two completions for one prompt says which it prefers,
+ * or rates one; the store turns that into a preference pair of a named pair dataset, with
+ * provenance: source "served" and the response ids, models and adapter versions in label_json. */
+
+/* One choice of a served response, found by the response id and the choice index. */
+typedef struct mt_served_choice {
+    int64_t row_id;            /* the `served` row */
+    char *response_id;
+    int index;                 /* OpenAI choice index */
+    char *endpoint, *model;
+    char *adapter;             /* NULL for the base */
+    int64_t adapter_version;   /* 0 for the base */
+    int status;                /* HTTP status it was served with */
+    mt_pair_format format;     /* conversational (chat) or standard (completions) */
+    char *prompt;              /* chat: the messages as a JSON list; completions: the prompt text */
+    char *completion;          /* chat: [{"role":"assistant","content":TEXT}]; completions: TEXT */
+    char *text;                /* TEXT, the completion as served */
+    char prompt_hash[65];      /* SHA-256 of the format and the prompt: "the same prompt" */
+} mt_served_choice;
+
+/* MT_ERR_NOT_FOUND (the message names the id) when no served request has that id, or it was
+ * recorded before schema 4; MT_ERR_INVALID when it has no choice `index`. Free with
+ * mt_served_choice_free (also after a failure). */
+mt_status mt_store_served_choice(mt_store *s, const char *response_id, int index, mt_served_choice *out,
+                                 mt_error *err);
+void mt_served_choice_free(mt_served_choice *c);
+
+typedef struct mt_feedback_opts {
+    const char *dataset;   /* the pair dataset's name; created on first use */
+    const char *annotator; /* may be NULL */
+    bool eval;             /* the pairs' split: eval instead of train */
+} mt_feedback_opts;
+
+typedef struct mt_feedback_result {
+    int64_t dataset_id;
+    size_t n_added;        /* new pairs */
+    size_t n_duplicates;   /* pairs whose content was already in the dataset */
+    int64_t pair_id;       /* the (first) pair added or already there; 0 when none */
+} mt_feedback_result;
+
+/* chosen ≻ rejected as one pair, in ONE transaction: the dataset created if needed, the pair
+ * (content-hash dedup: the same content again counts as a duplicate), the dataset's digest.
+ * MT_ERR_INVALID (nothing written) when the two are one choice, answer different prompts, or
+ * have the same text. */
+mt_status mt_store_feedback_prefer(mt_store *s, const mt_served_choice *chosen, const mt_served_choice *rejected,
+                                   const mt_feedback_opts *o, mt_feedback_result *res, mt_error *err);
+
+/* A rating (any finite number, higher is better) of one choice, kept in `served_ratings` (one
+ * per choice and dataset: rating it again replaces the value). In the same transaction every
+ * other rated choice of the same prompt in that dataset with a different rating and a
+ * different text becomes a pair, the higher-rated one chosen; equal ratings make no pair.
+ * MT_ERR_NUMERIC for a non-finite rating. */
+mt_status mt_store_feedback_rate(mt_store *s, const mt_served_choice *c, double rating, const mt_feedback_opts *o,
+                                 mt_feedback_result *res, mt_error *err);
 
 /* ========================================= plots ========================================= */
 
