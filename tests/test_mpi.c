@@ -1,0 +1,395 @@
+/* test_mpi.c — data-parallel training under `mpirun --oversubscribe -np 2` (one thread a rank):
+ * the 2-rank SFT, DPO and reward-model runs log the loss curve (and every metric) of the 1-rank
+ * run with the same global batch to fp32 tolerance and write one store record; a 2-rank run whose
+ * rank 1 is killed with SIGKILL ends (no rank left waiting in a collective) and, resumed on one
+ * rank, finishes on the 1-rank curve; more ranks than micro-batches is a clear error. Skipped when
+ * moetune is built without MPI (MOETUNE_MPI=OFF). */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef MT_MPIEXEC
+
+static char root[4096], base_dir[4200], text_path[4200], pairs_path[4200], supp_path[4200];
+
+static const char *const words[] = {
+    "the",     "licensee", "shall",    "not",      "distribute", "software", "without", "written",
+    "consent", "of",       "licensor", "warranty", "is",         "hereby",   "disclaimed", "any",
+    "party",   "may",      "terminate", "this",    "agreement",  "upon",     "notice",  "copyright"};
+#define N_WORDS (sizeof words / sizeof words[0])
+
+static void write_text(const char *path, int n_docs, uint64_t seed) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    mt_rng rng;
+    mt_rng_seed(&rng, seed);
+    for (int d = 0; d < n_docs; d++) {
+        fputs("{\"text\": \"", f);
+        int n = 10 + (int)mt_rng_below(&rng, 30); /* uneven lengths: token counts differ per rank */
+        for (int w = 0; w < n; w++) fprintf(f, "%s%s", w ? " " : "", words[mt_rng_below(&rng, N_WORDS)]);
+        fputs(".\"}\n", f);
+    }
+    fclose(f);
+}
+
+static void write_pairs(const char *path, int n) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int k = 0; k < n; k++)
+        fprintf(f, "{\"prompt\": \"%s %s %s\", \"chosen\": \" %s %s %s\", \"rejected\": \" %s %s\"}\n",
+                words[k % N_WORDS], words[(k + 1) % N_WORDS], words[(k + 2) % N_WORDS], words[(k + 3) % N_WORDS],
+                words[(k + 4) % N_WORDS], words[(k + 5) % N_WORDS], words[(k * 7 + 11) % N_WORDS],
+                words[(k * 5 + 3) % N_WORDS]);
+    fclose(f);
+}
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(root, sizeof root, "%s", mt_test_tmpdir("mpi"));
+    snprintf(base_dir, sizeof base_dir, "%s/base", root);
+    snprintf(text_path, sizeof text_path, "%s/text.jsonl", root);
+    snprintf(pairs_path, sizeof pairs_path, "%s/pairs.jsonl", root);
+    snprintf(supp_path, sizeof supp_path, "%s", MT_LSAN_MPI_SUPP);
+    write_text(text_path, 64, 7);
+    write_pairs(pairs_path, 24);
+    /* mpirun refuses root unless told; inside CI containers the tests run as root */
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    /* sanitizer builds: LeakSanitizer would report libmpi's own allocations at exit */
+    char lsan[4400];
+    snprintf(lsan, sizeof lsan, "suppressions=%s:print_suppressions=0", supp_path);
+    setenv("LSAN_OPTIONS", lsan, 0);
+    char *out = NULL;
+    int rc = mt_test_run_cli(&out, "init --preset tiny --seed 3 --tokenizer '%s' '%s'",
+                             mt_test_fixture("tokenizers/deepseek_v3"), base_dir);
+    if (rc != 0) fprintf(stderr, "%s\n", out);
+    free(out);
+    return rc == 0 ? 0 : -1;
+}
+
+/* `dir`/recipe.yaml: `method` on `data_yaml`, `steps` steps of 2 x grad_accum rows. */
+static void write_recipe(const char *dir, const char *method, const char *data_yaml, int steps, int grad_accum,
+                         const char *extra) {
+    mt_error err = {0};
+    char path[4400];
+    snprintf(path, sizeof path, "rm -rf '%s' '%s.log'", dir, dir); /* a rerun starts clean */
+    assert_int_equal(system(path), 0);
+    assert_int_equal(mt_mkdirs(dir, &err), MT_OK);
+    snprintf(path, sizeof path, "%s/recipe.yaml", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "name: dp\nmethod: %s\nmodel:\n  path: %s\n"
+            "adapter:\n  type: lora\n  r: 4\n  alpha: 8\n  dropout: 0.1\n  targets: all-linear\n"
+            "data:\n%s  max_seq_len: 32\n"
+            "train:\n  seed: 5\n  steps: %d\n  micro_batch: 2\n  grad_accum: %d\n  lr: 3e-3\n  warmup_steps: 2\n"
+            "  threads: 1\n  log_every: 1\n  eval_every: 5\n  save_every: 4\n"
+            "thresholds:\n  dap: 0.5\n%s"
+            "output:\n  dir: %s/run\n  adapter: %s/adapter\n  store: %s/moetune.db\n",
+            method, base_dir, data_yaml, steps, grad_accum, extra ? extra : "", dir, dir, dir);
+    fclose(f);
+}
+
+/* The mpirun line for `ranks` ranks of `moetune train DIR/recipe.yaml ARGS`, output to DIR.log. */
+static void mpirun_cmd(char *cmd, size_t cap, int ranks, const char *dir, const char *args) {
+    snprintf(cmd, cap,
+             "'%s' --oversubscribe --bind-to none -np %d -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 "
+             "-x LSAN_OPTIONS %s '%s' train '%s/recipe.yaml' %s >>'%s.log' 2>&1",
+             MT_MPIEXEC, ranks, getenv("ASAN_OPTIONS") ? "-x ASAN_OPTIONS -x UBSAN_OPTIONS" : "", MT_MOETUNE_BIN,
+             dir, args, dir);
+}
+
+/* Runs the recipe in `dir` on `ranks` ranks (1: the plain binary, no launcher); the exit code. */
+static int train(const char *dir, int ranks, const char *args) {
+    char cmd[9000];
+    if (ranks == 1)
+        snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 '%s' train '%s/recipe.yaml' %s >>'%s.log' 2>&1", MT_MOETUNE_BIN,
+                 dir, args, dir);
+    else
+        mpirun_cmd(cmd, sizeof cmd, ranks, dir, args);
+    int rc = system(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+static void must_train(const char *dir, int ranks, const char *args) {
+    int rc = train(dir, ranks, args);
+    if (rc != 0) {
+        char log[4400], *text = NULL;
+        snprintf(log, sizeof log, "%s.log", dir);
+        mt_error err = {0};
+        mt_read_file(log, &text, NULL, &err);
+        fail_msg("%d-rank training in %s exited %d:\n%s", ranks, dir, rc, text ? text : "");
+    }
+}
+
+/* ---- the store's record ---- */
+
+typedef struct series {
+    int n;
+    int64_t step[256];
+    double v[256];
+} series;
+
+static sqlite3 *open_db(const char *dir) {
+    char db[4400];
+    snprintf(db, sizeof db, "%s/moetune.db", dir);
+    sqlite3 *h;
+    assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    return h;
+}
+
+static int64_t query_int(const char *dir, const char *sql) {
+    sqlite3 *db = open_db(dir);
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK) fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    int64_t v = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : -1;
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return v;
+}
+
+static series get_series(const char *dir, const char *name) {
+    sqlite3 *db = open_db(dir);
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT step, value FROM metrics WHERE name = ? ORDER BY step", -1, &q,
+                                        NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    series s = {0};
+    while (sqlite3_step(q) == SQLITE_ROW && s.n < 256) {
+        s.step[s.n] = sqlite3_column_int64(q, 0);
+        s.v[s.n++] = sqlite3_column_double(q, 1);
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return s;
+}
+
+/* Every metric of `names` has the same steps in both stores and values within fp32 tolerance
+ * (the ranks sum gradients in another order than one rank accumulates them). */
+static void assert_same_curves(const char *want_dir, const char *got_dir, const char *const *names, size_t n_names,
+                               int want_steps) {
+    for (size_t k = 0; k < n_names; k++) {
+        series a = get_series(want_dir, names[k]), b = get_series(got_dir, names[k]);
+        if (a.n == 0) fail_msg("%s: no %s logged", want_dir, names[k]);
+        if (!strcmp(names[k], "loss")) assert_int_equal(a.n, want_steps);
+        if (a.n != b.n) fail_msg("%s: %d values in %s, %d in %s", names[k], a.n, want_dir, b.n, got_dir);
+        double worst = 0;
+        for (int i = 0; i < a.n; i++) {
+            assert_int_equal(a.step[i], b.step[i]);
+            double d = fabs(a.v[i] - b.v[i]), tol = 1e-5 * fabs(a.v[i]) + 1e-6;
+            if (!(d <= tol))
+                fail_msg("%s at step %lld: %.9g with 1 rank, %.9g with 2", names[k], (long long)a.step[i], a.v[i],
+                         b.v[i]);
+            if (d / (fabs(a.v[i]) + 1e-12) > worst) worst = d / (fabs(a.v[i]) + 1e-12);
+        }
+        print_message("  %-20s %3d steps, largest relative difference %.2e\n", names[k], a.n, worst);
+    }
+}
+
+static void assert_one_record(const char *dir, const char *method) {
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM runs WHERE method = '%s' AND status = 'completed'", method);
+    assert_int_equal(query_int(dir, "SELECT count(*) FROM runs"), 1);
+    assert_int_equal(query_int(dir, sql), 1);
+}
+
+/* ---- 1. two ranks equal one with the same global batch ---- */
+
+static void check_method(const char *name, const char *method, const char *data_yaml, const char *extra,
+                         const char *const *names, size_t n_names) {
+    char one[4300], two[4300];
+    snprintf(one, sizeof one, "%s/%s-1", root, name);
+    snprintf(two, sizeof two, "%s/%s-2", root, name);
+    write_recipe(one, method, data_yaml, 10, 4, extra);
+    write_recipe(two, method, data_yaml, 10, 4, extra);
+    must_train(one, 1, "");
+    must_train(two, 2, "");
+    print_message("%s: 1 rank vs 2 ranks (global batch 2 x 4 rows)\n", name);
+    assert_same_curves(one, two, names, n_names, 10);
+    assert_one_record(two, method);
+    /* rank 0 alone wrote: one export, and its checkpoints */
+    char p[4400];
+    snprintf(p, sizeof p, "%s/adapter/adapter_config.json", two);
+    assert_true(mt_path_exists(p));
+    snprintf(p, sizeof p, "%s/run/checkpoints/step-00000010", two);
+    assert_true(mt_path_exists(p));
+}
+
+static char data_line[4400];
+
+static void test_sft_two_ranks_equal_one(void **state) {
+    (void)state;
+    static const char *const names[] = {"loss", "grad_norm", "aux_loss", "eval_loss", "num_tokens"};
+    snprintf(data_line, sizeof data_line, "  train: %s\n  format: text\n  packing: true\n  eval_split: 0.1\n",
+             text_path);
+    check_method("sft", "sft", data_line, NULL, names, sizeof names / sizeof names[0]);
+}
+
+static void test_dpo_two_ranks_equal_one(void **state) {
+    (void)state;
+    /* the reference cache: rank 0 keeps it in the store, rank 1 computes its own */
+    static const char *const names[] = {"loss", "grad_norm", "rewards/chosen", "rewards/margins",
+                                        "rewards/accuracies", "logps/chosen", "logps/rejected"};
+    snprintf(data_line, sizeof data_line, "  train: %s\n", pairs_path);
+    check_method("dpo", "dpo", data_line, "pref:\n  beta: 0.5\nreference:\n  cache: true\n", names,
+                 sizeof names / sizeof names[0]);
+}
+
+static void test_reward_two_ranks_equal_one(void **state) {
+    (void)state;
+    /* min_reward / max_reward: extremes over ranks, not sums */
+    static const char *const names[] = {"loss", "grad_norm", "accuracy", "margin", "min_reward", "max_reward"};
+    snprintf(data_line, sizeof data_line, "  train: %s\n", pairs_path);
+    check_method("reward", "reward", data_line, NULL, names, sizeof names / sizeof names[0]);
+}
+
+/* ---- 2. a rank killed: the job ends; resumed on one rank it finishes on the curve ---- */
+
+/* The pid of the rank `rank` process training `recipe` (from /proc: its launcher's environment
+ * names the rank), or 0. */
+static pid_t find_rank(const char *recipe, int rank) {
+    DIR *d = opendir("/proc");
+    assert_non_null(d);
+    struct dirent *e;
+    pid_t found = 0;
+    char want[64];
+    snprintf(want, sizeof want, "OMPI_COMM_WORLD_RANK=%d", rank);
+    while (!found && (e = readdir(d))) {
+        if (strspn(e->d_name, "0123456789") != strlen(e->d_name)) continue;
+        char p[300], buf[65536];
+        snprintf(p, sizeof p, "/proc/%s/cmdline", e->d_name);
+        FILE *f = fopen(p, "r");
+        if (!f) continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        bool is_train = false, has_recipe = false;
+        for (size_t i = 0; i < n; i += strlen(buf + i) + 1) {
+            buf[n] = '\0';
+            if (strstr(buf + i, "moetune") && i == 0) is_train = true;
+            if (!strcmp(buf + i, recipe)) has_recipe = true;
+        }
+        if (!is_train || !has_recipe) continue;
+        snprintf(p, sizeof p, "/proc/%s/environ", e->d_name);
+        if (!(f = fopen(p, "r"))) continue;
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
+            if (!strcmp(buf + i, want)) found = (pid_t)atoi(e->d_name);
+    }
+    closedir(d);
+    return found;
+}
+
+static void test_killed_rank_ends_job_and_resumes_on_one(void **state) {
+    (void)state;
+    char ref[4300], dir[4300], recipe[4400], ckpt[4400], log[4400];
+    snprintf(ref, sizeof ref, "%s/kill-ref", root);
+    snprintf(dir, sizeof dir, "%s/kill", root);
+    snprintf(data_line, sizeof data_line, "  train: %s\n  format: text\n  packing: true\n  eval_split: 0.1\n",
+             text_path);
+    write_recipe(ref, "sft", data_line, 40, 4, NULL);
+    write_recipe(dir, "sft", data_line, 40, 4, NULL);
+    must_train(ref, 1, "");
+    snprintf(recipe, sizeof recipe, "%s/recipe.yaml", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/run/checkpoints/step-00000004", dir);
+    snprintf(log, sizeof log, "%s.log", dir);
+
+    char cmd[9000];
+    mpirun_cmd(cmd, sizeof cmd, 2, dir, "");
+    pid_t launcher = fork();
+    assert_true(launcher >= 0);
+    if (launcher == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 120000 && !mt_path_exists(ckpt); i++) usleep(1000);
+    assert_true(mt_path_exists(ckpt));
+    pid_t r0 = find_rank(recipe, 0), r1 = find_rank(recipe, 1);
+    if (!r0 || !r1) fail_msg("ranks of the running job not found (rank 0 pid %d, rank 1 pid %d)", r0, r1);
+    assert_int_equal(kill(r1, SIGKILL), 0);
+    /* rank 0 is now waiting for rank 1 in the next all-reduce: the launcher must end it */
+    double t0 = mt_now_seconds();
+    int status = 0;
+    pid_t w = 0;
+    while ((w = waitpid(launcher, &status, WNOHANG)) == 0 && mt_now_seconds() - t0 < 60) usleep(10000);
+    if (w == 0) {
+        kill(r0, SIGKILL);
+        kill(launcher, SIGKILL);
+        waitpid(launcher, &status, 0);
+        fail_msg("rank 1 was killed, but the job was still running 60 s later (rank 0 hangs)");
+    }
+    print_message("rank 1 killed: the job ended %.1f s later (exit status %d)\n", mt_now_seconds() - t0,
+                  WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    assert_false(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    for (int i = 0; i < 100 && kill(r0, 0) == 0; i++) usleep(20000);
+    assert_int_not_equal(kill(r0, 0), 0); /* no rank left behind */
+    char *text = NULL;
+    mt_error err = {0};
+    assert_int_equal(mt_read_file(log, &text, NULL, &err), MT_OK);
+    assert_non_null(strstr(text, "rank 1")); /* the launcher names the rank that died */
+    free(text);
+    assert_true(query_int(dir, "SELECT count(*) FROM metrics WHERE name = 'loss'") < 40);
+
+    /* the checkpoint holds the global data position, so one rank continues the same step */
+    must_train(dir, 1, "--resume");
+    print_message("killed 2-rank run resumed on 1 rank vs the 1-rank run\n");
+    static const char *const names[] = {"loss", "grad_norm", "eval_loss", "num_tokens"};
+    assert_same_curves(ref, dir, names, sizeof names / sizeof names[0], 40);
+    assert_one_record(dir, "sft");
+}
+
+/* ---- 3. more ranks than a step's micro-batches ---- */
+
+static void test_more_ranks_than_micro_batches(void **state) {
+    (void)state;
+    char dir[4300], log[4400];
+    snprintf(dir, sizeof dir, "%s/toomany", root);
+    snprintf(data_line, sizeof data_line, "  train: %s\n  format: text\n", text_path);
+    write_recipe(dir, "sft", data_line, 4, 1, NULL);
+    int rc = train(dir, 2, "");
+    assert_int_not_equal(rc, 0);
+    snprintf(log, sizeof log, "%s.log", dir);
+    char *text = NULL;
+    mt_error err = {0};
+    assert_int_equal(mt_read_file(log, &text, NULL, &err), MT_OK);
+    if (!strstr(text, "train.grad_accum is 1 but 2 ranks")) fail_msg("unexpected output:\n%s", text);
+    free(text);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sft_two_ranks_equal_one),
+        cmocka_unit_test(test_dpo_two_ranks_equal_one),
+        cmocka_unit_test(test_reward_two_ranks_equal_one),
+        cmocka_unit_test(test_killed_rank_ends_job_and_resumes_on_one),
+        cmocka_unit_test(test_more_ranks_than_micro_batches),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
+
+#else
+
+static void test_skipped(void **state) {
+    (void)state;
+    print_message("moetune is built without MPI (MOETUNE_MPI=OFF): nothing to test\n");
+    skip();
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_skipped)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
+
+#endif
