@@ -104,6 +104,28 @@ static mt_status render_conv(const mt_tokenizer *tok, const char *prompt, const 
     return st;
 }
 
+mt_status mt_prompt_encode(const mt_tokenizer *tok, const char *prompt, bool conversational, const char *where,
+                           int32_t **ids, size_t *n, mt_error *err) {
+    if (!conversational) {
+        mt_status st = mt_tokenizer_encode(tok, prompt, strlen(prompt), true, ids, n, err);
+        if (st != MT_OK) mt_error_prefix(err, "%s: ", where);
+        return st;
+    }
+    mt_chat_message *msgs = NULL;
+    size_t k = 0, len = 0;
+    cJSON *tree = NULL;
+    char *text = NULL;
+    mt_status st = parse_messages(prompt, where, &tree, &msgs, &k, err);
+    if (st == MT_OK) st = mt_chat_render(tok, msgs, k, true, &text, &len, err);
+    /* a rendered template carries its own BOS */
+    if (st == MT_OK) st = mt_tokenizer_encode(tok, text, len, false, ids, n, err);
+    if (st != MT_OK && st != MT_ERR_FORMAT) mt_error_prefix(err, "%s: ", where);
+    free(text);
+    free(msgs);
+    cJSON_Delete(tree);
+    return st;
+}
+
 typedef struct tok_seq {
     int32_t *ids;
     size_t n;

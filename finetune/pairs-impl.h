@@ -27,6 +27,11 @@ void mt_pair_set_free(mt_pair_set *s);
 mt_status mt_pairs_load_run(const mt_run *run, bool eval, bool full_chosen_targets, mt_pair_set *out,
                             mt_error *err);
 
+/* A prompt as TRL's trainers tokenize it: a string with the tokenizer's special tokens, a
+ * message list (JSON text) rendered by the chat template with a generation prompt. */
+mt_status mt_prompt_encode(const mt_tokenizer *tok, const char *prompt, bool conversational, const char *where,
+                           int32_t **ids, size_t *n, mt_error *err);
+
 /* The truncation settings as the reference cache keys them. */
 void mt_pairs_truncation_key(const mt_recipe *r, int T, char *out, size_t cap);
 

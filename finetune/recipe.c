@@ -13,6 +13,7 @@
 #include <yaml.h>
 
 #include "recipe-impl.h"
+#include "rewards-impl.h"
 #include "rl/rl.h"
 
 /* Past this many the rest are noise from one root cause; the count of dropped ones is kept. */
@@ -1051,6 +1052,18 @@ static void method_rules(rctx *c) {
         if (!r->reward.model && r->reward.rules.n == 0)
             diag(c, none, "reward", "%s needs rewards: reward.model (a reward model's folder) or reward.rules",
                  r->method == MT_RECIPE_METHOD_GRPO ? "grpo" : "ppo");
+        for (size_t i = 0; i < r->reward.rules.n; i++) {
+            mt_reward_rule rule;
+            char why[256];
+            mt_reward_rules *compiled = NULL;
+            mt_error e = {0};
+            if (!mt_reward_rule_spec_parse(r->reward.rules.items[i], &rule, why, sizeof why))
+                diag(c, state_of(c, "reward.rules")->at, "reward.rules", "[%zu] \"%s\": %s", i,
+                     r->reward.rules.items[i], why);
+            else if (mt_reward_rules_compile(&rule, 1, &compiled, &e) != MT_OK)
+                diag(c, state_of(c, "reward.rules")->at, "reward.rules", "[%zu]: %s", i, e.msg);
+            mt_reward_rules_free(compiled);
+        }
         size_t fns = (r->reward.model ? 1 : 0) + r->reward.rules.n;
         if (r->reward.weights.n && r->reward.weights.n != fns)
             diag(c, state_of(c, "reward.weights")->at, "reward.weights",
@@ -1059,6 +1072,10 @@ static void method_rules(rctx *c) {
         if (r->method == MT_RECIPE_METHOD_GRPO && r->rollout.num_generations < 2)
             diag(c, state_of(c, "rollout.num_generations")->at, "rollout.num_generations",
                  "grpo compares completions within a group: at least 2");
+        if (r->rollout.temperature <= 0)
+            diag(c, state_of(c, "rollout.temperature")->at, "rollout.temperature",
+                 "the policy's log-probs are those of the sampling distribution at this temperature: it must be "
+                 "above 0 (top_k: 1 samples greedily)");
     }
 }
 

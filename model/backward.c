@@ -34,15 +34,19 @@ mt_status mt_model_backward_hidden(mt_model *m, mt_workspace *ws, const float *d
     /* LM head: logits recomputed per chunk and turned into ∂L/∂logits in place */
     zero(be, ws->dxf, (size_t)N * d.H);
     bool lm = ws->has_targets && (dloss || ws->n_tokens > 0);
+    float inv_t = ws->opts.temperature > 0 ? 1.0f / ws->opts.temperature : 1.0f;
     for (int r0 = 0; lm && r0 < N; r0 += ws->chunk) {
         int rows = N - r0 < ws->chunk ? N - r0 : ws->chunk;
         const float *xf = ws->xf + (size_t)r0 * d.H;
         mt_lin_forward(m, m->lm_head, &c, xf, rows, (uint64_t)r0, ws->logits);
+        /* loss on z = logits / τ: ∂L/∂logits = ∂L/∂z / τ */
+        if (inv_t != 1.0f) mt_scale(be, ws->logits, inv_t, (size_t)rows * d.V);
         if (dloss) {
             mt_cross_entropy(be, ws->logits, ws->targets + r0, rows, d.V, 1.0f, ws->chunk_loss);
-            for (int r = 0; r < rows; r++) mt_scale(be, ws->logits + (size_t)r * d.V, dloss[r0 + r], (size_t)d.V);
+            for (int r = 0; r < rows; r++)
+                mt_scale(be, ws->logits + (size_t)r * d.V, dloss[r0 + r] * inv_t, (size_t)d.V);
         } else {
-            mt_cross_entropy(be, ws->logits, ws->targets + r0, rows, d.V, 1.0f / (float)ws->n_tokens, ws->chunk_loss);
+            mt_cross_entropy(be, ws->logits, ws->targets + r0, rows, d.V, inv_t / (float)ws->n_tokens, ws->chunk_loss);
         }
         mt_lin_backward(m, m->lm_head, &c, xf, ws->logits, rows, (uint64_t)r0, ws->dxf + (size_t)r0 * d.H);
     }

@@ -285,6 +285,8 @@ static mt_status check_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch 
 mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b, float *logits, mt_error *err) {
     mt_status st = check_step(d, p, b, err);
     if (st) return st;
+    if (b->route_out && mt_backend_get_kind(d->m->be) != MT_BACKEND_CPU)
+        return mt_error_set(err, MT_ERR_UNSUPPORTED, "decode: routing record runs on the CPU backend only");
     int need = 0;
     for (int s = 0; s < p->max_seqs; s++)
         if (d->seq_new[s]) need += mt_kv_seq_blocks_needed(p, s, d->seq_new[s]);
@@ -340,7 +342,7 @@ mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b,
                     .adapters = b->n_slots > 0 ? b->adapters : NULL,
                     .n_slots = b->n_slots,
                     .row_slot = d->row_slot};
-    mt_pass pass = {.train = false};
+    mt_pass pass = {.train = false, .route_out = b->route_out};
     mt_attn_plan plan = {.paged = true, .pos = d->pos, .kv_start = window ? d->kv_start : NULL, .pool = p, .dec = d};
     mt_acts *a = &d->a;
     a->x_in = a->x_mid = d->x;

@@ -486,12 +486,22 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
     mt_dims d;
     mt_model_dims(cfg, &d);
     int B = batch->B, T = batch->T, N = B * T;
+    if ((opts->route_out || opts->route_in) && mt_backend_get_kind(be) != MT_BACKEND_CPU)
+        return mt_error_set(err, MT_ERR_UNSUPPORTED, "forward: routing record and replay run on the CPU backend only");
+    if (opts->route_in)
+        for (size_t i = 0, n = (size_t)d.L * N * d.K; i < n; i++)
+            if (opts->route_in[i] >= d.E)
+                return mt_error_set(err, MT_ERR_INVALID, "forward: replayed expert %d of %d", opts->route_in[i], d.E);
+    if (opts->temperature < 0 || !isfinite(opts->temperature))
+        return mt_error_set(err, MT_ERR_INVALID, "forward: temperature %g", (double)opts->temperature);
     ws->fwd_done = false;
     ws->fB = B;
     ws->fT = T;
     ws->fN = N;
     ws->opts = *opts;
     ws->opts.logits_out = NULL;
+    ws->opts.route_out = NULL;
+    ws->opts.route_in = NULL;
     ws->has_targets = batch->targets != NULL;
 
     /* the batch, on the device */
@@ -514,7 +524,8 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
 
     mt_lin_ctx c;
     mt_ws_lin_ctx(ws, opts->train, opts->seed, &c);
-    mt_pass pass = {.train = opts->train, .seed = opts->seed, .noise = opts->train ? opts->router_noise : 0};
+    mt_pass pass = {.train = opts->train, .seed = opts->seed, .noise = opts->train ? opts->router_noise : 0,
+                    .route_out = opts->route_out, .route_in = opts->route_in};
     if (!ws->train) pass.noise = 0;
     memset(ws->aux_cnt, 0, (size_t)(d.E > 0 ? d.E : 1) * sizeof(double));
     memset(ws->aux_psum, 0, (size_t)(d.E > 0 ? d.E : 1) * sizeof(double));
@@ -541,6 +552,8 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
         mt_lin_forward(m, m->lm_head, &c, ws->xf + (size_t)r0 * d.H, rows, (uint64_t)r0, ws->logits);
         if (opts->logits_out)
             mt_backend_download(be, opts->logits_out + (size_t)r0 * d.V, ws->logits, (size_t)rows * d.V * sizeof(float));
+        if (opts->temperature > 0 && opts->temperature != 1.0f)
+            mt_scale(be, ws->logits, 1.0f / opts->temperature, (size_t)rows * d.V);
         if (batch->targets) mt_cross_entropy(be, ws->logits, ws->targets + r0, rows, d.V, 0.0f, ws->token_loss + r0);
     }
     if (!batch->targets) mt_backend_memset0(be, ws->token_loss, (size_t)N * sizeof(float));

@@ -207,6 +207,10 @@ typedef struct mt_pass {
     bool train;
     uint64_t seed;
     float noise;             /* router jitter ε (0 = off) */
+    /* [L][N][K] host arrays (CPU only): the experts each row's router chose, and experts to use
+     * instead (a row whose first entry is −1 routes as usual) */
+    int32_t *route_out;
+    const int32_t *route_in;
 } mt_pass;
 
 struct mt_workspace {

@@ -338,6 +338,18 @@ typedef struct mt_forward_opts {
     float aux_coef;       /* weight of the load-balancing loss, 0 = off */
     const mt_adapter *adapter; /* applied to every row; NULL = the base model alone */
     float *logits_out;    /* optional [B·T, V]: the full logits (tests, evaluation) */
+    /* Routing record and replay, [n_layers][B·T][top_k] host arrays, CPU backend only (entries
+     * of dense layers untouched). route_out receives the experts each MoE layer's router chose
+     * for each row; where route_in's row starts with an expert (not −1) and names another set
+     * than the router chose, that row is sent to route_in's experts instead, weighted as the
+     * router weights its own choice (its scores renormalised over the set, then scaled); the
+     * same set leaves the router's weights as they are. An RL trainer replays a rollout's
+     * routes. */
+    int32_t *route_out;
+    const int32_t *route_in;
+    /* Token losses and their backward on logits / temperature (0 or 1 = the logits): the
+     * sampler's distribution, whose log-probs RL objectives need */
+    float temperature;
 } mt_forward_opts;
 
 typedef struct mt_forward_result {
@@ -437,6 +449,8 @@ typedef struct mt_decode_batch {
     int n_slots;                    /* 0 with adapters NULL: every row is the base model */
     const int32_t *logit_rows;      /* [n_logits] rows whose next-token logits are wanted */
     int n_logits;
+    int32_t *route_out;             /* optional [n_layers][n_rows][top_k] (CPU): the experts chosen
+                                       for each row by each MoE layer */
 } mt_decode_batch;
 
 /* The activation buffers of one step: up to max_rows rows, adapters up to max_rank (0:

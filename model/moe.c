@@ -83,6 +83,38 @@ static void mlp_backward(mt_model *m, const mt_linear *gate, const mt_linear *up
     mt_lin_backward(m, up, c, x, gr->du, n, 0, dx);
 }
 
+/* Records the router's choice, then, where the given experts differ from it, puts them in its
+ * place with the weights the router gives them (the scores renormalised over the chosen set and scaled, as it weights its
+ * own choice): an RL trainer replays the experts its rollout used (host memory, CPU). */
+static void route_record_replay(const mt_pass *p, int layer, mt_acts *a, int N, int E, int K, const mt_route_args *ra) {
+    size_t o = (size_t)layer * N * K;
+    if (p->route_out) memcpy(p->route_out + o, a->idx, (size_t)N * K * sizeof(int32_t));
+    if (!p->route_in) return;
+    for (int t = 0; t < N; t++) {
+        const int32_t *in = p->route_in + o + (size_t)t * K;
+        if (in[0] < 0) continue;
+        int32_t *it = a->idx + (size_t)t * K;
+        float *wt = a->w + (size_t)t * K;
+        const float *sc = a->scores + (size_t)t * E;
+        /* the same set in another order: the router's own weights stand, bit for bit */
+        bool same = true;
+        for (int x = 0; x < K && same; x++) {
+            bool found = false;
+            for (int y = 0; y < K; y++) found |= in[x] == it[y];
+            same = found;
+        }
+        if (same) continue;
+        double s = 0;
+        for (int j = 0; j < K; j++) {
+            it[j] = in[j];
+            s += sc[in[j]];
+        }
+        if (ra->norm == MT_ROUTE_NORM_SUM_EPS) s += 1e-20;
+        for (int j = 0; j < K; j++)
+            wt[j] = (ra->norm == MT_ROUTE_NORM_NONE ? sc[in[j]] : (float)(sc[in[j]] / s)) * ra->scale;
+    }
+}
+
 void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const mt_pass *p, mt_acts *a,
                     mt_scratch *s, int N, float *out) {
     mt_backend *be = c->be;
@@ -109,6 +141,7 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
         m->ak_experts += (uint64_t)mt_route_adaptive_k(a->scores, N, d.E, d.K, a->idx, a->w, &m->adaptive_k, ra.norm,
                                                        ra.scale, NULL);
     }
+    if (p->route_out || p->route_in) route_record_replay(p, ly->index, a, N, d.E, d.K, &ra);
     mt_moe_permute(be, a->idx, N, d.K, d.E, a->offsets, a->src_tok, a->src_slot);
     mt_backend_download(be, a->offsets_host, a->offsets, (size_t)(d.E + 1) * sizeof(int32_t));
     mt_gather_rows(be, x, a->src_tok, NK, d.H, a->xp);
