@@ -20,7 +20,9 @@
 
 #ifdef MT_MPIEXEC
 
-static char root[4096], base_dir[4200], text_path[4200], pairs_path[4200], supp_path[4200];
+static char root[4096], base_dir[4200], text_path[4200], pairs_path[4200];
+/* -x options for the ranks' environment: the sanitizers' settings, leak checks off (see setup) */
+static char rank_env[4400];
 
 static const char *const words[] = {
     "the",     "licensee", "shall",    "not",      "distribute", "software", "without", "written",
@@ -59,16 +61,18 @@ static int setup(void **state) {
     snprintf(base_dir, sizeof base_dir, "%s/base", root);
     snprintf(text_path, sizeof text_path, "%s/text.jsonl", root);
     snprintf(pairs_path, sizeof pairs_path, "%s/pairs.jsonl", root);
-    snprintf(supp_path, sizeof supp_path, "%s", MT_LSAN_MPI_SUPP);
     write_text(text_path, 64, 7);
     write_pairs(pairs_path, 24);
     /* mpirun refuses root unless told; inside CI containers the tests run as root */
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    /* sanitizer builds: LeakSanitizer would report libmpi's own allocations at exit */
-    char lsan[4400];
-    snprintf(lsan, sizeof lsan, "suppressions=%s:print_suppressions=0", supp_path);
-    setenv("LSAN_OPTIONS", lsan, 0);
+    /* Sanitizer builds: ranks keep AddressSanitizer and UBSan, but not LeakSanitizer. Open MPI
+     * leaves allocations of its components behind at MPI_Finalize and unloads the components,
+     * so the leaks come with "<unknown module>" stacks that no suppression can name; the same
+     * trainer code runs leak-checked in the single-rank tests (and in this test's 1-rank runs). */
+    const char *asan = getenv("ASAN_OPTIONS");
+    if (asan)
+        snprintf(rank_env, sizeof rank_env, "-x 'ASAN_OPTIONS=%s:detect_leaks=0' -x UBSAN_OPTIONS", asan);
     char *out = NULL;
     int rc = mt_test_run_cli(&out, "init --preset tiny --seed 3 --tokenizer '%s' '%s'",
                              mt_test_fixture("tokenizers/deepseek_v3"), base_dir);
@@ -104,9 +108,8 @@ static void write_recipe(const char *dir, const char *method, const char *data_y
 static void mpirun_cmd(char *cmd, size_t cap, int ranks, const char *dir, const char *args) {
     snprintf(cmd, cap,
              "'%s' --oversubscribe --bind-to none -np %d -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 "
-             "-x LSAN_OPTIONS %s '%s' train '%s/recipe.yaml' %s >>'%s.log' 2>&1",
-             MT_MPIEXEC, ranks, getenv("ASAN_OPTIONS") ? "-x ASAN_OPTIONS -x UBSAN_OPTIONS" : "", MT_MOETUNE_BIN,
-             dir, args, dir);
+             "%s '%s' train '%s/recipe.yaml' %s >>'%s.log' 2>&1",
+             MT_MPIEXEC, ranks, rank_env, MT_MOETUNE_BIN, dir, args, dir);
 }
 
 /* Runs the recipe in `dir` on `ranks` ranks (1: the plain binary, no launcher); the exit code. */
@@ -128,7 +131,9 @@ static void must_train(const char *dir, int ranks, const char *args) {
         snprintf(log, sizeof log, "%s.log", dir);
         mt_error err = {0};
         mt_read_file(log, &text, NULL, &err);
-        fail_msg("%d-rank training in %s exited %d:\n%s", ranks, dir, rc, text ? text : "");
+        print_error("%s\n", text ? text : "");
+        free(text);
+        fail_msg("%d-rank training in %s exited %d (its output above)", ranks, dir, rc);
     }
 }
 
