@@ -1,690 +1,81 @@
 /* grpo.c — GRPO as an objective: each loop step samples a group of completions for each of its
- * prompts from the policy itself (the paged KV cache: a prompt is prefilled once and its group
- * forks its blocks), scores them with rule rewards and/or a reward model, turns the scores into
- * group-relative advantages, and makes grpo.num_iterations updates on that rollout batch with
- * rl/'s clipped token loss (optionally a k3 KL to the reference). The rollout records which
- * experts every token was routed to; the training pass measures how often its own routing
- * differs (routing/mismatch) and replays the rollout's experts, so that rollout and training
- * score the same network. Sampling draws from counter-based streams keyed by (seed, step,
- * completion), so a resumed run samples what the uninterrupted one did. */
+ * prompts from the policy itself (rollout.c), scores them, turns the scores into
+ * group-relative advantages and makes grpo.num_iterations updates on that rollout batch with
+ * rl/'s clipped token loss (optionally a k3 KL to the reference). The training pass measures
+ * how often its routing differs from the rollout's (routing/mismatch) and replays the
+ * rollout's experts where it does, so that rollout and training score the same network. */
 #define _GNU_SOURCE
-#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "objective-impl.h"
-#include "pairs-impl.h"
 #include "peft/lora.h"
-#include "rewards-impl.h"
-#include "rl/rl.h"
-#include "store/store.h"
-
-/* ---- prompts ---- */
-
-typedef struct prompt {
-    int32_t *ids;
-    int n;
-    char *answer; /* the reference answer rules compare with, NULL when the line has none */
-} prompt;
-
-typedef struct prompt_set {
-    prompt *p;
-    int64_t n;
-    int64_t n_truncated;
-} prompt_set;
-
-static void prompt_set_free(prompt_set *s) {
-    for (int64_t i = 0; i < s->n; i++) {
-        free(s->p[i].ids);
-        free(s->p[i].answer);
-    }
-    free(s->p);
-    memset(s, 0, sizeof *s);
-}
-
-/* The keys TRL datasets name a prompt's reference answer by. */
-static const char *const k_answer_keys[] = {"answer", "solution", "ground_truth", "reference", "completion"};
-
-/* JSONL lines {"prompt": string | messages, "answer": ...}; split: −1 all, 0 train, 1 eval (by the
- * hash of the line's prompt and answer, as pairs split). Prompts keep their last max_prompt
- * tokens. */
-static mt_status load_prompts(const mt_run *run, const mt_recipe_list *paths, int split, double eval_split,
-                              int max_prompt, prompt_set *out, mt_error *err) {
-    memset(out, 0, sizeof *out);
-    size_t cap = 0;
-    mt_status st = MT_OK;
-    for (size_t f = 0; f < paths->n && st == MT_OK; f++) {
-        const char *path = paths->items[f];
-        char *text;
-        size_t len;
-        MT_TRY(mt_read_file(path, &text, &len, err));
-        long line = 0;
-        for (size_t off = 0; off < len && st == MT_OK;) {
-            size_t e = off;
-            while (e < len && text[e] != '\n') e++;
-            line++;
-            char where[4200];
-            snprintf(where, sizeof where, "%s:%ld", path, line);
-            char *s = mt_xmalloc(e - off + 1);
-            memcpy(s, text + off, e - off);
-            s[e - off] = 0;
-            off = e + 1;
-            size_t a = 0;
-            while (s[a] == ' ' || s[a] == '\t' || s[a] == '\r') a++;
-            if (!s[a]) {
-                free(s);
-                continue;
-            }
-            cJSON *j = cJSON_Parse(s);
-            const cJSON *pr = j ? cJSON_GetObjectItemCaseSensitive(j, "prompt") : NULL;
-            const cJSON *ans = NULL;
-            for (size_t k = 0; j && !ans && k < sizeof k_answer_keys / sizeof *k_answer_keys; k++) {
-                ans = cJSON_GetObjectItemCaseSensitive(j, k_answer_keys[k]);
-                if (ans && !cJSON_IsString(ans)) {
-                    st = mt_error_set(err, MT_ERR_FORMAT, "%s: \"%s\" must be a string", where, k_answer_keys[k]);
-                    break;
-                }
-            }
-            if (st == MT_OK && (!j || !cJSON_IsObject(j)))
-                st = mt_error_set(err, MT_ERR_FORMAT, "%s: not a JSON object", where);
-            else if (st == MT_OK && !cJSON_IsString(pr) && !cJSON_IsArray(pr))
-                st = mt_error_set(err, MT_ERR_FORMAT, "%s: \"prompt\" must be a string or a list of messages", where);
-            char *ptext = NULL;
-            if (st == MT_OK) ptext = cJSON_IsString(pr) ? mt_xstrdup(pr->valuestring) : cJSON_PrintUnformatted(pr);
-            bool keep = st == MT_OK;
-            if (keep && split >= 0) {
-                mt_sha256 h;
-                uint8_t d[32];
-                char hex[65];
-                mt_sha256_init(&h);
-                mt_sha256_update(&h, ptext, strlen(ptext) + 1);
-                if (ans) mt_sha256_update(&h, ans->valuestring, strlen(ans->valuestring));
-                mt_sha256_final(&h, d);
-                for (int k = 0; k < 32; k++) snprintf(hex + 2 * k, 3, "%02x", d[k]);
-                keep = mt_pairs_is_eval(hex, eval_split) == (split == 1);
-            }
-            if (keep) {
-                int32_t *ids = NULL;
-                size_t n = 0;
-                st = mt_prompt_encode(run->tok, ptext, cJSON_IsArray(pr), where, &ids, &n, err);
-                if (st == MT_OK && n == 0) st = mt_error_set(err, MT_ERR_FORMAT, "%s: an empty prompt", where);
-                if (st == MT_OK) {
-                    if ((int)n > max_prompt) {
-                        memmove(ids, ids + (n - (size_t)max_prompt), (size_t)max_prompt * sizeof *ids);
-                        n = (size_t)max_prompt;
-                        out->n_truncated++;
-                    }
-                    if ((size_t)out->n == cap) {
-                        cap = cap ? 2 * cap : 64;
-                        out->p = mt_xrealloc(out->p, cap * sizeof *out->p);
-                    }
-                    out->p[out->n++] = (prompt){.ids = ids, .n = (int)n, .answer = ans ? mt_xstrdup(ans->valuestring) : NULL};
-                } else {
-                    free(ids);
-                }
-            }
-            free(ptext);
-            cJSON_Delete(j);
-            free(s);
-        }
-        free(text);
-    }
-    if (st != MT_OK) prompt_set_free(out);
-    return st;
-}
-
-/* ---- rollouts ---- */
-
-typedef struct rollout {
-    int n;            /* completions */
-    int T, L, K;
-    int32_t *seq;     /* [n·T] prompt + completion */
-    int *P, *C;       /* [n] prompt and completion tokens (C counts a final EOS) */
-    int *prompt_of;   /* [n] */
-    bool *eos;        /* [n] ended with EOS (else it ran out of tokens) */
-    double *entropy;  /* [n] Σ over completion tokens of the sampling distribution's entropy */
-    int32_t *routes;  /* [n][T][L][K] experts of each fed position (−1: not fed) */
-    float *reward;    /* [n] combined */
-    float *per_fn;    /* [n·F] per reward function, unweighted */
-} rollout;
-
-static void rollout_free(rollout *r) {
-    free(r->seq);
-    free(r->P);
-    free(r->C);
-    free(r->prompt_of);
-    free(r->eos);
-    free(r->entropy);
-    free(r->routes);
-    free(r->reward);
-    free(r->per_fn);
-    memset(r, 0, sizeof *r);
-}
+#include "rollout-impl.h"
 
 typedef struct grpo {
-    prompt_set train, eval;
-    int G, T, max_new, F, n_rules;
+    mt_rl_env env;
     mt_grpo_config cfg;
     mt_grpo_scale scale;
-    mt_sample_opts sample;
-    mt_reward_rules *rules;
-    double *weights;           /* [F] reward model first, then each rule */
-    char (*fn_names)[96];      /* [F] rewards/<name>/mean */
-    mt_lora *rm_lora, *ref_lora;
-    float *rm_head;            /* [H] */
-    mt_workspace *ews;         /* reward-model and reference passes */
-    mt_batch_buf buf;          /* micro_batch · G rows */
-    uint8_t *mask;             /* [rows·T] */
-    float *logp, *d_logp, *ref_logp_mb; /* [rows·T] */
-    int32_t *route_in, *route_out;      /* [L][rows·T][K] */
-    rollout ro;                         /* the step's */
-    float *old_logp, *ref_logp;         /* [n·T] the rollout's, per iteration > 0 / beta > 0 */
-    float *adv;                         /* [n] */
+    float *logp, *d_logp;     /* [rows·T] the micro-batch's */
+    mt_rollout ro;            /* the step's */
+    float *old_logp, *ref_logp; /* [n·T] the rollout's, for iterations > 0 / beta > 0 */
+    float *adv;               /* [n] */
 } grpo;
 
-static bool is_eos(const mt_run *run, int32_t id) {
-    const mt_config *c = mt_model_config(run->model);
-    for (int i = 0; i < c->n_eos; i++)
-        if (c->eos_token_ids[i] == id) return true;
-    return mt_tokenizer_eos_id(run->tok) == id;
-}
-
-/* Entropy of softmax(logits) (already divided by the temperature). */
-static double entropy_of(const float *z, int V) {
-    float mx = z[0];
-    for (int v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
-    double s = 0, sz = 0;
-    for (int v = 0; v < V; v++) {
-        double e = exp((double)z[v] - mx);
-        s += e;
-        sz += e * ((double)z[v] - mx);
-    }
-    return log(s) - sz / s;
-}
-
-/* Samples G completions for each of prompts pidx[0..np) (rows prompt-major) into ro. seed keys
- * the streams: completion r draws from mt_hash_u64(seed, r). */
-static mt_status sample_rollout(mt_run *run, grpo *g, const prompt_set *ps, const int64_t *pidx, int np, int G,
-                                uint64_t seed, rollout *ro, mt_error *err) {
-    const mt_config *cfg = mt_model_config(run->model);
-    int T = g->T, L = cfg->n_layers, K = cfg->n_experts > 0 ? cfg->top_k : 1, V = cfg->vocab_size;
-    int n = np * G;
-    memset(ro, 0, sizeof *ro);
-    ro->n = n;
-    ro->T = T;
-    ro->L = L;
-    ro->K = K;
-    ro->seq = mt_xcalloc((size_t)n * T, sizeof(int32_t));
-    ro->P = mt_xcalloc((size_t)n, sizeof(int));
-    ro->C = mt_xcalloc((size_t)n, sizeof(int));
-    ro->prompt_of = mt_xcalloc((size_t)n, sizeof(int));
-    ro->eos = mt_xcalloc((size_t)n, sizeof(bool));
-    ro->entropy = mt_xcalloc((size_t)n, sizeof(double));
-    size_t per_pos = (size_t)L * K;
-    ro->routes = mt_xmalloc((size_t)n * T * per_pos * sizeof(int32_t));
-    memset(ro->routes, 0xff, (size_t)n * T * per_pos * sizeof(int32_t));
-    ro->reward = mt_xcalloc((size_t)n, sizeof(float));
-    ro->per_fn = mt_xcalloc((size_t)n * (g->F ? g->F : 1), sizeof(float));
-
-    int bs = 16, per_seq = (T + bs - 1) / bs + 1;
-    mt_kv_pool_opts po = {.block_size = bs, .n_blocks = (np + n) * per_seq, .max_seqs = np + n, .max_seq_len = T};
-    mt_kv_pool *pool = NULL;
-    mt_decoder *dec = NULL;
-    int rows = n > T ? n : T;
-    const mt_adapter *ad = mt_lora_adapter(run->lora);
-    mt_status st = mt_kv_pool_init(&pool, run->model, &po, err);
-    if (st == MT_OK) st = mt_decoder_init(&dec, run->model, rows, run->lora ? mt_lora_max_rank(run->lora) : 0, err);
-    int32_t *tok = mt_xcalloc((size_t)rows, sizeof(int32_t)), *sq = mt_xcalloc((size_t)rows, sizeof(int32_t));
-    int32_t *lrows = mt_xcalloc((size_t)rows, sizeof(int32_t));
-    /* dense layers leave their entries at −1: nothing to replay there */
-    int32_t *rt = mt_xmalloc((size_t)L * rows * K * sizeof(int32_t));
-    int *row_of = mt_xcalloc((size_t)rows, sizeof(int)), *seqs = mt_xcalloc((size_t)n, sizeof(int));
-    float *logits = mt_xmalloc((size_t)rows * V * sizeof(float));
-    float *cur = mt_xmalloc((size_t)n * V * sizeof(float));
-    bool *live = mt_xcalloc((size_t)n, sizeof(bool));
-    mt_rng *rng = mt_xcalloc((size_t)n, sizeof(mt_rng));
-    float inv_t = g->sample.temperature > 0 ? 1.0f / g->sample.temperature : 1.0f;
-
-    /* prefill each prompt once; its group forks the blocks */
-    for (int i = 0; i < np && st == MT_OK; i++) {
-        const prompt *p = &ps->p[pidx[i]];
-        int ps_seq;
-        st = mt_kv_seq_open(pool, &ps_seq, err);
-        if (st != MT_OK) break;
-        for (int t = 0; t < p->n; t++) {
-            tok[t] = p->ids[t];
-            sq[t] = ps_seq;
-        }
-        lrows[0] = p->n - 1;
-        memset(rt, 0xff, (size_t)L * rows * K * sizeof(int32_t));
-        mt_decode_batch b = {.n_rows = p->n, .tokens = tok, .seq = sq, .adapters = &ad, .n_slots = 1,
-                             .logit_rows = lrows, .n_logits = 1, .route_out = cfg->n_experts > 0 ? rt : NULL};
-        st = mt_decode_step(dec, pool, &b, logits, err);
-        for (int k = 0; st == MT_OK && k < G; k++) {
-            int r = i * G + k;
-            ro->P[r] = p->n;
-            ro->prompt_of[r] = (int)pidx[i];
-            memcpy(ro->seq + (size_t)r * T, p->ids, (size_t)p->n * sizeof(int32_t));
-            for (int t = 0; t < p->n && cfg->n_experts > 0; t++)
-                for (int l = 0; l < L; l++)
-                    memcpy(ro->routes + (((size_t)r * T + t) * L + l) * K, rt + ((size_t)l * p->n + t) * K,
-                           (size_t)K * sizeof(int32_t));
-            st = mt_kv_seq_fork(pool, ps_seq, &seqs[r], err);
-            memcpy(cur + (size_t)r * V, logits, (size_t)V * sizeof(float));
-            mt_rng_seed(&rng[r], mt_hash_u64(seed, (uint64_t)r));
-            live[r] = true;
-        }
-        mt_kv_seq_close(pool, ps_seq);
-    }
-    /* one token for every live completion per step */
-    while (st == MT_OK) {
-        int nr = 0;
-        for (int r = 0; r < n; r++) {
-            if (!live[r]) continue;
-            float *z = cur + (size_t)r * V;
-            for (int v = 0; v < V; v++) z[v] *= inv_t;
-            ro->entropy[r] += entropy_of(z, V);
-            mt_sample_opts so = g->sample;
-            so.temperature = 1.0f; /* already divided */
-            int32_t id = mt_sample(&so, z, V, &rng[r]);
-            int pos = ro->P[r] + ro->C[r];
-            ro->seq[(size_t)r * T + pos] = id;
-            ro->C[r]++;
-            int max_c = g->max_new < T - ro->P[r] ? g->max_new : T - ro->P[r];
-            if (is_eos(run, id)) {
-                ro->eos[r] = true;
-                live[r] = false;
-            } else if (ro->C[r] >= max_c) {
-                live[r] = false;
-            } else {
-                tok[nr] = id;
-                sq[nr] = seqs[r];
-                lrows[nr] = nr;
-                row_of[nr] = r;
-                nr++;
-            }
-        }
-        if (nr == 0) break;
-        /* the layout [L][nr][K] moves with nr: dense layers' entries must read −1 afresh */
-        memset(rt, 0xff, (size_t)L * nr * K * sizeof(int32_t));
-        mt_decode_batch b = {.n_rows = nr, .tokens = tok, .seq = sq, .adapters = &ad, .n_slots = 1,
-                             .logit_rows = lrows, .n_logits = nr, .route_out = cfg->n_experts > 0 ? rt : NULL};
-        st = mt_decode_step(dec, pool, &b, logits, err);
-        for (int j = 0; st == MT_OK && j < nr; j++) {
-            int r = row_of[j], pos = ro->P[r] + ro->C[r] - 1;
-            memcpy(cur + (size_t)r * V, logits + (size_t)j * V, (size_t)V * sizeof(float));
-            for (int l = 0; l < L && cfg->n_experts > 0; l++)
-                memcpy(ro->routes + (((size_t)r * T + pos) * L + l) * K, rt + ((size_t)l * nr + j) * K,
-                       (size_t)K * sizeof(int32_t));
-        }
-    }
-    mt_decoder_free(dec);
-    mt_kv_pool_free(pool);
-    free(tok);
-    free(sq);
-    free(lrows);
-    free(rt);
-    free(row_of);
-    free(seqs);
-    free(logits);
-    free(cur);
-    free(live);
-    free(rng);
-    if (st != MT_OK) rollout_free(ro);
-    return st;
-}
-
-/* ---- rewards ---- */
-
-/* Fills micro-batch rows from rollout rows r0 .. r0+k: tokens prompt + completion minus its
- * last token, targets the completion (the mask), and with routes the replay array. full: the
- * whole sequence as input (the reward model reads the last completion token that is not EOS). */
-static void fill_rows(const mt_run *run, grpo *g, const rollout *ro, int r0, int k, bool full, bool routes) {
-    int T = g->T, B = g->buf.B;
-    int32_t pad = mt_tokenizer_eos_id(run->tok) >= 0 ? mt_tokenizer_eos_id(run->tok) : 0;
-    for (size_t i = 0; i < (size_t)B * T; i++) {
-        g->buf.tokens[i] = pad;
-        g->buf.targets[i] = MT_IGNORE_INDEX;
-        g->buf.pos[i] = (int32_t)(i % (size_t)T);
-        g->buf.kv_start[i] = 0;
-        g->mask[i] = 0;
-    }
-    size_t per_pos = (size_t)ro->L * ro->K;
-    if (routes) memset(g->route_in, 0xff, (size_t)ro->L * B * T * ro->K * sizeof(int32_t));
-    for (int b = 0; b < k; b++) {
-        int r = r0 + b, P = ro->P[r], C = ro->C[r];
-        const int32_t *s = ro->seq + (size_t)r * T;
-        int len = full ? P + C - (ro->eos[r] ? 1 : 0) : P + C - 1;
-        for (int t = 0; t < len; t++) g->buf.tokens[(size_t)b * T + t] = s[t];
-        if (full) continue;
-        for (int t = P - 1; t < P + C - 1; t++) {
-            g->buf.targets[(size_t)b * T + t] = s[t + 1];
-            g->mask[(size_t)b * T + t] = 1;
-        }
-        for (int t = 0; routes && t < len; t++)
-            for (int l = 0; l < ro->L; l++)
-                memcpy(g->route_in + ((size_t)l * B * T + (size_t)b * T + t) * ro->K,
-                       ro->routes + ((size_t)r * T + t) * per_pos + (size_t)l * ro->K, (size_t)ro->K * sizeof(int32_t));
-    }
-}
-
-/* Every completion's reward per function (rules on the decoded text against the prompt's
- * answer, the reward model's score at the last completion token) and combined. */
-static mt_status score_rollout(mt_run *run, grpo *g, const prompt_set *ps, rollout *ro, mt_error *err) {
-    int F = g->F, T = g->T, B = g->buf.B, fo = g->rm_lora ? 1 : 0;
-    const mt_config *cfg = mt_model_config(run->model);
-    int H = cfg->hidden_size, L = cfg->n_layers;
-    double *per = mt_xcalloc((size_t)g->n_rules + 1, sizeof(double));
-    mt_status st = MT_OK;
-    for (int r = 0; r < ro->n && g->rules && st == MT_OK; r++) {
-        int c = ro->C[r] - (ro->eos[r] ? 1 : 0);
-        char *text = NULL;
-        size_t len;
-        st = mt_tokenizer_decode(run->tok, ro->seq + (size_t)r * T + ro->P[r], (size_t)c, true, &text, &len, err);
-        double total;
-        if (st == MT_OK)
-            st = mt_reward_rules_score(g->rules, text, ps->p[ro->prompt_of[r]].answer, &total, per, err);
-        for (int k = 0; st == MT_OK && k < g->n_rules; k++) ro->per_fn[(size_t)r * F + fo + k] = (float)per[k];
-        free(text);
-    }
-    free(per);
-    MT_TRY(st);
-    for (int r0 = 0; g->rm_lora && r0 < ro->n; r0 += B) {
-        int k = ro->n - r0 < B ? ro->n - r0 : B;
-        fill_rows(run, g, ro, r0, k, true, false);
-        mt_batch batch = mt_batch_buf_view(&g->buf);
-        batch.targets = NULL;
-        mt_forward_opts fopt = {.adapter = mt_lora_adapter(g->rm_lora)};
-        MT_TRY(mt_model_forward(run->model, g->ews, &batch, &fopt, NULL, err));
-        const float *xf = mt_workspace_hidden(g->ews, L);
-        for (int b = 0; b < k; b++) {
-            int r = r0 + b, last = ro->P[r] + ro->C[r] - (ro->eos[r] ? 1 : 0) - 1;
-            const float *h = xf + ((size_t)b * T + (size_t)last) * H;
-            double s = 0;
-            for (int j = 0; j < H; j++) s += (double)g->rm_head[j] * h[j];
-            ro->per_fn[(size_t)r * F] = (float)s;
-        }
-    }
-    mt_grpo_combine_rewards((size_t)ro->n, (size_t)F, ro->per_fn, g->weights, ro->reward);
-    return MT_OK;
-}
-
-/* Per-token log-probs of the rollout's completions under the reference (no gradient). */
-static mt_status reference_logps(mt_run *run, grpo *g, const rollout *ro, float *out, mt_error *err) {
-    int T = g->T, B = g->buf.B;
-    for (int r0 = 0; r0 < ro->n; r0 += B) {
-        int k = ro->n - r0 < B ? ro->n - r0 : B;
-        fill_rows(run, g, ro, r0, k, false, mt_model_config(run->model)->n_experts > 0);
-        mt_batch batch = mt_batch_buf_view(&g->buf);
-        mt_forward_opts fopt = {.adapter = g->ref_lora ? mt_lora_adapter(g->ref_lora) : NULL,
-                                .temperature = g->sample.temperature};
-        mt_forward_result fr;
-        MT_TRY(mt_model_forward(run->model, g->ews, &batch, &fopt, &fr, err));
-        for (size_t i = 0; i < (size_t)k * T; i++) out[(size_t)r0 * T + i] = g->mask[i] ? -fr.token_loss[i] : 0.0f;
-    }
-    return MT_OK;
-}
-
-/* ---- setup ---- */
-
-static mt_status open_rules(mt_run *run, grpo *g, mt_error *err) {
-    const mt_recipe *r = run->r;
-    size_t n = r->reward.rules.n;
-    g->n_rules = (int)n;
-    if (n) {
-        mt_reward_rule *rules = mt_xcalloc(n, sizeof *rules);
-        mt_status st = MT_OK;
-        for (size_t i = 0; i < n && st == MT_OK; i++) {
-            char why[256];
-            if (!mt_reward_rule_spec_parse(r->reward.rules.items[i], &rules[i], why, sizeof why))
-                st = mt_error_set(err, MT_ERR_INVALID, "reward.rules[%zu]: %s", i, why);
-            rules[i].weight = 1.0; /* each rule is its own reward function; reward.weights combine them */
-        }
-        if (st == MT_OK) st = mt_reward_rules_compile(rules, n, &g->rules, err);
-        free(rules);
-        MT_TRY(st);
-    }
-    g->F = (r->reward.model ? 1 : 0) + g->n_rules;
-    g->weights = mt_xcalloc((size_t)g->F, sizeof(double));
-    g->fn_names = mt_xcalloc((size_t)g->F, sizeof *g->fn_names);
-    for (int f = 0; f < g->F; f++) g->weights[f] = r->reward.weights.n ? r->reward.weights.values[f] : 1.0;
-    int fo = 0;
-    if (r->reward.model) snprintf(g->fn_names[fo++], sizeof g->fn_names[0], "rewards/reward_model/mean");
-    for (int k = 0; k < g->n_rules; k++)
-        snprintf(g->fn_names[fo + k], sizeof g->fn_names[0], "rewards/%s/mean", mt_reward_rules_name(g->rules, (size_t)k));
-    return MT_OK;
-}
-
-static bool rules_need_answer(const mt_recipe *r) {
-    for (size_t i = 0; i < r->reward.rules.n; i++) {
-        mt_reward_rule rule;
-        char why[256];
-        if (mt_reward_rule_spec_parse(r->reward.rules.items[i], &rule, why, sizeof why) &&
-            (rule.kind == MT_RULE_EXACT || rule.kind == MT_RULE_CONTAINS) && !rule.target)
-            return true;
-    }
-    return false;
-}
-
 static mt_status grpo_open_data(mt_run *run, mt_error *err) {
-    grpo *g = mt_xcalloc(1, sizeof *g);
-    run->obj_state = g;
-    const mt_recipe *r = run->r;
-    run->T = r->data.max_seq_len;
-    g->T = run->T;
-    g->G = r->rollout.num_generations;
-    g->max_new = r->rollout.max_new_tokens;
-    if (g->max_new >= g->T)
-        return mt_error_set(err, MT_ERR_INVALID,
-                            "rollout.max_new_tokens: %d leaves no room for a prompt in data.max_seq_len %d", g->max_new,
-                            g->T);
-    int max_prompt = g->T - g->max_new;
-    if (r->data.max_prompt_len != MT_RECIPE_UNSET && r->data.max_prompt_len < max_prompt)
-        max_prompt = r->data.max_prompt_len;
-    MT_TRY(load_prompts(run, &r->data.train, r->data.eval_split > 0 ? 0 : -1, r->data.eval_split, max_prompt,
-                        &g->train, err));
-    if (r->data.eval.n)
-        MT_TRY(load_prompts(run, &r->data.eval, -1, 0, max_prompt, &g->eval, err));
-    else if (r->data.eval_split > 0)
-        MT_TRY(load_prompts(run, &r->data.train, 1, r->data.eval_split, max_prompt, &g->eval, err));
-    if (g->train.n == 0) return mt_error_set(err, MT_ERR_INVALID, "data.train: no prompts");
-    if (rules_need_answer(r)) {
-        const prompt_set *sets[2] = {&g->train, &g->eval};
-        for (int k = 0; k < 2; k++)
-            for (int64_t i = 0; i < sets[k]->n; i++)
-                if (!sets[k]->p[i].answer)
-                    return mt_error_set(err, MT_ERR_INVALID,
-                                        "reward.rules: a rule compares with the prompt's answer, and %s prompt %lld "
-                                        "has none (give \"answer\" on every line)",
-                                        k ? "held-out" : "training", (long long)i + 1);
-    }
-    mt_run_note(run->opts, "prompts: %lld train, %lld held out; %lld cut to their last %d tokens; %d completions each",
-                (long long)g->train.n, (long long)g->eval.n, (long long)(g->train.n_truncated + g->eval.n_truncated),
-                max_prompt, g->G);
-    /* the thresholds read rows with targets: the prompts, as one-token-target rows */
-    mt_rows *rows = &run->train_rows;
-    int64_t n = g->train.n;
-    rows->T = g->T;
-    rows->n_rows = n;
-    rows->tokens = mt_xcalloc((size_t)n * g->T, sizeof(int32_t));
-    rows->targets = mt_xcalloc((size_t)n * g->T, sizeof(int32_t));
-    rows->pos = mt_xcalloc((size_t)n * g->T, sizeof(int32_t));
-    rows->kv_start = mt_xcalloc((size_t)n * g->T, sizeof(int32_t));
-    rows->n_targets = mt_xcalloc((size_t)n, sizeof(int32_t));
-    for (int64_t i = 0; i < n; i++) {
-        const prompt *p = &g->train.p[i];
-        for (int t = 0; t < g->T; t++) {
-            size_t o = (size_t)i * g->T + t;
-            rows->tokens[o] = t < p->n ? p->ids[t] : 0;
-            rows->targets[o] = t + 1 < p->n ? p->ids[t + 1] : MT_IGNORE_INDEX;
-            rows->pos[o] = t;
-        }
-        rows->n_targets[i] = p->n - 1;
-    }
-    run->n_examples = n;
-    return MT_OK;
-}
-
-static mt_status load_frozen(mt_run *run, const char *dir, const char *what, mt_lora **out, float **head, int *max_rank,
-                             mt_error *err) {
-    mt_lora_meta meta = {0};
-    mt_status st = mt_lora_load_peft(out, run->model, dir, &meta, err);
-    free(meta.thresholds_json);
-    if (st != MT_OK) {
-        mt_error_prefix(err, "%s: ", what);
-        free(meta.score);
-        return st;
-    }
-    if (meta.base_hash[0] && strcmp(meta.base_hash, run->base_hash) != 0) {
-        free(meta.score);
-        return mt_error_set(err, MT_ERR_INVALID, "%s: %s was trained on another base", what, dir);
-    }
-    if (head) {
-        int H = mt_model_config(run->model)->hidden_size;
-        if (!meta.score || meta.score_rows != 1 || meta.score_cols != H) {
-            free(meta.score);
-            return mt_error_set(err, MT_ERR_INVALID,
-                                "%s: %s has no score head [1, %d]: export one with method: reward", what, dir, H);
-        }
-        *head = meta.score;
-    } else {
-        free(meta.score);
-    }
-    int rr = mt_lora_max_rank(*out);
-    if (rr > *max_rank) *max_rank = rr;
-    return MT_OK;
+    grpo *q = mt_xcalloc(1, sizeof *q);
+    run->obj_state = q;
+    return mt_rl_open_data(run, &q->env, run->r->rollout.num_generations, err);
 }
 
 static mt_status grpo_open_model(mt_run *run, mt_error *err) {
-    grpo *g = run->obj_state;
+    grpo *q = run->obj_state;
     const mt_recipe *r = run->r;
-    const mt_config *cfg = mt_model_config(run->model);
-    if (cfg->n_experts > 0 && mt_backend_get_kind(run->be) != MT_BACKEND_CPU)
-        return mt_error_set(err, MT_ERR_UNSUPPORTED, "grpo records and replays routing on the CPU backend only");
-    MT_TRY(open_rules(run, g, err));
-    mt_grpo_config_default(&g->cfg);
+    MT_TRY(mt_rl_open_model(run, &q->env, r->grpo.beta != 0, err));
+    mt_grpo_config_default(&q->cfg);
     static const mt_grpo_loss_type lt[] = {[MT_RECIPE_GRPO_LOSS_GRPO] = MT_GRPO_LOSS_GRPO,
                                            [MT_RECIPE_GRPO_LOSS_BNPO] = MT_GRPO_LOSS_BNPO,
                                            [MT_RECIPE_GRPO_LOSS_DR_GRPO] = MT_GRPO_LOSS_DR_GRPO,
                                            [MT_RECIPE_GRPO_LOSS_DAPO] = MT_GRPO_LOSS_DAPO};
-    g->cfg.loss_type = lt[r->grpo.loss_type];
-    g->cfg.epsilon_low = r->grpo.epsilon;
-    g->cfg.epsilon_high = r->grpo.epsilon_high == MT_RECIPE_UNSET ? r->grpo.epsilon : r->grpo.epsilon_high;
-    g->cfg.beta = r->grpo.beta;
-    g->cfg.max_completion_length = (size_t)g->max_new;
-    g->scale = r->grpo.scale_rewards == MT_RECIPE_SCALE_GROUP   ? MT_GRPO_SCALE_GROUP
+    q->cfg.loss_type = lt[r->grpo.loss_type];
+    q->cfg.epsilon_low = r->grpo.epsilon;
+    q->cfg.epsilon_high = r->grpo.epsilon_high == MT_RECIPE_UNSET ? r->grpo.epsilon : r->grpo.epsilon_high;
+    q->cfg.beta = r->grpo.beta;
+    q->cfg.max_completion_length = (size_t)q->env.max_new;
+    q->scale = r->grpo.scale_rewards == MT_RECIPE_SCALE_GROUP   ? MT_GRPO_SCALE_GROUP
                : r->grpo.scale_rewards == MT_RECIPE_SCALE_BATCH ? MT_GRPO_SCALE_BATCH
                                                                 : MT_GRPO_SCALE_NONE;
-    g->sample = (mt_sample_opts){.temperature = (float)r->rollout.temperature,
-                                 .top_k = r->rollout.top_k,
-                                 .top_p = (float)r->rollout.top_p};
-    int max_rank = run->lora ? mt_lora_max_rank(run->lora) : 0;
-    if (r->reward.model) {
-        MT_TRY(load_frozen(run, r->reward.model, "reward.model", &g->rm_lora, &g->rm_head, &max_rank, err));
-        mt_run_note(run->opts, "reward model: %s", r->reward.model);
-    }
-    if (g->cfg.beta != 0 && r->reference.model == MT_RECIPE_REF_ADAPTER)
-        MT_TRY(load_frozen(run, r->reference.adapter, "reference.adapter", &g->ref_lora, NULL, &max_rank, err));
-    int B = r->train.micro_batch * g->G, T = g->T;
-    MT_TRY(mt_workspace_init(&run->ws, run->model, B, T, true, max_rank, err));
-    MT_TRY(mt_workspace_init(&g->ews, run->model, B, T, false, max_rank, err));
-    mt_batch_buf_init(&g->buf, B, T);
-    size_t n = (size_t)B * T;
-    g->mask = mt_xcalloc(n, 1);
-    g->logp = mt_xcalloc(n, sizeof(float));
-    g->d_logp = mt_xcalloc(n, sizeof(float));
-    g->ref_logp_mb = mt_xcalloc(n, sizeof(float));
-    size_t nr = (size_t)cfg->n_layers * n * (cfg->n_experts > 0 ? cfg->top_k : 1);
-    g->route_in = mt_xcalloc(nr, sizeof(int32_t));
-    g->route_out = mt_xcalloc(nr, sizeof(int32_t));
+    size_t n = (size_t)q->env.buf.B * q->env.T;
+    q->logp = mt_xcalloc(n, sizeof(float));
+    q->d_logp = mt_xcalloc(n, sizeof(float));
     return MT_OK;
 }
 
-/* ---- a step: rollout, rewards, advantages, num_iterations updates ---- */
-
-/* Share of completion tokens whose set of experts differs, in any MoE layer, between the
- * rollout (rec, the replay array) and this pass (out). */
-static void count_mismatch(const mt_run *run, const grpo *g, int rows, int64_t *tokens, int64_t *differ) {
-    const mt_config *cfg = mt_model_config(run->model);
-    int K = cfg->top_k, T = g->T, L = cfg->n_layers;
-    size_t BT = (size_t)g->buf.B * T;
-    for (int b = 0; b < rows; b++)
-        for (int t = 0; t < T; t++) {
-            size_t i = (size_t)b * T + t;
-            if (!g->mask[i]) continue;
-            bool d = false;
-            for (int l = 0; l < L && !d; l++) {
-                const int32_t *a = g->route_in + ((size_t)l * BT + i) * K, *o = g->route_out + ((size_t)l * BT + i) * K;
-                if (a[0] < 0) continue;
-                for (int x = 0; x < K && !d; x++) {
-                    bool found = false;
-                    for (int y = 0; y < K; y++) found |= a[x] == o[y];
-                    d = !found;
-                }
-            }
-            (*tokens)++;
-            *differ += d;
-        }
-}
-
-static void metric_mean(mt_obj_metrics *ms, const char *name, const double *v, int n) {
-    double s = 0;
-    for (int i = 0; i < n; i++) s += v[i];
-    mt_obj_metric(ms, name, n ? s / n : NAN);
-}
-
-/* The step's rollout metrics under TRL's names. */
-static void rollout_metrics(const grpo *g, const rollout *ro, mt_obj_metrics *ms) {
-    int n = ro->n;
-    double len = 0, mn = INFINITY, mx = 0, clipped = 0, ent = 0, ent_tok = 0;
-    for (int r = 0; r < n; r++) {
-        len += ro->C[r];
-        mn = ro->C[r] < mn ? ro->C[r] : mn;
-        mx = ro->C[r] > mx ? ro->C[r] : mx;
-        clipped += !ro->eos[r];
-        ent += ro->entropy[r];
-        ent_tok += ro->C[r];
-    }
-    mt_obj_metric(ms, "completions/mean_length", len / n);
-    mt_obj_metric(ms, "completions/min_length", mn);
-    mt_obj_metric(ms, "completions/max_length", mx);
-    mt_obj_metric(ms, "completions/clipped_ratio", clipped / n);
-    mt_obj_metric(ms, "entropy", ent_tok > 0 ? ent / ent_tok : NAN);
-    double *col = mt_xcalloc((size_t)n, sizeof(double));
-    for (int f = 0; f < g->F; f++) {
-        int k = 0;
-        for (int r = 0; r < n; r++)
-            if (isfinite(ro->per_fn[(size_t)r * g->F + f])) col[k++] = ro->per_fn[(size_t)r * g->F + f];
-        metric_mean(ms, g->fn_names[f], col, k);
-    }
-    free(col);
-}
-
 static mt_status grpo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *so, mt_error *err) {
-    grpo *g = run->obj_state;
+    grpo *q = run->obj_state;
+    mt_rl_env *g = &q->env;
     const mt_recipe *r = run->r;
     int mb = r->train.micro_batch, ga = r->train.grad_accum, G = g->G, T = g->T, B = mb * G;
     MT_ASSERT(n == mb * ga);
-    rollout_free(&g->ro);
+    mt_rollout_free(&q->ro);
     uint64_t seed = mt_hash_u64(mt_hash_u64((uint64_t)r->train.seed, 0x6772706fULL), (uint64_t)run->st.step);
-    MT_TRY(sample_rollout(run, g, &g->train, idx, n, G, seed, &g->ro, err));
-    rollout *ro = &g->ro;
+    MT_TRY(mt_rl_sample(run, g, &g->train, idx, n, G, seed, &q->ro, err));
+    mt_rollout *ro = &q->ro;
     int N = ro->n;
-    MT_TRY(score_rollout(run, g, &g->train, ro, err));
-    free(g->adv);
-    g->adv = mt_xcalloc((size_t)N, sizeof(float));
+    MT_TRY(mt_rl_score(run, g, &g->train, ro, err));
+    free(q->adv);
+    q->adv = mt_xcalloc((size_t)N, sizeof(float));
     mt_grpo_adv_stats as;
-    MT_TRY(mt_grpo_advantages((size_t)n, (size_t)G, ro->reward, g->scale, g->adv, &as, err));
-    free(g->ref_logp);
-    g->ref_logp = NULL;
-    if (g->cfg.beta != 0) {
-        g->ref_logp = mt_xcalloc((size_t)N * T, sizeof(float));
-        MT_TRY(reference_logps(run, g, ro, g->ref_logp, err));
+    MT_TRY(mt_grpo_advantages((size_t)n, (size_t)G, ro->reward, q->scale, q->adv, &as, err));
+    free(q->ref_logp);
+    q->ref_logp = NULL;
+    if (q->cfg.beta != 0) {
+        q->ref_logp = mt_xcalloc((size_t)N * T, sizeof(float));
+        MT_TRY(mt_rl_logps(run, g, ro, g->ref_lora ? mt_lora_adapter(g->ref_lora) : NULL, false, NULL, q->ref_logp, NULL, err));
     }
-    free(g->old_logp);
-    g->old_logp = r->grpo.num_iterations > 1 ? mt_xcalloc((size_t)N * T, sizeof(float)) : NULL;
+    free(q->old_logp);
+    q->old_logp = r->grpo.num_iterations > 1 ? mt_xcalloc((size_t)N * T, sizeof(float)) : NULL;
     double active = 0;
     for (int i = 0; i < N; i++) active += ro->C[i];
     bool moe = mt_model_config(run->model)->n_experts > 0;
@@ -698,7 +89,7 @@ static mt_status grpo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *
         double loss_sum = 0;
         for (int k = 0; k < ga; k++) {
             int r0 = k * B;
-            fill_rows(run, g, ro, r0, B, false, moe);
+            mt_rl_fill_rows(run, g, ro, r0, B, moe);
             mt_batch batch = mt_batch_buf_view(&g->buf);
             mt_forward_opts fo = mt_run_forward_opts(run, it * ga + k);
             fo.temperature = g->sample.temperature;
@@ -708,21 +99,21 @@ static mt_status grpo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *
             }
             mt_forward_result fr;
             MT_TRY(mt_model_forward(run->model, run->ws, &batch, &fo, &fr, err));
-            if (moe && it == 0) count_mismatch(run, g, B, &mm_tokens, &mm_differ);
+            if (moe && it == 0) mt_rl_count_mismatch(run, g, B, &mm_tokens, &mm_differ);
             size_t o = (size_t)r0 * T;
-            for (size_t i = 0; i < (size_t)B * T; i++) g->logp[i] = g->mask[i] ? -fr.token_loss[i] : 0.0f;
-            if (g->old_logp && it == 0) memcpy(g->old_logp + o, g->logp, (size_t)B * T * sizeof(float));
-            mt_grpo_batch gb = {.B = (size_t)B, .T = (size_t)T, .logp = g->logp,
-                                .old_logp = g->old_logp && it > 0 ? g->old_logp + o : NULL,
-                                .ref_logp = g->ref_logp ? g->ref_logp + o : NULL,
-                                .advantages = g->adv + r0, .mask = g->mask, .num_items = active};
+            for (size_t i = 0; i < (size_t)B * T; i++) q->logp[i] = g->mask[i] ? -fr.token_loss[i] : 0.0f;
+            if (q->old_logp && it == 0) memcpy(q->old_logp + o, q->logp, (size_t)B * T * sizeof(float));
+            mt_grpo_batch gb = {.B = (size_t)B, .T = (size_t)T, .logp = q->logp,
+                                .old_logp = q->old_logp && it > 0 ? q->old_logp + o : NULL,
+                                .ref_logp = q->ref_logp ? q->ref_logp + o : NULL,
+                                .advantages = q->adv + r0, .mask = g->mask, .num_items = active};
             double loss;
             mt_grpo_metrics gm;
-            MT_TRY(mt_grpo_loss(&g->cfg, &gb, &loss, g->d_logp, &gm, err));
+            MT_TRY(mt_grpo_loss(&q->cfg, &gb, &loss, q->d_logp, &gm, err));
             /* dapo normalises by the tokens of the whole rollout already; the others are means
              * of the micro-batches */
-            double w = g->cfg.loss_type == MT_GRPO_LOSS_DAPO ? 1.0 : 1.0 / ga;
-            for (size_t i = 0; i < (size_t)B * T; i++) g->buf.dloss[i] = g->mask[i] ? (float)(-w * g->d_logp[i]) : 0.0f;
+            double w = q->cfg.loss_type == MT_GRPO_LOSS_DAPO ? 1.0 : 1.0 / ga;
+            for (size_t i = 0; i < (size_t)B * T; i++) g->buf.dloss[i] = g->mask[i] ? (float)(-w * q->d_logp[i]) : 0.0f;
             MT_TRY(mt_model_backward(run->model, run->ws, g->buf.dloss, err));
             loss_sum += w * loss;
             aux_sum += fr.aux_loss;
@@ -745,11 +136,11 @@ static mt_status grpo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *
     acc.clip_low_mean /= n_acc;
     acc.clip_high_mean /= n_acc;
     acc.clip_region_mean /= n_acc;
-    if (g->cfg.beta == 0) acc.kl = NAN;
+    if (q->cfg.beta == 0) acc.kl = NAN;
     mt_rl_metric l[MT_GRPO_N_METRICS];
     mt_grpo_metrics_list(&as, &acc, l);
     for (int i = 0; i < MT_GRPO_N_METRICS; i++) mt_obj_metric(&so->metrics, l[i].name, l[i].value);
-    rollout_metrics(g, ro, &so->metrics);
+    mt_rl_rollout_metrics(g, ro, &so->metrics);
     if (moe) mt_obj_metric(&so->metrics, "routing/mismatch", mm_tokens ? (double)mm_differ / (double)mm_tokens : 0.0);
     so->loss = loss_last;
     so->aux = aux_sum / (ga * r->grpo.num_iterations);
@@ -759,73 +150,22 @@ static mt_status grpo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *
     return MT_OK;
 }
 
-/* Held-out prompts: one completion each, sampled with a fixed stream so that evaluations of
- * different steps (and runs) compare; the mean reward is eval_reward. */
 static mt_status grpo_eval(mt_run *run, mt_eval_out *eo, mt_error *err) {
-    grpo *g = run->obj_state;
-    if (g->eval.n == 0) return MT_OK;
-    int B = g->buf.B;
-    int64_t n = g->eval.n;
-    double *rw = mt_xcalloc((size_t)n, sizeof(double)), *len = mt_xcalloc((size_t)n, sizeof(double));
-    double **per = mt_xcalloc((size_t)g->F, sizeof *per);
-    for (int f = 0; f < g->F; f++) per[f] = mt_xcalloc((size_t)n, sizeof(double));
-    int64_t *pidx = mt_xcalloc((size_t)B, sizeof *pidx);
-    int *np_f = mt_xcalloc((size_t)g->F, sizeof(int));
-    int nr = 0;
-    mt_status st = MT_OK;
-    uint64_t seed = mt_hash_u64((uint64_t)run->r->train.seed, 0x6576616cULL);
-    for (int64_t i0 = 0; i0 < n && st == MT_OK; i0 += B) {
-        int k = (int)(n - i0 < B ? n - i0 : B);
-        for (int b = 0; b < k; b++) pidx[b] = i0 + b;
-        rollout ro;
-        st = sample_rollout(run, g, &g->eval, pidx, k, 1, mt_hash_u64(seed, (uint64_t)i0), &ro, err);
-        if (st == MT_OK) st = score_rollout(run, g, &g->eval, &ro, err);
-        for (int b = 0; st == MT_OK && b < k; b++) {
-            if (isfinite(ro.reward[b])) rw[nr++] = ro.reward[b];
-            len[i0 + b] = ro.C[b];
-            for (int f = 0; f < g->F; f++)
-                if (isfinite(ro.per_fn[(size_t)b * g->F + f])) per[f][np_f[f]++] = ro.per_fn[(size_t)b * g->F + f];
-        }
-        if (st == MT_OK) rollout_free(&ro);
-    }
-    if (st == MT_OK) {
-        metric_mean(&eo->metrics, "reward", rw, nr);
-        for (int f = 0; f < g->F; f++) metric_mean(&eo->metrics, g->fn_names[f], per[f], np_f[f]);
-        metric_mean(&eo->metrics, "completions/mean_length", len, (int)n);
-    }
-    for (int f = 0; f < g->F; f++) free(per[f]);
-    free(per);
-    free(np_f);
-    free(rw);
-    free(len);
-    free(pidx);
-    return st;
+    grpo *q = run->obj_state;
+    return mt_rl_eval(run, &q->env, eo, err);
 }
 
 static void grpo_close(mt_run *run) {
-    grpo *g = run->obj_state;
-    if (!g) return;
-    prompt_set_free(&g->train);
-    prompt_set_free(&g->eval);
-    mt_reward_rules_free(g->rules);
-    free(g->weights);
-    free(g->fn_names);
-    mt_lora_free(g->rm_lora);
-    mt_lora_free(g->ref_lora);
-    free(g->rm_head);
-    mt_workspace_free(g->ews);
-    mt_batch_buf_free(&g->buf);
-    free(g->mask);
-    free(g->logp);
-    free(g->d_logp);
-    free(g->ref_logp_mb);
-    free(g->route_in);
-    free(g->route_out);
-    rollout_free(&g->ro);
-    free(g->old_logp);
-    free(g->ref_logp);
-    free(g->adv);
-    free(g);
+    grpo *q = run->obj_state;
+    if (!q) return;
+    mt_rl_close(&q->env);
+    free(q->logp);
+    free(q->d_logp);
+    mt_rollout_free(&q->ro);
+    free(q->old_logp);
+    free(q->ref_logp);
+    free(q->adv);
+    free(q);
     run->obj_state = NULL;
 }
 

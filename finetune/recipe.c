@@ -1064,6 +1064,17 @@ static void method_rules(rctx *c) {
                 diag(c, state_of(c, "reward.rules")->at, "reward.rules", "[%zu]: %s", i, e.msg);
             mt_reward_rules_free(compiled);
         }
+        /* full fine-tuning leaves no unchanged copy of the base for a reference pass */
+        if (r->adapter.type == MT_RECIPE_ADAPTER_NONE) {
+            if (r->method == MT_RECIPE_METHOD_PPO && r->ppo.kl_coef > 0)
+                diag(c, state_of(c, "adapter.type")->at, "adapter.type",
+                     "ppo's KL penalty compares with the base, and full fine-tuning changes the base weights "
+                     "themselves (a reference adapter sits on them too): train LoRA, or set ppo.kl_coef: 0");
+            if (r->method == MT_RECIPE_METHOD_GRPO && r->grpo.beta > 0)
+                diag(c, state_of(c, "adapter.type")->at, "adapter.type",
+                     "grpo.beta's KL compares with the base, and full fine-tuning changes the base weights "
+                     "themselves (a reference adapter sits on them too): train LoRA, or set grpo.beta: 0");
+        }
         size_t fns = (r->reward.model ? 1 : 0) + r->reward.rules.n;
         if (r->reward.weights.n && r->reward.weights.n != fns)
             diag(c, state_of(c, "reward.weights")->at, "reward.weights",

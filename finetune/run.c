@@ -415,7 +415,7 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
         ckpt[0] = '\0';
     }
     run->obj = mt_objective_for(r->method);
-    if (!run->obj) return mt_error_set(err, MT_ERR_UNSUPPORTED, "method: not available yet");
+    MT_ASSERT(run->obj); /* every method has its objective */
     /* rank 0 reads the data first, so that the others find its token cache written and only read */
     if (run->rank > 0) MT_TRY(mt_dist_barrier(run->dist, err));
     MT_TRY(run->obj->open_data(run, err));

@@ -75,7 +75,7 @@ const mt_objective *mt_objective_for(mt_recipe_method m) {
     case MT_RECIPE_METHOD_ORPO: return &mt_objective_pref;
     case MT_RECIPE_METHOD_REWARD: return &mt_objective_reward;
     case MT_RECIPE_METHOD_GRPO: return &mt_objective_grpo;
-    case MT_RECIPE_METHOD_PPO: return NULL;
+    case MT_RECIPE_METHOD_PPO: return &mt_objective_ppo;
     }
     return &mt_objective_sft;
 }

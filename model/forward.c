@@ -270,8 +270,10 @@ const float *mt_workspace_input_grad(const mt_workspace *ws) { return ws->train 
 
 const float *mt_workspace_hidden(const mt_workspace *ws, int i) {
     int L = ws->m->cfg.n_layers;
-    if (!ws->train || !ws->fwd_done || i < 0 || i > L) return NULL;
-    return i < L ? ws->acts[i].x_in : ws->xf;
+    if (!ws->fwd_done || i < 0 || i > L) return NULL;
+    /* the final (normed) states exist in every workspace; the layers' inputs only in training ones */
+    if (i == L) return ws->xf;
+    return ws->train ? ws->acts[i].x_in : NULL;
 }
 
 bool mt_router_stats_at(const mt_model *m, const int32_t *tpe, const double *entropy, int i, mt_router_stats *out) {

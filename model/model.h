@@ -385,7 +385,8 @@ mt_status mt_model_backward_hidden(mt_model *m, mt_workspace *ws, const float *d
 const float *mt_workspace_input_grad(const mt_workspace *ws);
 /* Hidden states of the last forward as transformers' output_hidden_states gives them, each
  * [B·T, hidden]: i < L is layer i's input (i = 0: the embeddings), i = L the last layer's output
- * after the final norm. NULL outside [0, L] or for a workspace made without train. */
+ * after the final norm. NULL outside [0, L], and for i < L in a workspace made without train
+ * (one made without train keeps the final states only: enough for a reward or value head). */
 const float *mt_workspace_hidden(const mt_workspace *ws, int i);
 
 typedef struct mt_router_stats {

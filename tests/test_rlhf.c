@@ -1,10 +1,12 @@
-/* test_grpo.c — GRPO through the trainer on a tiny random deepseek_v3 model, and the two model
+/* test_rlhf.c — GRPO and PPO through the trainer on a tiny random deepseek_v3 model, and the two model
  * features it rests on: token losses at a sampling temperature (the CE of logits / τ, its
  * gradient by finite differences through the GRPO KL term) and routing record / replay (a
  * pass replaying its own routes is bit-identical, replaying other experts changes it, and
  * the decoder's routes are the training forward's). The trainer's GRPO gradient equals finite
  * differences of its loss; a stopped and resumed GRPO run is bit-identical, sampling included;
- * rule rewards raise the mean reward; recipe mistakes are diagnostics. */
+ * rule rewards raise the mean reward; recipe mistakes are diagnostics. PPO: a rule reward rises,
+ * stop and resume is bit-identical, a reward model exported by method: reward scores the
+ * completions and starts the value head, the KL to the reference is logged. */
 #define _GNU_SOURCE
 #include "testutil.h"
 
@@ -27,7 +29,7 @@ static const char *const words[] = {"the",   "licensee", "shall", "not",     "di
 
 static int setup(void **state) {
     (void)state;
-    snprintf(root, sizeof root, "%s", mt_test_tmpdir("grpo"));
+    snprintf(root, sizeof root, "%s", mt_test_tmpdir("rlhf"));
     snprintf(base_dir, sizeof base_dir, "%s/base", root);
     snprintf(prompts_path, sizeof prompts_path, "%s/prompts.jsonl", root);
     FILE *f = fopen(prompts_path, "w");
@@ -186,6 +188,8 @@ static void test_temperature_and_replay(void **state) {
 
 /* ---- recipes ---- */
 
+static const char *g_method = "grpo";
+
 static void write_recipe_r(const char *dir, int steps, const char *rollout, const char *extra) {
     mt_error err = {0};
     assert_int_equal(mt_mkdirs(dir, &err), MT_OK);
@@ -194,7 +198,7 @@ static void write_recipe_r(const char *dir, int steps, const char *rollout, cons
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     fprintf(f,
-            "name: g\nmethod: grpo\nmodel:\n  path: %s\n"
+            "name: g\nmethod: %s\nmodel:\n  path: %s\n"
             "adapter:\n  type: lora\n  r: 4\n  alpha: 8\n  dropout: 0\n  targets: all-linear\n"
             "data:\n  train: %s\n  max_seq_len: 16\n"
             "train:\n  seed: 5\n  steps: %d\n  micro_batch: 2\n  grad_accum: 2\n  lr: 1e-2\n  warmup_steps: 0\n"
@@ -203,7 +207,7 @@ static void write_recipe_r(const char *dir, int steps, const char *rollout, cons
             "%s"
             "thresholds:\n  dap: 0\n%s"
             "output:\n  dir: %s/run\n  adapter: %s/adapter\n  store: %s/moetune.db\n",
-            base_dir, prompts_path, steps, rollout ? rollout : "rollout:\n  num_generations: 3\n  max_new_tokens: 6\n",
+            g_method, base_dir, prompts_path, steps, rollout ? rollout : "rollout:\n  num_generations: 3\n  max_new_tokens: 6\n",
             extra ? extra : "", dir, dir, dir);
     fclose(f);
 }
@@ -426,6 +430,120 @@ static void test_recipe_errors(void **state) {
     expect_error("notrm", "reward:\n  model: /nonexistent/rm\n", "reward.model");
 }
 
+/* ---- 6. PPO ---- */
+
+static void test_ppo_rule_reward_rises(void **state) {
+    (void)state;
+    g_method = "ppo";
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/ppo-learn", root);
+    write_recipe(dir, 12, "reward:\n  rules: [\"regex:^ \"]\nppo:\n  kl_coef: 0\n");
+    mt_recipe r;
+    const char *sets[] = {"train.lr=2e-2", "adapter.type=none", "rollout.num_generations=4"};
+    load_recipe(dir, sets, 3, &r);
+    mt_train_opts o = {.no_export = true};
+    mt_train_result res;
+    mt_error err = {0};
+    if (mt_train(&r, &o, &res, &err) != MT_OK) fail_msg("%s", err.msg);
+    mt_store_series sc = series(dir, res.run_id, "objective/scores");
+    assert_int_equal(sc.n, 12);
+    double first = 0, last = 0;
+    for (int i = 0; i < 4; i++) {
+        first += sc.values[i] / 4;
+        last += sc.values[8 + i] / 4;
+    }
+    if (!(last > first + 0.3)) {
+        for (size_t i = 0; i < sc.n; i++) fprintf(stderr, "step %zu score %.3f\n", i + 1, sc.values[i]);
+        fail_msg("mean score %.3f over the first 4 steps, %.3f over the last 4", first, last);
+    }
+    mt_store_series_free(&sc);
+    const char *names[] = {"objective/kl", "objective/entropy", "objective/rlhf_reward", "policy/clipfrac_avg",
+                           "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "policy/approxkl_avg"};
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+        mt_store_series x = series(dir, res.run_id, names[k]);
+        if (x.n != 12) fail_msg("%s: %zu values", names[k], x.n);
+        mt_store_series_free(&x);
+    }
+    mt_recipe_free(&r);
+    g_method = "grpo";
+}
+
+/* A reward model trained on pairs scores PPO's completions and starts its value head; the KL
+ * to the base (LoRA off) is 0 at the first step, where the policy is the base, and then not;
+ * stopped and resumed, the run is the uninterrupted one bit for bit. */
+static void test_ppo_reward_model_and_resume(void **state) {
+    (void)state;
+    char rm[4200], pairs[4300];
+    snprintf(rm, sizeof rm, "%s/rm", root);
+    snprintf(pairs, sizeof pairs, "%s/pairs.jsonl", root);
+    FILE *f = fopen(pairs, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 8; i++)
+        fprintf(f, "{\"prompt\": \"%s %s\", \"chosen\": \" %s\", \"rejected\": \" %s %s\"}\n", words[i % 12],
+                words[(i + 1) % 12], words[(i + 2) % 12], words[(i + 7) % 12], words[(i + 5) % 12]);
+    fclose(f);
+    mt_error err = {0};
+    assert_int_equal(mt_mkdirs(rm, &err), MT_OK);
+    char path[4300];
+    snprintf(path, sizeof path, "%s/recipe.yaml", rm);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "name: rm\nmethod: reward\nmodel:\n  path: %s\nadapter:\n  type: lora\n  r: 4\n  alpha: 8\n"
+            "  dropout: 0\n  targets: all-linear\ndata:\n  train: %s\n  max_seq_len: 16\n"
+            "train:\n  seed: 1\n  steps: 3\n  micro_batch: 2\n  lr: 1e-2\n  threads: 1\n  eval_every: 0\n"
+            "  router_noise: 0\nthresholds:\n  dap: 0\n"
+            "output:\n  dir: %s/run\n  adapter: %s/adapter\n  store: %s/moetune.db\n",
+            base_dir, pairs, rm, rm, rm);
+    fclose(f);
+    mt_recipe rr;
+    load_recipe(rm, NULL, 0, &rr);
+    mt_train_opts ro = {0};
+    mt_train_result rres;
+    if (mt_train(&rr, &ro, &rres, &err) != MT_OK) fail_msg("%s", err.msg);
+    mt_recipe_free(&rr);
+
+    g_method = "ppo";
+    char a[4200], b[4200], extra[8600];
+    snprintf(a, sizeof a, "%s/ppo-whole", root);
+    snprintf(b, sizeof b, "%s/ppo-cut", root);
+    snprintf(extra, sizeof extra, "reward:\n  model: %s/adapter\n  rules: [\"length:0-20\"]\n  weights: [1, 0.5]\n"
+             "ppo:\n  kl_coef: 0.1\n  kl_estimator: k3\n  num_ppo_epochs: 2\n", rm);
+    write_recipe(a, 4, extra);
+    write_recipe(b, 4, extra);
+    mt_recipe ra, rb;
+    load_recipe(a, NULL, 0, &ra);
+    load_recipe(b, NULL, 0, &rb);
+    mt_train_result whole, cut, resumed;
+    mt_train_opts o = {.no_export = true};
+    if (mt_train(&ra, &o, &whole, &err) != MT_OK) fail_msg("%s", err.msg);
+    mt_train_opts oc = {.no_export = true, .max_steps = 2};
+    if (mt_train(&rb, &oc, &cut, &err) != MT_OK) fail_msg("%s", err.msg);
+    mt_train_opts orr = {.no_export = true, .resume = true};
+    if (mt_train(&rb, &orr, &resumed, &err) != MT_OK) fail_msg("%s", err.msg);
+    const char *names[] = {"loss", "objective/scores", "objective/kl", "loss/value_avg", "rewards/reward_model/mean",
+                           "routing/mismatch"};
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+        mt_store_series x = series(a, whole.run_id, names[k]), y = series(b, resumed.run_id, names[k]);
+        if (x.n != 4 || y.n != 4) fail_msg("%s: %zu and %zu values", names[k], x.n, y.n);
+        for (size_t i = 0; i < 4; i++)
+            if (memcmp(&x.values[i], &y.values[i], sizeof(double)) != 0)
+                fail_msg("%s at step %zu: %.17g uninterrupted, %.17g resumed", names[k], i + 1, x.values[i],
+                         y.values[i]);
+        mt_store_series_free(&x);
+        mt_store_series_free(&y);
+    }
+    mt_store_series kl = series(a, whole.run_id, "objective/kl"), rmv = series(a, whole.run_id, "rewards/reward_model/mean");
+    assert_true(fabs(kl.values[0]) < 1e-6); /* LoRA B = 0: the policy is the base */
+    assert_true(kl.values[3] > 1e-6);
+    for (size_t i = 0; i < 4; i++) assert_true(isfinite(rmv.values[i]) && rmv.values[i] != 0.0);
+    mt_store_series_free(&kl);
+    mt_store_series_free(&rmv);
+    mt_recipe_free(&ra);
+    mt_recipe_free(&rb);
+    g_method = "grpo";
+}
+
 int main(void) {
     setenv("OMP_NUM_THREADS", "1", 1);
     const struct CMUnitTest tests[] = {
@@ -434,6 +552,8 @@ int main(void) {
         cmocka_unit_test(test_resume_is_bit_identical),
         cmocka_unit_test(test_rule_reward_rises),
         cmocka_unit_test(test_recipe_errors),
+        cmocka_unit_test(test_ppo_rule_reward_rises),
+        cmocka_unit_test(test_ppo_reward_model_and_resume),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
