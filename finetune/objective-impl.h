@@ -67,8 +67,10 @@ void mt_run_zero_grad(mt_run *run);
  * run->n_ranks, … < grad_accum, and holds its share of the step: gradients, loss, aux,
  * n_tokens and metrics computed with the whole step's denominators (1/grad_accum, the step's
  * target count), so that summing over ranks gives what one rank doing every micro-batch holds.
- * mt_run_update first sums them over ranks (gradients in buckets; metrics named min…/max… take
- * the extreme), then updates identically on every rank. Every rank must call it equally often. */
+ * mt_run_update first sums them over ranks (gradients in buckets; `loss`, so->aux,
+ * so->n_tokens and so->metrics as they are when it is called; metrics named min…/max… take the
+ * extreme), writes the sums back (the loss into so->loss), then updates identically on every
+ * rank. Every rank must call it equally often. */
 void mt_run_update(mt_run *run, double loss, mt_step_out *so);
 /* Sums v[0..n) over the ranks in place (an objective's statistics that span ranks, e.g. GRPO
  * groups split over ranks); alone a no-op. Every rank must call it at the same point. */

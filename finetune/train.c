@@ -110,18 +110,17 @@ static uint32_t metric_names_hash(const mt_obj_metrics *ms) {
  * scalars are its share of the global step (the objective's denominators are the whole step's),
  * so the sums are exactly what one rank doing every micro-batch would hold. */
 static mt_status dist_reduce(mt_run *run, double *loss, mt_step_out *so, mt_error *err) {
-    enum { N_FIXED = 6 };
+    enum { N_FIXED = 5 };
     MT_TRY(mt_optim_allreduce_grad(&run->optim, run->dist, run->dist_bucket, run->dist_bucket_cap, err));
     const mt_train_opts *o = run->opts;
     mt_obj_metrics *ms = &so->metrics;
     uint32_t sig = metric_names_hash(ms);
     double sum[N_FIXED + MT_OBJ_MAX_METRICS], ext[MT_OBJ_MAX_METRICS];
     sum[0] = *loss;
-    sum[1] = so->loss;
-    sum[2] = so->aux;
-    sum[3] = (double)so->n_tokens;
-    sum[4] = (double)sig;
-    sum[5] = o->stop_flag && *o->stop_flag;
+    sum[1] = so->aux;
+    sum[2] = (double)so->n_tokens;
+    sum[3] = (double)sig;
+    sum[4] = o->stop_flag && *o->stop_flag;
     for (int i = 0; i < MT_OBJ_MAX_METRICS; i++) {
         mt_dist_op op = i < ms->n ? metric_op(ms->m[i].name) : MT_DIST_OP_SUM;
         sum[N_FIXED + i] = i < ms->n && op == MT_DIST_OP_SUM ? ms->m[i].value : 0.0;
@@ -132,13 +131,12 @@ static mt_status dist_reduce(mt_run *run, double *loss, mt_step_out *so, mt_erro
     }
     MT_TRY(mt_dist_allreduce_f64(run->dist, sum, N_FIXED + MT_OBJ_MAX_METRICS, MT_DIST_OP_SUM, err));
     MT_TRY(mt_dist_allreduce_f64(run->dist, ext, MT_OBJ_MAX_METRICS, MT_DIST_OP_MAX, err));
-    *loss = sum[0];
-    so->loss = sum[1];
-    so->aux = sum[2];
-    so->n_tokens = llround(sum[3]);
-    run->dist_stop = sum[5] > 0;
+    *loss = so->loss = sum[0]; /* the step's loss comes back in so->loss */
+    so->aux = sum[1];
+    so->n_tokens = llround(sum[2]);
+    run->dist_stop = sum[4] > 0;
     /* every rank sees the same sum; it is n_ranks times its own hash only when all lists match */
-    if (sum[4] != (double)sig * run->n_ranks) {
+    if (sum[3] != (double)sig * run->n_ranks) {
         mt_run_note(o, "warning: step %lld: the ranks' metric lists differ (a metric was non-finite on some); "
                        "the step's metrics are not logged",
                     (long long)run->st.step + 1);

@@ -2,7 +2,8 @@
  * the 2-rank SFT, DPO and reward-model runs log the loss curve (and every metric) of the 1-rank
  * run with the same global batch to fp32 tolerance and write one store record; a 2-rank run whose
  * rank 1 is killed with SIGKILL ends (no rank left waiting in a collective) and, resumed on one
- * rank, finishes on the 1-rank curve; more ranks than micro-batches is a clear error. Skipped when
+ * rank, finishes on the 1-rank curve; stopped and resumed on 2 ranks it is bit-identical to the
+ * uninterrupted 2-rank run; more ranks than micro-batches is a clear error. Skipped when
  * moetune is built without MPI (MOETUNE_MPI=OFF). */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -181,9 +182,10 @@ static series get_series(const char *dir, const char *name) {
 }
 
 /* Every metric of `names` has the same steps in both stores and values within fp32 tolerance
- * (the ranks sum gradients in another order than one rank accumulates them). */
-static void assert_same_curves(const char *want_dir, const char *got_dir, const char *const *names, size_t n_names,
-                               int want_steps) {
+ * (the ranks sum gradients in another order than one rank accumulates them); `exact`: the
+ * same bits. */
+static void assert_curves(const char *want_dir, const char *got_dir, const char *const *names, size_t n_names,
+                          int want_steps, bool exact) {
     for (size_t k = 0; k < n_names; k++) {
         series a = get_series(want_dir, names[k]), b = get_series(got_dir, names[k]);
         if (a.n == 0) fail_msg("%s: no %s logged", want_dir, names[k]);
@@ -192,7 +194,7 @@ static void assert_same_curves(const char *want_dir, const char *got_dir, const 
         double worst = 0;
         for (int i = 0; i < a.n; i++) {
             assert_int_equal(a.step[i], b.step[i]);
-            double d = fabs(a.v[i] - b.v[i]), tol = 1e-5 * fabs(a.v[i]) + 1e-6;
+            double d = fabs(a.v[i] - b.v[i]), tol = exact ? 0.0 : 1e-5 * fabs(a.v[i]) + 1e-6;
             if (!(d <= tol))
                 fail_msg("%s at step %lld: %.9g with 1 rank, %.9g with 2", names[k], (long long)a.step[i], a.v[i],
                          b.v[i]);
@@ -221,7 +223,7 @@ static void check_method(const char *name, const char *method, const char *data_
     must_train(one, 1, "");
     must_train(two, 2, "");
     print_message("%s: 1 rank vs 2 ranks (global batch 2 x 4 rows)\n", name);
-    assert_same_curves(one, two, names, n_names, 10);
+    assert_curves(one, two, names, n_names, 10, false);
     assert_one_record(two, method);
     /* rank 0 alone wrote: one export, and its checkpoints */
     char p[4400];
@@ -351,11 +353,31 @@ static void test_killed_rank_ends_job_and_resumes_on_one(void **state) {
     must_train(dir, 1, "--resume");
     print_message("killed 2-rank run resumed on 1 rank vs the 1-rank run\n");
     static const char *const names[] = {"loss", "grad_norm", "eval_loss", "num_tokens"};
-    assert_same_curves(ref, dir, names, sizeof names / sizeof names[0], 40);
+    assert_curves(ref, dir, names, sizeof names / sizeof names[0], 40, false);
     assert_one_record(dir, "sft");
 }
 
-/* ---- 3. more ranks than a step's micro-batches ---- */
+/* ---- 3. stopped and resumed on as many ranks: bit-identical ---- */
+
+static void test_resume_same_ranks_bit_identical(void **state) {
+    (void)state;
+    char ref[4300], dir[4300];
+    snprintf(ref, sizeof ref, "%s/same-ref", root);
+    snprintf(dir, sizeof dir, "%s/same", root);
+    snprintf(data_line, sizeof data_line, "  train: %s\n  format: text\n  packing: true\n  eval_split: 0.1\n",
+             text_path);
+    write_recipe(ref, "sft", data_line, 10, 4, NULL);
+    write_recipe(dir, "sft", data_line, 10, 4, NULL);
+    must_train(ref, 2, "");
+    must_train(dir, 2, "--max-steps 5");
+    assert_int_equal(query_int(dir, "SELECT count(*) FROM metrics WHERE name = 'loss'"), 5);
+    must_train(dir, 2, "--resume");
+    static const char *const names[] = {"loss", "grad_norm", "aux_loss", "eval_loss"};
+    print_message("2 ranks stopped at step 5 and resumed on 2 ranks vs uninterrupted\n");
+    assert_curves(ref, dir, names, sizeof names / sizeof names[0], 10, true);
+}
+
+/* ---- 4. more ranks than a step's micro-batches ---- */
 
 static void test_more_ranks_than_micro_batches(void **state) {
     (void)state;
@@ -379,6 +401,7 @@ int main(void) {
         cmocka_unit_test(test_dpo_two_ranks_equal_one),
         cmocka_unit_test(test_reward_two_ranks_equal_one),
         cmocka_unit_test(test_killed_rank_ends_job_and_resumes_on_one),
+        cmocka_unit_test(test_resume_same_ranks_bit_identical),
         cmocka_unit_test(test_more_ranks_than_micro_batches),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
