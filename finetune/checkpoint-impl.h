@@ -19,6 +19,8 @@ typedef struct mt_ckpt_state {
     int64_t nan_streak;   /* consecutive non-finite steps */
     int64_t run_id;       /* the store's run this checkpoint belongs to */
     int threads;          /* CPU threads: GEMM bits depend on it, so a resume must match */
+    int ranks;            /* data-parallel ranks (their sums' order is in the bits too); 1 when
+                           * a checkpoint predates the field */
     double dap_threshold; /* as computed from the data at the start of the run */
     double mean_entropy;
     char recipe_sha256[65];

@@ -46,12 +46,12 @@ static mt_status remove_tree(const char *path, mt_error *err) {
 #define STATE_JSON                                                                                          \
     "{\n\t\"step\":\t%lld,\n\t\"optim_step\":\t%lld,\n\t\"epoch\":\t%lld,\n\t\"cursor\":\t%lld,\n"           \
     "\t\"tokens_seen\":\t%lld,\n\t\"nan_streak\":\t%lld,\n\t\"run_id\":\t%lld,\n"                             \
-    "\t\"threads\":\t%d,\n\t\"dap_threshold\":\t%.17g,\n\t\"mean_entropy\":\t%.17g,\n"                          \
-    "\t\"recipe_sha256\":\t\"%.64s\",\n\t\"moetune_version\":\t\"%s\"\n}"
+    "\t\"threads\":\t%d,\n\t\"ranks\":\t%d,\n\t\"dap_threshold\":\t%.17g,\n"                                    \
+    "\t\"mean_entropy\":\t%.17g,\n\t\"recipe_sha256\":\t\"%.64s\",\n\t\"moetune_version\":\t\"%s\"\n}"
 #define STATE_ARGS(s)                                                                                       \
     (long long)(s)->step, (long long)(s)->optim_step, (long long)(s)->epoch, (long long)(s)->cursor,        \
         (long long)(s)->tokens_seen, (long long)(s)->nan_streak, (long long)(s)->run_id, (s)->threads,      \
-        (s)->dap_threshold, (s)->mean_entropy, (s)->recipe_sha256, MT_VERSION
+        (s)->ranks, (s)->dap_threshold, (s)->mean_entropy, (s)->recipe_sha256, MT_VERSION
 
 static char *state_json(const mt_ckpt_state *s) {
     int n = snprintf(NULL, 0, STATE_JSON, STATE_ARGS(s));
@@ -247,8 +247,11 @@ mt_status mt_ckpt_load(const char *path, mt_optim *o, mt_ckpt_state *s, mt_error
               json_int(j, "tokens_seen", &s->tokens_seen) && json_int(j, "nan_streak", &s->nan_streak) &&
               json_int(j, "run_id", &s->run_id) && json_int(j, "threads", &threads) && cJSON_IsString(sha) &&
               strlen(sha->valuestring) == 64 && cJSON_IsNumber(dap) && cJSON_IsNumber(ent);
+    int64_t ranks = 1;
+    if (ok && !json_int(j, "ranks", &ranks)) ranks = 1;
     if (ok) {
         s->threads = (int)threads;
+        s->ranks = ranks > 0 ? (int)ranks : 1;
         s->dap_threshold = dap->valuedouble;
         s->mean_entropy = ent->valuedouble;
         memcpy(s->recipe_sha256, sha->valuestring, 65);

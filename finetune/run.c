@@ -455,8 +455,14 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
             mt_run_note(o, "warning: checkpoint written with %d threads, resuming with %d: the loss curve will not be "
                     "bit-identical to an uninterrupted run",
                  run->st.threads, mt_backend_threads(run->be));
+        if (run->st.ranks != run->n_ranks)
+            mt_run_note(o, "checkpoint written by %d rank(s), resuming on %d: the loss curve continues to fp32 "
+                           "tolerance, not bit for bit (gradients are summed in another order)",
+                        run->st.ranks, run->n_ranks);
+        run->st.ranks = run->n_ranks;
         mt_run_note(o, "resuming from %s (step %lld of %lld)", ckpt, (long long)run->st.step, (long long)run->total_steps);
     } else {
+        run->st.ranks = run->n_ranks;
         run->st.threads = mt_backend_threads(run->be);
         mt_recipe_hash(r, run->st.recipe_sha256);
     }

@@ -397,6 +397,9 @@ static void test_killed_rank_ends_job_and_resumes_on_one(void **state) {
 
     /* the checkpoint holds the global data position, so one rank continues the same step */
     must_train(dir, 1, "--resume");
+    assert_int_equal(mt_read_file(log, &text, NULL, &err), MT_OK);
+    assert_non_null(strstr(text, "checkpoint written by 2 rank(s), resuming on 1"));
+    free(text);
     print_message("killed 2-rank run resumed on 1 rank vs the 1-rank run\n");
     static const char *const names[] = {"loss", "grad_norm", "eval_loss", "num_tokens"};
     assert_curves(ref, dir, names, sizeof names / sizeof names[0], 40, false);
