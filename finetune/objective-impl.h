@@ -35,6 +35,9 @@ typedef struct mt_eval_out {
 
 typedef struct mt_objective {
     const char *method; /* the store's run method */
+    /* its step does this rank's share of the micro-batches (see mt_run_update), so it may run
+     * on several data-parallel ranks; false: refused under mpirun with more than one rank */
+    bool data_parallel;
     /* Reads the data: fills run->train_rows (rows with targets: the thresholds read them),
      * run->n_examples (what an epoch visits), and what the objective evaluates on. */
     mt_status (*open_data)(mt_run *run, mt_error *err);

@@ -607,6 +607,7 @@ static void pref_close(mt_run *run) {
 
 const mt_objective mt_objective_pref = {
     .method = "dpo",
+    .data_parallel = true,
     .open_data = pref_open_data,
     .open_model = pref_open_model,
     .step = pref_step,

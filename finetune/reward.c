@@ -238,6 +238,7 @@ static void rwd_close(mt_run *run) {
 
 const mt_objective mt_objective_reward = {
     .method = "reward",
+    .data_parallel = true,
     .open_data = rwd_open_data,
     .open_model = rwd_open_model,
     .step = rwd_step,

@@ -416,6 +416,11 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     }
     run->obj = mt_objective_for(r->method);
     MT_ASSERT(run->obj); /* every method has its objective */
+    if (run->n_ranks > 1 && !run->obj->data_parallel)
+        return mt_error_set(err, MT_ERR_UNSUPPORTED,
+                            "method: %s does not split its steps over data-parallel ranks yet: run it on one rank "
+                            "(without mpirun, or -np 1)",
+                            mt_recipe_method_name(r->method));
     /* rank 0 reads the data first, so that the others find its token cache written and only read */
     if (run->rank > 0) MT_TRY(mt_dist_barrier(run->dist, err));
     MT_TRY(run->obj->open_data(run, err));

@@ -61,6 +61,7 @@ static mt_status sft_eval(mt_run *run, mt_eval_out *eo, mt_error *err) {
 
 const mt_objective mt_objective_sft = {
     .method = "sft",
+    .data_parallel = true,
     .open_data = mt_run_load_docs,
     .open_model = sft_open_model,
     .step = sft_step,

@@ -3,7 +3,8 @@
  * run with the same global batch to fp32 tolerance and write one store record; a 2-rank run whose
  * rank 1 is killed with SIGKILL ends (no rank left waiting in a collective) and, resumed on one
  * rank, finishes on the 1-rank curve; stopped and resumed on 2 ranks it is bit-identical to the
- * uninterrupted 2-rank run; more ranks than micro-batches is a clear error. Skipped when
+ * uninterrupted 2-rank run; more ranks than micro-batches, and objectives that do not split their
+ * steps yet (GRPO, PPO), are clear errors. Skipped when
  * moetune is built without MPI (MOETUNE_MPI=OFF). */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -426,22 +427,39 @@ static void test_resume_same_ranks_bit_identical(void **state) {
     assert_curves(ref, dir, names, sizeof names / sizeof names[0], 10, true);
 }
 
-/* ---- 4. more ranks than a step's micro-batches ---- */
+/* ---- 4. what 2 ranks refuse, with a message and no hang ---- */
 
-static void test_more_ranks_than_micro_batches(void **state) {
-    (void)state;
+static void expect_refusal(const char *name, const char *method, const char *data_yaml, int grad_accum,
+                           const char *extra, const char *want) {
     char dir[4300], log[4400];
-    snprintf(dir, sizeof dir, "%s/toomany", root);
-    snprintf(data_line, sizeof data_line, "  train: %s\n  format: text\n", text_path);
-    write_recipe(dir, "sft", data_line, 4, 1, NULL);
+    snprintf(dir, sizeof dir, "%s/%s", root, name);
+    write_recipe(dir, method, data_yaml, 4, grad_accum, extra);
     int rc = train(dir, 2, "");
     assert_int_not_equal(rc, 0);
     snprintf(log, sizeof log, "%s.log", dir);
     char *text = NULL;
     mt_error err = {0};
     assert_int_equal(mt_read_file(log, &text, NULL, &err), MT_OK);
-    if (!strstr(text, "train.grad_accum is 1 but 2 ranks")) fail_msg("unexpected output:\n%s", text);
+    if (!strstr(text, want)) fail_msg("%s: no \"%s\" in:\n%s", name, want, text);
     free(text);
+}
+
+static void test_refusals(void **state) {
+    (void)state;
+    snprintf(data_line, sizeof data_line, "  train: %s\n  format: text\n", text_path);
+    expect_refusal("toomany", "sft", data_line, 1, NULL, "train.grad_accum is 1 but 2 ranks");
+    /* GRPO and PPO do every micro-batch on every rank so far: refused rather than N times the
+     * gradient */
+    char prompts[4300];
+    snprintf(prompts, sizeof prompts, "%s/prompts.jsonl", root);
+    FILE *f = fopen(prompts, "w");
+    assert_non_null(f);
+    for (int k = 0; k < 8; k++) fprintf(f, "{\"prompt\": \"%s %s\"}\n", words[k], words[k + 1]);
+    fclose(f);
+    snprintf(data_line, sizeof data_line, "  train: %s\n", prompts);
+    expect_refusal("grpo", "grpo", data_line, 2,
+                   "rollout:\n  num_generations: 2\n  max_new_tokens: 4\nreward:\n  rules: [\"length:0-1000\"]\n",
+                   "method: grpo does not split its steps over data-parallel ranks yet");
 }
 
 int main(void) {
@@ -452,7 +470,7 @@ int main(void) {
         cmocka_unit_test(test_reward_two_ranks_equal_one),
         cmocka_unit_test(test_killed_rank_ends_job_and_resumes_on_one),
         cmocka_unit_test(test_resume_same_ranks_bit_identical),
-        cmocka_unit_test(test_more_ranks_than_micro_batches),
+        cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
