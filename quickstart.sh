@@ -16,18 +16,8 @@ step "1. corpora from this machine (docs/data.md)"
 [ -s data/legal.jsonl ] || $mt data legal data/legal.jsonl
 wc -l data/general.jsonl data/legal.jsonl data/legal.eval.jsonl
 
-if [ -s models/tiny-base/model.safetensors ]; then
-  step "2. tiny base: models/tiny-base exists (delete it to pretrain again)"
-else
-  step "2a. BPE tokenizer (4096 tokens) learnt from the general corpus"
-  $mt tokenizer train --out models/tokenizer --vocab-size 4096 --pretok deepseek_v3 \
-      --bos '<|bos|>' --eos '<|eos|>' data/general.jsonl
-  step "2b. random tiny deepseek_v3 model (MLA, 8 routed experts + 1 shared, noaux_tc routing)"
-  rm -rf models/tiny-init runs/pretrain-tiny
-  $mt init --preset tiny --family deepseek_v3 --tokenizer models/tokenizer models/tiny-init
-  step "2c. pretraining every weight on the general corpus (recipes/pretrain-tiny.yaml)"
-  $mt train recipes/pretrain-tiny.yaml
-fi
+step "2. the tiny base: BPE tokenizer, random model, pretraining (scripts/tiny-base.sh)"
+scripts/tiny-base.sh
 
 step "3. LoRA on the legal corpus (recipes/legal-lora.yaml)"
 rm -rf runs/legal-lora adapters/legal-lora

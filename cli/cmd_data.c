@@ -1,5 +1,6 @@
 /* cmd_data.c — `moetune data legal|medical|general OUT.jsonl [options]` builds a domain corpus
- * from text on this machine (corpora/) and prints what it read, dropped and wrote. */
+ * from text on this machine (corpora/) and prints what it read, dropped and wrote;
+ * `moetune data medical-pairs OUT.jsonl` makes preference pairs of its definitions. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,12 +14,17 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: moetune data legal|medical|general OUT.jsonl [--eval-fraction F] [--max-bytes N|none]\n"
             "                    [--root DIR] [--seed N]\n"
+            "       moetune data medical-pairs OUT.jsonl [--max-chars N] [--root DIR] [--seed N]\n"
             "\n"
             "legal    license texts: /usr/share/common-licenses and every /usr/share/doc/*/copyright\n"
             "medical  GCIDE entries tagged (Med.), (Anat.), (Pathol.), (Physiol.), (Surg.) (dict-gcide)\n"
             "general  other GCIDE entries, info manuals, README/NEWS files, legal text left out\n"
             "\n"
+            "medical-pairs  preference pairs of the medical corpus: prompt \"Term:\", chosen its definition,\n"
+            "         rejected another term's (TRL JSONL for `moetune pairs import`, which splits them)\n"
+            "\n"
             "Writes OUT.jsonl (train) and OUT.eval.jsonl (held out), one {\"text\",\"source\",\"id\"} per line.\n"
+            "  --max-chars N      medical-pairs: definitions cut to their first sentence and N bytes (160)\n"
             "  --eval-fraction F  share of documents held out, 0..0.5 (default 0.05, at least 3 documents)\n"
             "  --max-bytes N      cap on the text kept, with K/M/G suffixes, or 'none' (default: 8M for\n"
             "                     general, none for legal and medical)\n"
@@ -82,6 +88,7 @@ int mt_cmd_data(int argc, char **argv) {
     mt_corpus_opts opts;
     mt_corpus_opts_default(&opts);
     const char *kind_name = NULL, *out = NULL;
+    size_t max_chars = 160;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -100,6 +107,15 @@ int mt_cmd_data(int argc, char **argv) {
                 fprintf(stderr, "moetune data: --max-bytes needs a size > 0 (e.g. 8M) or 'none'\n");
                 return 2;
             }
+        } else if (mt_cli_is_flag(a, "--max-chars")) {
+            char *end;
+            long n;
+            if (!(v = mt_cli_value("--max-chars", argc, argv, &i)) || !*v || ((n = strtol(v, &end, 10)), *end) ||
+                n < 16 || n > 100000) {
+                fprintf(stderr, "moetune data: --max-chars needs a whole number in [16, 100000]\n");
+                return 2;
+            }
+            max_chars = (size_t)n;
         } else if (mt_cli_is_flag(a, "--root")) {
             if (!(v = mt_cli_value("--root", argc, argv, &i)) || !*v) {
                 fprintf(stderr, "moetune data: --root needs a folder\n");
@@ -132,6 +148,15 @@ int mt_cmd_data(int argc, char **argv) {
         return 2;
     }
     mt_error err = {0};
+    if (!strcmp(kind_name, "medical-pairs")) {
+        mt_definition_pairs_stats ps;
+        if (mt_corpus_definition_pairs(out, &opts, max_chars, &ps, &err) != MT_OK) return mt_cli_fail("data", &err);
+        printf("definitions:       %llu  (from the medical corpus; %llu entries without one)\n",
+               (unsigned long long)ps.definitions, (unsigned long long)ps.entries_skipped);
+        printf("pairs:             %s  (%llu; %llu terms left out: the other term had the same definition)\n", out,
+               (unsigned long long)ps.pairs, (unsigned long long)ps.same_definition);
+        return 0;
+    }
     mt_corpus_kind kind;
     if (mt_corpus_kind_parse(kind_name, &kind, &err) != MT_OK) return mt_cli_fail("data", &err);
     char eval[4096];

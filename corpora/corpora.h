@@ -83,4 +83,21 @@ bool mt_corpus_eval_path(const char *out_path, char *dst, size_t cap);
 mt_status mt_corpus_build(mt_corpus_kind kind, const char *out_path, const mt_corpus_opts *opts,
                           mt_corpus_stats *stats, mt_error *err);
 
+/* ---- definition pairs (docs/preference.md) ---- */
+
+typedef struct mt_definition_pairs_stats {
+    uint64_t definitions;      /* "Term: definition" entries read from the medical corpus */
+    uint64_t entries_skipped;  /* entries with no term or too short a definition */
+    uint64_t same_definition;  /* terms left out: their other term had the same definition */
+    uint64_t pairs;            /* written */
+} mt_definition_pairs_stats;
+
+/* Preference pairs from the medical corpus (built as mt_corpus_build does, with opts' root and
+ * seed): one per term, {"prompt": "Term:", "chosen": " its definition", "rejected": " another
+ * term's definition", "label_source": "gcide-definitions"}, definitions cut to their first
+ * sentence and at most max_chars bytes (0: 160). The other term is drawn from opts->seed.
+ * Written atomically to out_path; stats may be NULL. */
+mt_status mt_corpus_definition_pairs(const char *out_path, const mt_corpus_opts *opts, size_t max_chars,
+                                     mt_definition_pairs_stats *stats, mt_error *err);
+
 #endif

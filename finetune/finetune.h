@@ -141,6 +141,7 @@ typedef struct mt_recipe {
         double router_noise;  /* router jitter ε while training; 0 = off */
         int max_nan_skips;    /* non-finite steps skipped before the run fails */
         int eval_every, save_every, log_every; /* in optimizer steps; 0 = never (eval/save: at the end) */
+        bool eval_on_start;   /* evaluate before the first step too (the figures "before") */
         int save_total_limit; /* checkpoints kept; 0 = all */
         bool resume;          /* continue from the newest checkpoint in output.dir */
         int threads;          /* 0 = all cores */

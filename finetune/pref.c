@@ -231,10 +231,27 @@ static mt_status fill_refs(mt_run *run, pref *p, mt_store *store, const mt_ref_k
     return st;
 }
 
+/* The tokenizer as the cached log-probs depend on it: tokenizer.json, and the chat template in
+ * tokenizer_config.json that renders conversational pairs (a template edit changes the rows). */
+static mt_status tokenizer_identity(const char *dir, char out[65], mt_error *err) {
+    char tj[65], cfg[65] = "", path[4200];
+    MT_TRY(mt_tokenizer_file_hash(dir, tj, err));
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    if (!mt_path_exists(path)) {
+        memcpy(out, tj, 65);
+        return MT_OK;
+    }
+    MT_TRY(mt_sha256_file_hex(path, cfg, err));
+    char both[140];
+    snprintf(both, sizeof both, "%s+%s", tj, cfg);
+    mt_sha256_hex(both, strlen(both), out);
+    return MT_OK;
+}
+
 static mt_status precompute_refs(mt_run *run, pref *p, mt_error *err) {
     const mt_recipe *r = run->r;
     char tok_hash[65], trunc[256];
-    MT_TRY(mt_tokenizer_file_hash(r->model.tokenizer, tok_hash, err));
+    MT_TRY(tokenizer_identity(r->model.tokenizer, tok_hash, err));
     mt_ref_key key;
     ref_key(run, p, tok_hash, trunc, sizeof trunc, &key);
     mt_store *store = NULL;

@@ -305,6 +305,9 @@ const mt_rkey mt_recipe_keys[] = {
     {.path = "train.eval_every", .type = MT_RKEY_INT, .offset = OFF(train.eval_every), .def = "100", .min = 0,
      .max = 1e9, .aliases = "eval_steps eval_interval",
      .doc = "Evaluate every this many steps, and at the end; 0: only at the end."},
+    {.path = "train.eval_on_start", .type = MT_RKEY_BOOL, .offset = OFF(train.eval_on_start), .def = "false",
+     .doc = "Evaluate once before the first step (logged at step 0), as TRL's eval_on_start: the held-out "
+            "figures before training."},
     {.path = "train.save_every", .type = MT_RKEY_INT, .offset = OFF(train.save_every), .def = "500", .min = 0,
      .max = 1e9, .aliases = "save_steps save_interval checkpoint_every",
      .doc = "Checkpoint every this many steps, and at the end; 0: only at the end."},

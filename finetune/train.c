@@ -84,13 +84,14 @@ mt_forward_opts mt_run_forward_opts(const mt_run *run, int g) {
 
 /* How a step metric combines over ranks. Objectives report a step's means over its
  * micro-batches as each rank's share (the sum over its micro-batches of value / grad_accum),
- * and shares add up; extremes (TRL's min_*, max_*, names ending in /min or /max) take the
- * extreme. */
+ * and shares add up; extremes (after the last '/': TRL's min_*, max_*, and *_min, *_max as in
+ * clip_ratio/low_min) take the extreme. */
 static mt_dist_op metric_op(const char *name) {
     const char *base = strrchr(name, '/');
     base = base ? base + 1 : name;
-    if (!strncmp(base, "min", 3)) return MT_DIST_OP_MIN;
-    if (!strncmp(base, "max", 3)) return MT_DIST_OP_MAX;
+    size_t n = strlen(base);
+    if (!strncmp(base, "min", 3) || (n > 4 && !strcmp(base + n - 4, "_min"))) return MT_DIST_OP_MIN;
+    if (!strncmp(base, "max", 3) || (n > 4 && !strcmp(base + n - 4, "_max"))) return MT_DIST_OP_MAX;
     return MT_DIST_OP_SUM;
 }
 
@@ -272,6 +273,8 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
     int64_t window_tokens = 0, done_here = 0;
     int64_t tokens_here = 0;
     double tps = 0;
+    /* a resumed run has its figures before training already */
+    if (r->train.eval_on_start && run->st.step == 0) MT_TRY(evaluate(run, 0, res, err));
     while (run->st.step < run->total_steps) {
         if (o->max_steps > 0 && done_here >= o->max_steps) break;
         mt_step_out so;

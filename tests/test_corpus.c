@@ -4,6 +4,8 @@
  * the general corpus's filters and cap, errors; plus the real /usr/share/common-licenses. */
 #include "testutil.h"
 
+#include <cjson/cJSON.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -376,6 +378,74 @@ static void test_medical_tag_selection(void **state) {
     free_docs(&eval);
 }
 
+/* Pairs of the fixture's 7 medical entries: the term as the prompt, its first sentence (a
+ * clause cut before its semicolon) chosen, another entry's rejected. */
+static void test_definition_pairs(void **state) {
+    (void)state;
+    const char *dir = mt_test_tmpdir("corpus_pairs");
+    char out[4200];
+    snprintf(out, sizeof out, "%s/pairs.jsonl", dir);
+    mt_corpus_opts o;
+    mt_corpus_opts_default(&o);
+    o.root = mt_test_fixture("corpus");
+    mt_definition_pairs_stats st;
+    mt_error err = {0};
+    if (mt_corpus_definition_pairs(out, &o, 0, &st, &err) != MT_OK) fail_msg("%s", err.msg);
+    assert_int_equal(st.definitions, 7);
+    assert_int_equal(st.pairs, 7);
+    char *text;
+    size_t len;
+    assert_int_equal(mt_read_file(out, &text, &len, &err), MT_OK);
+    static const char *const want[][2] = {
+        {"Abdomen:", " The belly, or that part of the body between the thorax and the pelvis."},
+        {"Abdominal ring:", " a fancied ringlike opening on each side of the abdomen"},
+        {"Haematogenesis:", " (a) The origin and development of blood."},
+        {"Reduce:", " To restore to its proper place or condition, as a displaced organ or part"},
+    };
+    char *chosen[7] = {0}, *rejected[7] = {0};
+    int n = 0, found = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), n++) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        assert_true(n < 7);
+        const char *p = cJSON_GetObjectItem(j, "prompt")->valuestring;
+        chosen[n] = mt_xstrdup(cJSON_GetObjectItem(j, "chosen")->valuestring);
+        rejected[n] = mt_xstrdup(cJSON_GetObjectItem(j, "rejected")->valuestring);
+        assert_string_equal(cJSON_GetObjectItem(j, "label_source")->valuestring, "gcide-definitions");
+        assert_string_not_equal(chosen[n], rejected[n]);
+        for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
+            if (!strcmp(p, want[k][0])) {
+                assert_string_equal(chosen[n], want[k][1]);
+                found++;
+            }
+        cJSON_Delete(j);
+    }
+    assert_int_equal(n, 7);
+    assert_int_equal(found, 4);
+    /* every rejected text is another term's true definition */
+    for (int i = 0; i < 7; i++) {
+        int is_other = 0;
+        for (int k = 0; k < 7; k++) is_other |= k != i && !strcmp(rejected[i], chosen[k]);
+        assert_true(is_other);
+    }
+    for (int i = 0; i < 7; i++) {
+        free(chosen[i]);
+        free(rejected[i]);
+    }
+    free(text);
+    /* the same seed writes the same file */
+    char out2[4300], *a, *b;
+    size_t la, lb;
+    snprintf(out2, sizeof out2, "%s/again.jsonl", dir);
+    assert_int_equal(mt_corpus_definition_pairs(out2, &o, 0, NULL, &err), MT_OK);
+    assert_int_equal(mt_read_file(out, &a, &la, &err), MT_OK);
+    assert_int_equal(mt_read_file(out2, &b, &lb, &err), MT_OK);
+    assert_int_equal(la, lb);
+    assert_memory_equal(a, b, la);
+    free(a);
+    free(b);
+}
+
 /* ---- general ---- */
 
 static void test_general_sources_and_filters(void **state) {
@@ -605,6 +675,12 @@ static void test_cli(void **state) {
     assert_int_equal(mt_test_run_cli(NULL, "data legal '%s/x.jsonl' --max-bytes 0", dir), 2);
     assert_int_equal(mt_test_run_cli(NULL, "data legal"), 2);
     assert_int_equal(mt_test_run_cli(NULL, "data medical '%s/x.jsonl' --root '%s'", dir, dir), 2);
+    rc = mt_test_run_cli(&out, "data medical-pairs '%s/p.jsonl' --root '%s'", dir, mt_test_fixture("corpus"));
+    if (rc != 0) fail_msg("exit %d: %s", rc, out);
+    assert_non_null(strstr(out, "(7;"));
+    free(out);
+    assert_int_equal(mt_test_run_cli(NULL, "data medical-pairs '%s/x.jsonl' --max-chars 3", dir), 2);
+    assert_int_equal(mt_test_run_cli(NULL, "data medical-pairs '%s/x.jsonl' --root '%s'", dir, dir), 2);
 }
 
 int main(void) {
@@ -613,6 +689,7 @@ int main(void) {
         cmocka_unit_test(test_json_escaping),
         cmocka_unit_test(test_split_by_document_deterministic),
         cmocka_unit_test(test_medical_tag_selection),
+        cmocka_unit_test(test_definition_pairs),
         cmocka_unit_test(test_general_sources_and_filters),
         cmocka_unit_test(test_general_max_bytes),
         cmocka_unit_test(test_errors),

@@ -314,6 +314,26 @@ static void test_reference_cache(void **state) {
     }
     assert_true(fabs(rc.values[2]) > 1e-4); /* by then the policy has moved off the reference */
     mt_store_series_free(&rc);
+
+    /* the chat template is part of the tokenizer's identity: after an edit of
+     * tokenizer_config.json nothing cached before matches */
+    char cfg[4300], *text = NULL;
+    size_t len = 0;
+    mt_error err = {0};
+    snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", base_dir);
+    assert_int_equal(mt_read_file(cfg, &text, &len, &err), MT_OK);
+    char *edited = mt_xmalloc(len + 2);
+    memcpy(edited, text, len);
+    memcpy(edited + len, "\n", 2);
+    assert_int_equal(mt_write_file_atomic(cfg, edited, len + 1, &err), MT_OK);
+    cache_run("cache-template", pairs_path, true, db, &n);
+    assert_int_equal(n.hits, 0);
+    assert_int_equal(n.computed, N_PAIRS);
+    assert_int_equal(mt_write_file_atomic(cfg, text, len, &err), MT_OK);
+    cache_run("cache-again", pairs_path, true, db, &n);
+    assert_int_equal(n.hits, N_PAIRS);
+    free(edited);
+    free(text);
 }
 
 /* ---- 3. stop and resume ---- */
