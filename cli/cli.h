@@ -45,5 +45,6 @@ int mt_cmd_recipe(int argc, char **argv);
 int mt_cmd_runs(int argc, char **argv);
 int mt_cmd_data(int argc, char **argv);
 int mt_cmd_pairs(int argc, char **argv);
+int mt_cmd_profile(int argc, char **argv);
 
 #endif

@@ -16,6 +16,7 @@ static const mt_cli_command commands[] = {
     {"eval", "held-out perplexity of a base model, with and without an adapter", mt_cmd_eval},
     {"export", "merge an adapter into its base and write a Hugging Face model", mt_cmd_export},
     {"bench", "measure throughput (model, train, decode)", mt_cmd_bench},
+    {"profile", "time, FLOPs and bytes per part of every layer; routing; the DAP rule's skips", mt_cmd_profile},
     {"recipe", "check a training recipe and print its effective values", mt_cmd_recipe},
     {"runs", "list, show, compare and plot recorded runs", mt_cmd_runs},
     {"data", "build legal, medical or general corpora from text on this machine", mt_cmd_data},

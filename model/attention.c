@@ -69,6 +69,7 @@ void mt_attn_project(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_ac
         if (ly->q_a) {
             mt_lin_forward(m, ly->q_a, c, a->xn1, N, 0, a->qa);
             mt_rmsnorm_forward(be, a->qa, ly->q_a_norm->data, a->qan, a->qa_rstd, N, d.ql, MLA_NORM_EPS);
+            mt_prof_norm(m, N, d.ql);
             mt_lin_forward(m, ly->q_b, c, a->qan, N, 0, a->q);
         } else {
             mt_lin_forward(m, ly->q, c, a->xn1, N, 0, a->q);
@@ -78,6 +79,7 @@ void mt_attn_project(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_ac
         mt_lin_forward(m, ly->kv_a, c, a->xn1, N, 0, a->kva);
         mt_copy_2d(be, a->c_raw, d.kvl, a->kva, d.kva_dim, N, d.kvl);
         mt_rmsnorm_forward(be, a->c_raw, ly->kv_a_norm->data, a->cn, a->c_rstd, N, d.kvl, MLA_NORM_EPS);
+        mt_prof_norm(m, N, d.kvl);
         /* k_pe is one head shared by all query heads */
         mt_rope_args rk = rope_args(m, N, 1, d.kva_dim, 0, pos);
         mt_rope_forward(be, &rk, a->kva + d.kvl);
@@ -90,9 +92,13 @@ void mt_attn_project(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_ac
         if (cfg->qk_norm == MT_QK_NORM_HEAD) {
             mt_rmsnorm_forward(be, a->q_raw, ly->q_norm->data, a->q, a->q_rstd, N * d.nh, d.hd, eps);
             mt_rmsnorm_forward(be, a->k_raw, ly->k_norm->data, k_out, a->k_rstd, N * d.nkv, d.hd, eps);
+            mt_prof_norm(m, N * d.nh, d.hd);
+            mt_prof_norm(m, N * d.nkv, d.hd);
         } else {
             mt_rmsnorm_forward(be, a->q_raw, ly->q_norm->data, a->q, a->q_rstd, N, d.q_dim, eps);
             mt_rmsnorm_forward(be, a->k_raw, ly->k_norm->data, k_out, a->k_rstd, N, d.kv_dim, eps);
+            mt_prof_norm(m, N, d.q_dim);
+            mt_prof_norm(m, N, d.kv_dim);
         }
     } else {
         mt_lin_forward(m, ly->q, c, a->xn1, N, 0, a->q);
@@ -111,6 +117,7 @@ void mt_attn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_ac
     mt_dims d;
     mt_model_dims(&m->cfg, &d);
     int N = B * T;
+    mt_prof_begin(m, ly->index, MT_PROF_ATTN_PROJ);
     mt_attn_project(m, ly, c, a, N, pos, a->k, a->v);
     const float *v = a->v;
     if (m->cfg.mla) {
@@ -121,10 +128,20 @@ void mt_attn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_ac
         }
         v = a->kvb + d.nope;
     }
+    mt_prof_end(m);
     mt_attn_args aa;
     mt_attn_args_fill(m, &aa, B, T, T, 0, kv_start);
+    mt_prof_begin(m, ly->index, MT_PROF_ATTN_CORE);
     mt_attention_forward(be, &aa, a->q, a->k, v, a->att, a->lse);
+    if (m->prof) {
+        /* kv_start is host memory here: model passes run on host-visible backends */
+        mt_prof_attn_core_(m->prof, &aa, kv_start);
+        mt_prof_end_(m->prof);
+        mt_prof_dap_(m->prof, m, ly->index, a, B, T);
+    }
+    mt_prof_begin(m, ly->index, MT_PROF_ATTN_PROJ);
     mt_lin_forward(m, ly->o, c, a->att, N, 0, out);
+    mt_prof_end(m);
 }
 
 void mt_attn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, mt_grads *g, int B, int T,

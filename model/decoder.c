@@ -135,6 +135,7 @@ static void mla_delta(const mt_model *m, const mt_layer *ly, const mt_lin_ctx *c
         const mt_lowrank *dl = mt_lin_delta(m, ly->kv_b, c, slot);
         int n = j - i;
         if (dl) {
+            double t0 = m->prof ? mt_now_seconds() : 0;
             float *t = c->scratch; /* [n, r] */
             MT_ASSERT((size_t)n * dl->r <= c->scratch_cap);
             for (int h = 0; h < dm.nh; h++) {
@@ -149,6 +150,9 @@ static void mla_delta(const mt_model *m, const mt_layer *ly, const mt_lin_ctx *c
                                        dl->B + ((size_t)h * hw + dm.nope) * dl->r, false, t,
                                        d->a.att + (size_t)i * dm.o_dim + (size_t)h * dm.vh, dm.o_dim);
             }
+            if (m->prof)
+                mt_prof_lora_(m->prof, dl, out ? dm.kvl : dm.nope, out ? dm.vh : dm.kvl, n * dm.nh,
+                              mt_now_seconds() - t0);
         }
         i = j;
     }
@@ -173,6 +177,7 @@ void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c,
                              .pos = d->row_pos,
                              .kv_start = plan->kv_start ? d->row_ks : NULL,
                              .scale = m->attn_scale};
+    mt_prof_begin(m, l, MT_PROF_ATTN_PROJ);
     if (!m->cfg.mla) {
         mt_attn_project(m, ly, c, a, N, plan->pos, d->kst, d->vst);
         for (int i = 0; i < N; i++) {
@@ -191,8 +196,14 @@ void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c,
         pa.k_head = dm.hd;
         pa.v_off = dm.kv_dim;
         pa.v_head = dm.hd;
+        mt_prof_end(m);
+        mt_prof_begin(m, l, MT_PROF_ATTN_CORE);
         mt_paged_attention_forward(be, &pa, a->q, a->att);
+        if (m->prof) mt_prof_attn_paged_(m->prof, N, d->row_pos, pa.kv_start, dm.nh, dm.hd, dm.hd, 2 * dm.kv_dim);
+        mt_prof_end(m);
+        mt_prof_begin(m, l, MT_PROF_ATTN_PROJ);
         mt_lin_forward(m, ly->o, c, a->att, N, 0, out);
+        mt_prof_end(m);
         return;
     }
     mt_attn_project(m, ly, c, a, N, plan->pos, NULL, NULL);
@@ -201,6 +212,8 @@ void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c,
         mt_backend_copy(be, dst, a->cn + (size_t)i * dm.kvl, (size_t)dm.kvl * sizeof(float));
         mt_backend_copy(be, dst + dm.kvl, a->kva + (size_t)i * dm.kva_dim + dm.kvl, (size_t)dm.rope * sizeof(float));
     }
+    mt_prof_end(m);
+    mt_prof_begin(m, l, MT_PROF_ATTN_CORE);
     /* absorbed queries: [q_nope·W_UK,h | q_pe] per head, W [nh·(nope+vh), kvl] */
     const float *W = ly->kv_b->weight->data;
     int qa_row = dm.nh * dm.kva_dim, ol_row = dm.nh * dm.kvl, hw = dm.nope + dm.vh;
@@ -225,11 +238,21 @@ void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c,
     pa.v_off = 0;
     pa.v_head = 0;
     mt_paged_attention_forward(be, &pa, d->qabs, d->olat);
+    if (m->prof) {
+        mt_prof_attn_paged_(m->prof, N, d->row_pos, pa.kv_start, dm.nh, dm.kva_dim, dm.kvl, dm.kva_dim);
+        /* the absorbed kv_b products: W_UK into the queries, W_UV out of the latent; kv_b read once */
+        mt_prof_add_(m->prof, 2.0 * N * dm.nh * dm.kvl * (double)(dm.nope + dm.vh),
+                     (double)ly->kv_b->weight->numel * sizeof(float) +
+                         (double)N * dm.nh * (dm.nope + dm.kva_dim + dm.kvl + dm.vh) * sizeof(float));
+    }
     for (int h = 0; h < dm.nh; h++)
         mt_matmul(be, false, true, N, dm.vh, dm.kvl, 1.0f, d->olat + (size_t)h * dm.kvl, ol_row,
                   W + ((size_t)h * hw + dm.nope) * dm.kvl, dm.kvl, 0.0f, a->att + (size_t)h * dm.vh, dm.o_dim);
     mla_delta(m, ly, c, d, N, true);
+    mt_prof_end(m);
+    mt_prof_begin(m, l, MT_PROF_ATTN_PROJ);
     mt_lin_forward(m, ly->o, c, a->att, N, 0, out);
+    mt_prof_end(m);
 }
 
 /* ---- the step ---- */
@@ -346,7 +369,11 @@ mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b,
     mt_attn_plan plan = {.paged = true, .pos = d->pos, .kv_start = window ? d->kv_start : NULL, .pool = p, .dec = d};
     mt_acts *a = &d->a;
     a->x_in = a->x_mid = d->x;
+    double t_pass = m->prof ? mt_now_seconds() : 0;
+    mt_prof_begin(m, dm.L, MT_PROF_EMBEDDING);
     mt_embedding_forward(be, d->tokens, N, m->embed->data, dm.H, d->x);
+    if (m->prof) mt_prof_add_(m->prof, 0, 2.0 * N * dm.H * sizeof(float));
+    mt_prof_end(m);
     int mi = 0;
     for (int l = 0; l < dm.L; l++) {
         const mt_layer *ly = &m->layers[l];
@@ -366,11 +393,17 @@ mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b,
             mt_backend_copy(be, d->xf + (size_t)q * dm.H, d->x + (size_t)j * dm.H, (size_t)dm.H * sizeof(float));
             d->logit_slot[q] = d->row_slot[j];
         }
+        mt_prof_begin(m, dm.L, MT_PROF_NORM);
         mt_rmsnorm_forward(be, d->xf, m->final_norm->data, d->xf, d->rstdf, nl, dm.H, cfg->rms_norm_eps);
+        mt_prof_norm(m, nl, dm.H);
+        mt_prof_end(m);
         c.row_slot = d->logit_slot;
         /* the CPU backend's memory is host memory (mt_model_check_backend): the logits go
          * straight into the caller's buffer */
+        mt_prof_begin(m, dm.L, MT_PROF_LM_HEAD);
         mt_lin_forward(m, m->lm_head, &c, d->xf, nl, 0, logits);
+        mt_prof_end(m);
     }
+    if (m->prof) mt_prof_pass_(m->prof, N, mt_now_seconds() - t_pass);
     return MT_OK;
 }

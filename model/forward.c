@@ -533,7 +533,11 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
     memset(ws->aux_psum, 0, (size_t)(d.E > 0 ? d.E : 1) * sizeof(double));
     double v2_total = 0;
 
+    double t_pass = m->prof ? mt_now_seconds() : 0;
+    mt_prof_begin(m, d.L, MT_PROF_EMBEDDING);
     mt_embedding_forward(be, ws->tokens, N, m->embed->data, d.H, ws->acts[0].x_in);
+    if (m->prof) mt_prof_add_(m->prof, 0, 2.0 * N * d.H * sizeof(float));
+    mt_prof_end(m);
     mt_attn_plan plan = {.paged = false, .B = B, .T = T, .pos = ws->pos, .kv_start = kv_start};
     int mi = 0;
     for (int l = 0; l < d.L; l++) {
@@ -546,12 +550,17 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
             if (!aux_is_switch(cfg)) v2_total += v2_aux(cfg, a, B, T, 0, NULL);
         }
     }
+    mt_prof_begin(m, d.L, MT_PROF_NORM);
     mt_rmsnorm_forward(be, ws->x_final, m->final_norm->data, ws->xf, ws->rstdf, N, d.H, cfg->rms_norm_eps);
+    mt_prof_norm(m, N, d.H);
+    mt_prof_end(m);
 
     /* LM head and cross-entropy, chunk by chunk */
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int rows = N - r0 < ws->chunk ? N - r0 : ws->chunk;
+        mt_prof_begin(m, d.L, MT_PROF_LM_HEAD);
         mt_lin_forward(m, m->lm_head, &c, ws->xf + (size_t)r0 * d.H, rows, (uint64_t)r0, ws->logits);
+        mt_prof_end(m);
         if (opts->logits_out)
             mt_backend_download(be, opts->logits_out + (size_t)r0 * d.V, ws->logits, (size_t)rows * d.V * sizeof(float));
         if (opts->temperature > 0 && opts->temperature != 1.0f)
@@ -579,6 +588,7 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
     ws->n_tokens = n_tok;
     ws->aux_loss = aux;
     ws->fwd_done = true;
+    if (m->prof) mt_prof_pass_(m->prof, N, mt_now_seconds() - t_pass);
     if (res) {
         res->loss_sum = loss_sum;
         res->n_tokens = n_tok;

@@ -14,13 +14,19 @@ void mt_layer_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, cons
     mt_backend *be = c->be;
     const mt_config *cfg = &m->cfg;
     size_t n = (size_t)N * cfg->hidden_size;
+    mt_prof_begin(m, ly->index, MT_PROF_NORM);
     mt_rmsnorm_forward(be, a->x_in, ly->attn_norm->data, a->xn1, a->rstd1, N, cfg->hidden_size, cfg->rms_norm_eps);
+    mt_prof_norm(m, N, cfg->hidden_size);
+    mt_prof_end(m);
     if (plan->paged)
         mt_attn_paged_forward(m, ly, c, a, N, plan, s->tmp);
     else
         mt_attn_forward(m, ly, c, a, plan->B, plan->T, plan->pos, plan->kv_start, s->tmp);
     residual(be, a->x_mid, a->x_in, s->tmp, n);
+    mt_prof_begin(m, ly->index, MT_PROF_NORM);
     mt_rmsnorm_forward(be, a->x_mid, ly->ffn_norm->data, a->xn2, a->rstd2, N, cfg->hidden_size, cfg->rms_norm_eps);
+    mt_prof_norm(m, N, cfg->hidden_size);
+    mt_prof_end(m);
     mt_ffn_forward(m, ly, c, p, a, s, N, s->tmp);
     residual(be, x_out, a->x_mid, s->tmp, n);
 }

@@ -169,7 +169,11 @@ static void for_each_run(const mt_model *m, const mt_linear *L, const mt_lin_ctx
                      .dh = c->scratch + (size_t)rows * d->r,
                      .drop = c->scratch + (size_t)rows * d->r * 2};
             const float *xr = x + (size_t)i * L->in;
-            if (y)
+            if (y && m->prof) {
+                double t0 = mt_now_seconds();
+                run_forward(c->be, &r, xr, y + (size_t)i * L->out);
+                mt_prof_lora_(m->prof, d, L->in, L->out, rows, mt_now_seconds() - t0);
+            } else if (y)
                 run_forward(c->be, &r, xr, y + (size_t)i * L->out);
             else
                 run_backward(c->be, &r, xr, dy + (size_t)i * L->out, dx ? dx + (size_t)i * L->in : NULL);
@@ -181,6 +185,7 @@ static void for_each_run(const mt_model *m, const mt_linear *L, const mt_lin_ctx
 void mt_lin_forward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, int n, uint64_t row0,
                     float *y) {
     if (n <= 0) return;
+    if (m->prof) mt_prof_linear_(m->prof, L, n);
     if (L->weight->dtype != MT_DTYPE_F32) {
         /* a frozen bf16/f16/int8 base: tiles converted to fp32 inside the kernel */
         mt_lowp_weight w;

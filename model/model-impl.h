@@ -65,6 +65,7 @@ struct mt_model {
     mt_backend *be;
     mt_adaptive_k adaptive_k;     /* threshold 0 = fixed top_k routing */
     uint64_t ak_tokens, ak_experts; /* what adaptive routing used, summed over passes */
+    mt_profile *prof;             /* NULL = not profiling (profile.c); passes record into it */
 
     int n_params;
     mt_param *params;            /* [n_params], in checkpoint-table order */
@@ -421,6 +422,38 @@ void mt_ws_lin_ctx(mt_workspace *ws, bool train, uint64_t seed, mt_lin_ctx *c);
 /* The aux loss's extra router gradients for one MoE layer of the last forward: on the logits
  * (Switch style) or on the scores (DeepSeek-V2); both NULL when aux_coef is 0. */
 void mt_aux_backward(mt_workspace *ws, const mt_acts *a, const float **dsc, const float **drl);
+
+/* ---- profile.c: the profiler's hooks ----
+ * A pass opens one section at a time (layer, part); time between begin and end goes to that
+ * cell, less the LoRA deltas timed inside it (their own cell). Linears, norms and the
+ * attention core add their analytic FLOPs and bytes to the open section. Every hook is one
+ * pointer test when m->prof is NULL. */
+void mt_prof_begin_(mt_profile *p, int layer, mt_prof_part part);
+void mt_prof_end_(mt_profile *p);
+void mt_prof_linear_(mt_profile *p, const mt_linear *L, int n);
+void mt_prof_lora_(mt_profile *p, const mt_lowrank *d, int in, int out, int n, double seconds);
+void mt_prof_norm_(mt_profile *p, int rows, int width);
+void mt_prof_add_(mt_profile *p, double flops, double bytes);
+/* Attention core of B sequences of T rows over the keys kv_start (host [N] or NULL) allows. */
+void mt_prof_attn_core_(mt_profile *p, const mt_attn_args *aa, const int32_t *kv_start_host);
+/* Paged rows: row i sees keys ks[i] .. pos[i] (ks NULL = 0), n_head query heads of widths dqk
+ * and dv as the kernel runs them, kv_floats floats read per visible key. */
+void mt_prof_attn_paged_(mt_profile *p, int N, const int32_t *pos, const int32_t *ks, int n_head, int dqk, int dv,
+                         int kv_floats);
+/* Routing of one MoE layer's N rows: rows per expert (offsets [E+1]), slots with weight > 0. */
+void mt_prof_route_(mt_profile *p, int layer, int N, const int32_t *offsets, const float *w);
+/* The skip rule on a whole-sequence pass's roped queries and keys (after the attention). */
+void mt_prof_dap_(mt_profile *p, const mt_model *m, int layer, const mt_acts *a, int B, int T);
+void mt_prof_pass_(mt_profile *p, int rows, double seconds);
+static inline void mt_prof_begin(const mt_model *m, int layer, mt_prof_part part) {
+    if (m->prof) mt_prof_begin_(m->prof, layer, part);
+}
+static inline void mt_prof_end(const mt_model *m) {
+    if (m->prof) mt_prof_end_(m->prof);
+}
+static inline void mt_prof_norm(const mt_model *m, int rows, int width) {
+    if (m->prof) mt_prof_norm_(m->prof, rows, width);
+}
 
 /* ---- host helpers (the CPU backend's memory is host memory) ---- */
 

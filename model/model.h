@@ -577,4 +577,107 @@ int mt_route_adaptive_k(const float *scores, int n_tok, int E, int K, const int3
 void mt_model_set_adaptive_k(mt_model *m, const mt_adaptive_k *a);
 void mt_model_adaptive_k_stats(const mt_model *m, uint64_t *tokens, uint64_t *experts);
 
+/* ---- profiler (docs/profile.md) ----
+ * A profile set on the model records what its forward passes and decode steps run, per layer
+ * and part: wall time around the part, FLOPs counted from the shapes (2·m·n·k per GEMM, the
+ * attention core's two matmuls over the keys each query actually sees, 4 per RMSNorm
+ * element), and bytes moved as a model (each GEMM reads its weight in its stored dtype and
+ * its input and writes its output in fp32; the attention core reads Q, K, V and writes O
+ * once; a norm reads its input and weight and writes its output; elementwise glue — RoPE,
+ * SwiGLU, expert gather/scatter, residual adds — is not counted). Routed experts count the
+ * rows actually routed to each one. Profiling changes no number a pass computes; a model with
+ * a profile set is used from one thread. */
+
+typedef enum mt_prof_part {
+    MT_PROF_EMBEDDING = 0,
+    MT_PROF_NORM,       /* input / post-attention / final RMSNorm */
+    MT_PROF_ATTN_PROJ,  /* q/k/v/o (MLA: q_a, q_b, kv_a, kv_b) GEMMs with the block's own norms and RoPE */
+    MT_PROF_ATTN_CORE,  /* softmax(q·kᵀ)·v (MLA decode: with the absorbed kv_b products) */
+    MT_PROF_ROUTER,     /* router GEMM, scoring, top-k */
+    MT_PROF_EXPERTS,    /* routed experts: permute, expert GEMMs, SwiGLU, weighted scatter */
+    MT_PROF_SHARED,     /* shared expert(s) and Qwen2's gate */
+    MT_PROF_DENSE_MLP,
+    MT_PROF_LORA,       /* every adapter delta, wherever it is applied */
+    MT_PROF_LM_HEAD,
+    MT_PROF_PART_COUNT
+} mt_prof_part;
+const char *mt_prof_part_name(mt_prof_part p); /* "attn_proj", ... */
+
+typedef struct mt_prof_cell {
+    double seconds, flops, bytes;
+    uint64_t calls;
+} mt_prof_cell;
+
+typedef struct mt_profile mt_profile;
+
+/* dap: evaluate the pruning rule on every whole-sequence attention (NULL or threshold 0: not
+ * evaluated); dap_block: keys per block (0 = 16, the KV pool's default). */
+mt_status mt_profile_init(mt_profile **out, const mt_model *m, const mt_dap_opts *dap, int dap_block, mt_error *err);
+void mt_profile_free(mt_profile *p);
+/* Passes record into p from now on (NULL: off, the default). */
+void mt_model_set_profile(mt_model *m, mt_profile *p);
+/* Layer l < n_layers, or l = n_layers for the model-level parts (embedding, final norm, lm_head). */
+const mt_prof_cell *mt_profile_cell(const mt_profile *p, int layer, mt_prof_part part);
+/* Sum over every layer and part. */
+mt_prof_cell mt_profile_total(const mt_profile *p);
+/* Rows through the profiled passes and their wall time (parts + what no part covers). */
+void mt_profile_passes(const mt_profile *p, uint64_t *passes, uint64_t *rows, double *seconds);
+/* Routing of MoE layer l: rows routed to each expert [n_experts] (NULL for a dense layer),
+ * tokens, and routed slots with a nonzero weight. */
+const uint64_t *mt_profile_routing(const mt_profile *p, int layer, uint64_t *tokens, uint64_t *experts_used);
+/* What the DAP rule would skip on layer l (query-head pairs, blocks, skipped, fallbacks). */
+mt_dap_counts mt_profile_dap(const mt_profile *p, int layer);
+
+typedef enum mt_prof_breakdown {
+    MT_PROF_BY_LAYER_TYPE = 0, /* attention / moe / dense-mlp / norm / lora / lm_head / embedding */
+    MT_PROF_BY_LAYER,
+    MT_PROF_BY_OP,             /* every part of every layer */
+} mt_prof_breakdown;
+mt_status mt_prof_breakdown_from_name(const char *name, mt_prof_breakdown *out);
+
+enum { MT_PROF_LATENCY = 1, MT_PROF_FLOPS = 2, MT_PROF_MEMORY = 4 };
+/* "latency,flops,memory" (any subset) to MT_PROF_* bits; an unknown name is an error naming it. */
+mt_status mt_prof_metrics_from_list(const char *list, unsigned *out, mt_error *err);
+
+typedef struct mt_prof_memory {
+    size_t weight_bytes;    /* parameters as stored (mt_profile_weight_bytes) */
+    size_t workspace_bytes; /* activation memory of the profiled passes */
+    size_t kv_bytes;        /* KV cache of profiled decode, 0 when none */
+    size_t peak_rss_bytes;  /* of the process */
+} mt_prof_memory;
+size_t mt_profile_weight_bytes(const mt_model *m);
+size_t mt_profile_peak_rss(void);
+
+/* The report: a table (name, time ms, share %, GFLOP, GFLOP/s, MB moved, GB/s: the columns
+ * `metrics` asks for) followed by routing and DAP lines; and a JSON object with every cell.
+ * Both malloc'ed. */
+char *mt_profile_table(const mt_profile *p, const char *title, mt_prof_breakdown b, unsigned metrics,
+                       const mt_prof_memory *mem);
+char *mt_profile_json(const mt_profile *p, const mt_prof_memory *mem);
+
+/* Reads FILE (JSONL with a "text" field per line, or plain text lines), encodes every
+ * document with tok (its BOS as the post-processor adds it) and concatenates them: *ids
+ * (malloc'ed) of *n tokens. A bad line is an error naming the file and line. */
+mt_status mt_profile_read_input(const char *path, const mt_tokenizer *tok, int32_t **ids, size_t *n, mt_error *err);
+
+typedef struct mt_profile_run {
+    int max_len;                /* tokens per row (rows of the stream, packed) */
+    int batch;                  /* rows per forward pass */
+    const mt_adapter *adapter;  /* NULL: the base */
+    int decode;                 /* > 0: greedy decode steps after the first row's prompt */
+    int max_rows;               /* 0: every row of the input; else at most this many */
+} mt_profile_run;
+
+typedef struct mt_profile_run_result {
+    uint64_t rows, tokens, decoded;
+    double loss_mean;           /* next-token loss over the profiled rows */
+    size_t workspace_bytes, kv_bytes;
+} mt_profile_run_result;
+
+/* Forward passes over ids in rows of max_len into `fwd`; with run->decode, a decode of that
+ * many tokens after a prompt of the first row into `dec` (may be NULL without decode). The
+ * model's profile is restored to NULL afterwards. */
+mt_status mt_profile_model(mt_model *m, const int32_t *ids, size_t n, const mt_profile_run *run, mt_profile *fwd,
+                           mt_profile *dec, mt_profile_run_result *res, mt_error *err);
+
 #endif

@@ -121,9 +121,12 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
     mt_dims d;
     mt_model_dims(&m->cfg, &d);
     if (!ly->moe) {
+        mt_prof_begin(m, ly->index, MT_PROF_DENSE_MLP);
         mlp_forward(m, ly->gate, ly->up, ly->down, c, a->xn2, N, a->g, a->u, s->h, out);
+        mt_prof_end(m);
         return;
     }
+    mt_prof_begin(m, ly->index, MT_PROF_ROUTER);
     const float *x = a->xn2;
     if (jitter_on(p)) {
         apply_jitter(be, p, ly->index, a->xn2, a->xm, (size_t)N * d.H);
@@ -142,6 +145,8 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
                                                        ra.scale, NULL);
     }
     if (p->route_out || p->route_in) route_record_replay(p, ly->index, a, N, d.E, d.K, &ra);
+    mt_prof_end(m);
+    mt_prof_begin(m, ly->index, MT_PROF_EXPERTS);
     mt_moe_permute(be, a->idx, N, d.K, d.E, a->offsets, a->src_tok, a->src_slot);
     mt_backend_download(be, a->offsets_host, a->offsets, (size_t)(d.E + 1) * sizeof(int32_t));
     mt_gather_rows(be, x, a->src_tok, NK, d.H, a->xp);
@@ -163,7 +168,12 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
     }
     zero(be, out, (size_t)N * d.H * sizeof(float));
     mt_moe_unpermute(be, a->yp, a->src_tok, a->src_slot, a->w, NK, d.H, out);
+    if (m->prof) {
+        mt_prof_end_(m->prof);
+        mt_prof_route_(m->prof, ly->index, N, off, a->w);
+    }
     if (ly->sh_gate) {
+        mt_prof_begin(m, ly->index, MT_PROF_SHARED);
         mlp_forward(m, ly->sh_gate, ly->sh_up, ly->sh_down, c, x, N, a->sg, a->su, s->h, a->ys);
         if (ly->sh_expert_gate) {
             mt_lin_forward(m, ly->sh_expert_gate, c, x, N, 0, a->sz);
@@ -171,6 +181,7 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
         } else {
             mt_add(be, out, a->ys, 1.0f, (size_t)N * d.H);
         }
+        mt_prof_end(m);
     }
 }
 
