@@ -75,8 +75,9 @@ void mt_run_zero_grad(mt_run *run);
  * extreme), writes the sums back (the loss into so->loss), then updates identically on every
  * rank. Every rank must call it equally often. */
 void mt_run_update(mt_run *run, double loss, mt_step_out *so);
-/* Sums v[0..n) over the ranks in place (an objective's statistics that span ranks, e.g. GRPO
- * groups split over ranks); alone a no-op. Every rank must call it at the same point. */
+/* Sums v[0..n) over the ranks in place (an objective's statistics that span ranks, e.g. GRPO's
+ * batch reward mean and std, PPO's whitening); alone a no-op. Every rank must call it at the
+ * same point. */
 mt_status mt_run_dist_sum(mt_run *run, double *v, size_t n, mt_error *err);
 /* Appends a trainable tensor (a head) with its learning rate as a ratio of train.lr. */
 void mt_run_add_trainable(mt_run *run, const char *name, float *data, float *grad, int64_t numel, bool decay,

@@ -22,6 +22,8 @@ typedef struct ppo {
     uint8_t *mask_all;       /* [n·T] completion positions of the rollout */
     float *old_logp, *ref_logp, *old_values, *rewards, *kl, *adv, *returns; /* [n·T] */
     float *logp, *d_logp, *values, *d_values, *dhidden; /* the micro-batch's */
+    int64_t *pidx;           /* [micro_batch · grad_accum] this rank's prompts of the step */
+    int *slot;               /* [micro_batch · grad_accum] their places in the step */
 } ppo;
 
 static void buffers_free(ppo *q) {
@@ -61,11 +63,41 @@ static mt_status ppo_open_model(mt_run *run, mt_error *err) {
     q->values = mt_xcalloc(n, sizeof(float));
     q->d_values = mt_xcalloc(n, sizeof(float));
     q->dhidden = mt_xcalloc(n * (size_t)q->H, sizeof(float));
+    size_t np = (size_t)r->train.micro_batch * (size_t)r->train.grad_accum;
+    q->pidx = mt_xcalloc(np, sizeof *q->pidx);
+    q->slot = mt_xcalloc(np, sizeof *q->slot);
     mt_run_note(run->opts, "value head: [1, %d] on the policy's final hidden states%s", q->H,
                 q->env.rm_head ? ", from the reward model's score head" : ", from zero");
     return MT_OK;
 }
 
+/* mt_rl_masked_whiten over the whole step's rollout, of which each rank holds its share: the
+ * sum and count, then the squared deviations, summed over ranks (the same arithmetic, so one
+ * rank gets the same bits). */
+static mt_status whiten(mt_run *run, size_t n, float *x, const uint8_t *mask, bool shift_mean, mt_error *err) {
+    double s[2] = {0, 0};
+    for (size_t i = 0; i < n; i++)
+        if (mask[i]) s[0] += x[i], s[1]++;
+    MT_TRY(mt_run_dist_sum(run, s, 2, err));
+    double cnt = s[1];
+    if (cnt < 2)
+        return mt_error_set(err, MT_ERR_INVALID,
+                            "whitening over %g entries; the unbiased variance needs at least 2 (a larger batch)", cnt);
+    double mean = s[0] / cnt, v = 0;
+    for (size_t i = 0; i < n; i++)
+        if (mask[i]) v += (x[i] - mean) * (x[i] - mean);
+    MT_TRY(mt_run_dist_sum(run, &v, 1, err));
+    double var = v / cnt * (cnt / (cnt - 1)); /* Bessel's correction, as TRL's masked_var */
+    double inv = 1.0 / sqrt(var + 1e-8);
+    for (size_t i = 0; i < n; i++)
+        x[i] = mask[i] ? (float)((x[i] - mean) * inv + (shift_mean ? 0 : mean)) : 0.0f;
+    return MT_OK;
+}
+
+/* One step on this rank's share: its micro-batches' prompts sampled and scored here, their
+ * per-token rewards and GAE (per completion: local), whitening over every rank's tokens, and
+ * ppo.num_ppo_epochs passes over its micro-batches, each ending in an update every rank makes
+ * together. Losses, gradients and metrics are the rank's shares of the step's. */
 static mt_status ppo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *so, mt_error *err) {
     ppo *q = run->obj_state;
     mt_rl_env *e = &q->env;
@@ -74,9 +106,12 @@ static mt_status ppo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *s
     MT_ASSERT(n == mb * ga);
     buffers_free(q);
     uint64_t seed = mt_hash_u64(mt_hash_u64((uint64_t)r->train.seed, 0x70706fULL), (uint64_t)run->st.step);
-    MT_TRY(mt_rl_sample(run, e, &e->train, idx, n, e->G, seed, &q->ro, err));
+    int np = mt_rl_rank_prompts(run, idx, q->pidx, q->slot);
+    MT_TRY(mt_rl_sample(run, e, &e->train, q->pidx, q->slot, np, e->G, seed, &q->ro, err));
     mt_rollout *ro = &q->ro;
     MT_TRY(mt_rl_score(run, e, &e->train, ro, err));
+    mt_obj_metrics rollout_m = {0};
+    MT_TRY(mt_rl_rollout_metrics(run, e, ro, &rollout_m, err));
     int N = ro->n;
     size_t NT = (size_t)N * T;
     q->mask_all = mt_xcalloc(NT, 1);
@@ -108,29 +143,41 @@ static mt_status ppo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *s
         memcpy(mask_p1, q->mask_all, NT);
         for (int i = 0; i < N; i++)
             if (last[i] + 1 < T) mask_p1[(size_t)i * T + last[i] + 1] = 1;
-        if (r->ppo.whiten_rewards) st = mt_rl_masked_whiten(NT, q->rewards, mask_p1, false, q->rewards, err);
+        if (r->ppo.whiten_rewards) st = whiten(run, NT, q->rewards, mask_p1, false, err);
         free(mask_p1);
     }
     if (st == MT_OK) {
         mt_ppo_gae((size_t)N, (size_t)T, q->rewards, q->old_values, r->ppo.gamma, r->ppo.lam, q->adv, q->returns);
-        st = mt_rl_masked_whiten(NT, q->adv, q->mask_all, true, q->adv, err);
+        st = whiten(run, NT, q->adv, q->mask_all, true, err);
     }
+    /* the rollout's means over completions, as this rank's share (its N of the step's) */
     mt_ppo_objective obj;
-    if (st == MT_OK)
+    double n_all = N;
+    if (st == MT_OK) st = mt_run_dist_sum(run, &n_all, 1, err);
+    if (st == MT_OK) {
         mt_ppo_objective_metrics((size_t)N, (size_t)T, q->kl, q->old_logp, q->mask_all, scores, r->ppo.kl_coef, &obj);
+        double share = N / n_all;
+        obj.kl *= share;
+        obj.entropy *= share;
+        obj.non_score_reward *= share;
+        obj.rlhf_reward *= share;
+        obj.scores *= share;
+    }
     free(last);
     free(scores);
     MT_TRY(st);
 
-    double pl_sum = 0, vl_sum = 0, aux_sum = 0, loss_last = 0;
+    double pl_sum = 0, vl_sum = 0, aux_sum = 0;
     mt_ppo_stats pacc = {0}, vacc = {0};
-    int n_acc = 0;
     int64_t mm_tokens = 0, mm_differ = 0;
-    for (int ep = 0; ep < r->ppo.num_ppo_epochs; ep++) {
+    int n_ep = r->ppo.num_ppo_epochs;
+    bool skipped = false;
+    for (int ep = 0; ep < n_ep; ep++) {
         mt_run_zero_grad(run);
         double loss_sum = 0;
-        for (int k = 0; k < ga; k++) {
-            int r0 = k * B;
+        /* step micro-batch k is this rank's lb-th: rows lb·B .. of its rollout */
+        for (int k = run->rank, lb = 0; k < ga; k += run->n_ranks, lb++) {
+            int r0 = lb * B;
             size_t o = (size_t)r0 * T, BT = (size_t)B * T;
             mt_rl_fill_rows(run, e, ro, r0, B, e->moe);
             mt_batch batch = mt_batch_buf_view(&e->buf);
@@ -177,30 +224,38 @@ static mt_status ppo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *s
             pacc.approxkl += ps.approxkl;
             pacc.ratio_mean += ps.ratio_mean;
             vacc.clipfrac += vs.clipfrac;
-            n_acc++;
         }
-        mt_step_out u = {0};
-        mt_run_update(run, loss_sum, &u);
-        so->grad_norm = u.grad_norm;
-        so->lr = u.lr;
-        so->skipped |= u.skipped;
-        loss_last = loss_sum;
+        if (ep + 1 < n_ep) {
+            mt_step_out u = {0};
+            mt_run_update(run, loss_sum, &u);
+            skipped |= u.skipped;
+            continue;
+        }
+        /* the last update carries the step's record: the shares of every epoch's means (over
+         * ga · num_ppo_epochs micro-batches), the rollout's figures over ranks */
+        double n_mb = (double)ga * n_ep;
+        pacc.clipfrac /= n_mb;
+        pacc.approxkl /= n_mb;
+        pacc.ratio_mean /= n_mb;
+        vacc.clipfrac /= n_mb;
+        mt_rl_metric l[MT_PPO_N_METRICS];
+        mt_ppo_metrics_list(&obj, &pacc, pl_sum / n_mb, &vacc, vl_sum / n_mb, l);
+        for (int i = 0; i < MT_PPO_N_METRICS; i++) mt_obj_metric(&so->metrics, l[i].name, l[i].value);
+        mt_obj_metric(&so->metrics, "policy/ratio_mean", pacc.ratio_mean);
+        for (int i = 0; i < rollout_m.n; i++) mt_obj_metric(&so->metrics, rollout_m.m[i].name, rollout_m.m[i].value);
+        if (e->moe) {
+            double mm[2] = {(double)mm_differ, (double)mm_tokens};
+            MT_TRY(mt_run_dist_sum(run, mm, 2, err));
+            mt_rl_metric_global(run, &so->metrics, "routing/mismatch", mm[1] ? mm[0] / mm[1] : 0.0);
+        }
+        so->aux = aux_sum / n_mb;
+        int64_t toks = 0;
+        for (int i = 0; i < N; i++) toks += ro->P[i] + ro->C[i];
+        so->n_tokens = toks;
+        so->loss = loss_sum;
+        mt_run_update(run, so->loss, so);
+        so->skipped |= skipped;
     }
-    pacc.clipfrac /= n_acc;
-    pacc.approxkl /= n_acc;
-    pacc.ratio_mean /= n_acc;
-    vacc.clipfrac /= n_acc;
-    mt_rl_metric l[MT_PPO_N_METRICS];
-    mt_ppo_metrics_list(&obj, &pacc, pl_sum / n_acc, &vacc, vl_sum / n_acc, l);
-    for (int i = 0; i < MT_PPO_N_METRICS; i++) mt_obj_metric(&so->metrics, l[i].name, l[i].value);
-    mt_obj_metric(&so->metrics, "policy/ratio_mean", pacc.ratio_mean);
-    mt_rl_rollout_metrics(e, ro, &so->metrics);
-    if (e->moe) mt_obj_metric(&so->metrics, "routing/mismatch", mm_tokens ? (double)mm_differ / (double)mm_tokens : 0.0);
-    so->loss = loss_last;
-    so->aux = aux_sum / n_acc;
-    int64_t toks = 0;
-    for (int i = 0; i < N; i++) toks += ro->P[i] + ro->C[i];
-    so->n_tokens = toks;
     return MT_OK;
 }
 
@@ -221,12 +276,15 @@ static void ppo_close(mt_run *run) {
     free(q->values);
     free(q->d_values);
     free(q->dhidden);
+    free(q->pidx);
+    free(q->slot);
     free(q);
     run->obj_state = NULL;
 }
 
 const mt_objective mt_objective_ppo = {
     .method = "ppo",
+    .data_parallel = true,
     .open_data = ppo_open_data,
     .open_model = ppo_open_model,
     .step = ppo_step,

@@ -65,10 +65,16 @@ mt_status mt_rl_open_data(mt_run *run, mt_rl_env *e, int G, mt_error *err);
 mt_status mt_rl_open_model(mt_run *run, mt_rl_env *e, bool need_ref, mt_error *err);
 void mt_rl_close(mt_rl_env *e);
 
-/* G completions for each of prompts pidx[0..np) (rows prompt-major); completion r draws from the
- * stream mt_hash_u64(seed, r). */
-mt_status mt_rl_sample(mt_run *run, mt_rl_env *e, const mt_rl_prompts *ps, const int64_t *pidx, int np, int G,
-                       uint64_t seed, mt_rollout *ro, mt_error *err);
+/* This rank's share of a step's prompts idx[0..micro_batch · grad_accum): those of its
+ * micro-batches k = rank, rank + n_ranks, … (the split mt_run_update expects), in order, into
+ * pidx, and each one's position in the step into slot; returns how many. Local micro-batch j
+ * is step micro-batch rank + j · n_ranks. */
+int mt_rl_rank_prompts(const mt_run *run, const int64_t *idx, int64_t *pidx, int *slot);
+/* G completions for each of prompts pidx[0..np) (rows prompt-major); completion k of prompt i
+ * draws from the stream mt_hash_u64(seed, slot[i] · G + k) (slot NULL: slot[i] = i), so that a
+ * rank sampling its share of the step draws what one rank sampling all of it does. */
+mt_status mt_rl_sample(mt_run *run, mt_rl_env *e, const mt_rl_prompts *ps, const int64_t *pidx, const int *slot,
+                       int np, int G, uint64_t seed, mt_rollout *ro, mt_error *err);
 /* Rewards of every completion (ps: the prompts it came from, for their answers). */
 mt_status mt_rl_score(mt_run *run, mt_rl_env *e, const mt_rl_prompts *ps, mt_rollout *ro, mt_error *err);
 /* The env's batch from rollout rows r0 .. r0+k: prompt + completion minus its last token,
@@ -83,8 +89,14 @@ mt_status mt_rl_logps(mt_run *run, mt_rl_env *e, const mt_rollout *ro, const mt_
 /* Completion tokens (of the env's last filled batch, `rows` rows) and how many of them the
  * last pass routed to other experts than the rollout did, in any MoE layer. */
 void mt_rl_count_mismatch(const mt_run *run, const mt_rl_env *e, int rows, int64_t *tokens, int64_t *differ);
-/* completions/..., entropy, rewards/<name>/mean of a rollout. */
-void mt_rl_rollout_metrics(const mt_rl_env *e, const mt_rollout *ro, mt_obj_metrics *ms);
+/* completions/..., entropy, rewards/<name>/mean of the step's rollout over every rank (each
+ * rank holds its share in ro; the sums travel in one mt_run_dist_sum, so every rank calls it). */
+mt_status mt_rl_rollout_metrics(mt_run *run, const mt_rl_env *e, const mt_rollout *ro, mt_obj_metrics *ms,
+                                mt_error *err);
+/* A metric computed from sums over every rank, into a list that mt_run_update sums over ranks:
+ * rank 0 carries the value, the others 0 (NaN where it is NaN, so that every list leaves it out
+ * alike). */
+void mt_rl_metric_global(const mt_run *run, mt_obj_metrics *ms, const char *name, double v);
 /* Held-out prompts, one completion each from a fixed stream: eval_reward and the rest. */
 mt_status mt_rl_eval(mt_run *run, mt_rl_env *e, mt_eval_out *eo, mt_error *err);
 

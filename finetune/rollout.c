@@ -155,10 +155,21 @@ static double entropy_of(const float *z, int V) {
     return log(s) - sz / s;
 }
 
+int mt_rl_rank_prompts(const mt_run *run, const int64_t *idx, int64_t *pidx, int *slot) {
+    int mb = run->r->train.micro_batch, ga = run->r->train.grad_accum, np = 0;
+    for (int k = run->rank; k < ga; k += run->n_ranks)
+        for (int i = k * mb; i < (k + 1) * mb; i++) {
+            pidx[np] = idx[i];
+            slot[np++] = i;
+        }
+    return np;
+}
+
 /* Samples G completions for each of prompts pidx[0..np) (rows prompt-major) into ro. seed keys
- * the streams: completion r draws from mt_hash_u64(seed, r). */
-mt_status mt_rl_sample(mt_run *run, mt_rl_env *g, const mt_rl_prompts *ps, const int64_t *pidx, int np, int G,
-                                uint64_t seed, mt_rollout *ro, mt_error *err) {
+ * the streams: completion k of prompt i draws from mt_hash_u64(seed, slot[i] · G + k), its
+ * place in the whole step, so that the rank count does not change what is sampled. */
+mt_status mt_rl_sample(mt_run *run, mt_rl_env *g, const mt_rl_prompts *ps, const int64_t *pidx, const int *slot,
+                       int np, int G, uint64_t seed, mt_rollout *ro, mt_error *err) {
     const mt_config *cfg = mt_model_config(run->model);
     int T = g->T, L = cfg->n_layers, K = cfg->n_experts > 0 ? cfg->top_k : 1, V = cfg->vocab_size;
     int n = np * G;
@@ -224,7 +235,7 @@ mt_status mt_rl_sample(mt_run *run, mt_rl_env *g, const mt_rl_prompts *ps, const
                            (size_t)K * sizeof(int32_t));
             st = mt_kv_seq_fork(pool, ps_seq, &seqs[r], err);
             memcpy(cur + (size_t)r * V, logits, (size_t)V * sizeof(float));
-            mt_rng_seed(&rng[r], mt_hash_u64(seed, (uint64_t)r));
+            mt_rng_seed(&rng[r], mt_hash_u64(seed, (uint64_t)(slot ? slot[i] : i) * (uint64_t)G + (uint64_t)k));
             live[r] = true;
         }
         mt_kv_seq_close(pool, ps_seq);
@@ -600,31 +611,45 @@ static void metric_mean(mt_obj_metrics *ms, const char *name, const double *v, i
     mt_obj_metric(ms, name, n ? s / n : NAN);
 }
 
-/* The step's rollout metrics under TRL's names. */
-void mt_rl_rollout_metrics(const mt_rl_env *g, const mt_rollout *ro, mt_obj_metrics *ms) {
-    int n = ro->n;
-    double len = 0, mn = INFINITY, mx = 0, clipped = 0, ent = 0, ent_tok = 0;
-    for (int r = 0; r < n; r++) {
-        len += ro->C[r];
+void mt_rl_metric_global(const mt_run *run, mt_obj_metrics *ms, const char *name, double v) {
+    mt_obj_metric(ms, name, run->rank == 0 || !isfinite(v) ? v : 0.0);
+}
+
+/* The step's rollout metrics under TRL's names, over every rank's share of the rollout: the
+ * means from sums over ranks (rank 0 carries them), the extremes each rank's own (the update
+ * takes the extreme over ranks). */
+mt_status mt_rl_rollout_metrics(mt_run *run, const mt_rl_env *g, const mt_rollout *ro, mt_obj_metrics *ms,
+                                mt_error *err) {
+    enum { LEN, CLIPPED, ENT, ENT_TOK, N, FN }; /* then per reward function: sum, count */
+    double *s = mt_xcalloc((size_t)FN + 2 * (size_t)g->F, sizeof(double));
+    double mn = INFINITY, mx = 0;
+    for (int r = 0; r < ro->n; r++) {
+        s[LEN] += ro->C[r];
         mn = ro->C[r] < mn ? ro->C[r] : mn;
         mx = ro->C[r] > mx ? ro->C[r] : mx;
-        clipped += !ro->eos[r];
-        ent += ro->entropy[r];
-        ent_tok += ro->C[r];
+        s[CLIPPED] += !ro->eos[r];
+        s[ENT] += ro->entropy[r];
+        s[ENT_TOK] += ro->C[r];
     }
-    mt_obj_metric(ms, "completions/mean_length", len / n);
-    mt_obj_metric(ms, "completions/min_length", mn);
-    mt_obj_metric(ms, "completions/max_length", mx);
-    mt_obj_metric(ms, "completions/clipped_ratio", clipped / n);
-    mt_obj_metric(ms, "entropy", ent_tok > 0 ? ent / ent_tok : NAN);
-    double *col = mt_xcalloc((size_t)n, sizeof(double));
-    for (int f = 0; f < g->F; f++) {
-        int k = 0;
-        for (int r = 0; r < n; r++)
-            if (isfinite(ro->per_fn[(size_t)r * g->F + f])) col[k++] = ro->per_fn[(size_t)r * g->F + f];
-        metric_mean(ms, g->fn_names[f], col, k);
+    s[N] = ro->n;
+    for (int f = 0; f < g->F; f++)
+        for (int r = 0; r < ro->n; r++)
+            if (isfinite(ro->per_fn[(size_t)r * g->F + f])) {
+                s[FN + 2 * f] += ro->per_fn[(size_t)r * g->F + f];
+                s[FN + 2 * f + 1]++;
+            }
+    mt_status st = mt_run_dist_sum(run, s, (size_t)FN + 2 * (size_t)g->F, err);
+    if (st == MT_OK) {
+        mt_rl_metric_global(run, ms, "completions/mean_length", s[LEN] / s[N]);
+        mt_obj_metric(ms, "completions/min_length", mn);
+        mt_obj_metric(ms, "completions/max_length", mx);
+        mt_rl_metric_global(run, ms, "completions/clipped_ratio", s[CLIPPED] / s[N]);
+        mt_rl_metric_global(run, ms, "entropy", s[ENT_TOK] > 0 ? s[ENT] / s[ENT_TOK] : NAN);
+        for (int f = 0; f < g->F; f++)
+            mt_rl_metric_global(run, ms, g->fn_names[f], s[FN + 2 * f + 1] > 0 ? s[FN + 2 * f] / s[FN + 2 * f + 1] : NAN);
     }
-    free(col);
+    free(s);
+    return st;
 }
 
 /* Held-out prompts: one completion each, sampled with a fixed stream so that evaluations of
@@ -645,7 +670,7 @@ mt_status mt_rl_eval(mt_run *run, mt_rl_env *g, mt_eval_out *eo, mt_error *err) 
         int k = (int)(n - i0 < B ? n - i0 : B);
         for (int b = 0; b < k; b++) pidx[b] = i0 + b;
         mt_rollout ro;
-        st = mt_rl_sample(run, g, &g->eval, pidx, k, 1, mt_hash_u64(seed, (uint64_t)i0), &ro, err);
+        st = mt_rl_sample(run, g, &g->eval, pidx, NULL, k, 1, mt_hash_u64(seed, (uint64_t)i0), &ro, err);
         if (st == MT_OK) st = mt_rl_score(run, g, &g->eval, &ro, err);
         for (int b = 0; st == MT_OK && b < k; b++) {
             if (isfinite(ro.reward[b])) rw[nr++] = ro.reward[b];

@@ -1,11 +1,10 @@
 /* test_mpi.c — data-parallel training under `mpirun --oversubscribe -np 2` (one thread a rank):
- * the 2-rank SFT, DPO and reward-model runs log the loss curve (and every metric) of the 1-rank
- * run with the same global batch to fp32 tolerance and write one store record; a 2-rank run whose
- * rank 1 is killed with SIGKILL ends (no rank left waiting in a collective) and, resumed on one
- * rank, finishes on the 1-rank curve; stopped and resumed on 2 ranks it is bit-identical to the
- * uninterrupted 2-rank run; more ranks than micro-batches, and objectives that do not split their
- * steps yet (GRPO, PPO), are clear errors. Skipped when
- * moetune is built without MPI (MOETUNE_MPI=OFF). */
+ * the 2-rank SFT, DPO, reward-model, GRPO and PPO runs log the loss curve (and every metric) of
+ * the 1-rank run with the same global batch to fp32 tolerance and write one store record; a
+ * 2-rank run whose rank 1 is killed with SIGKILL ends (no rank left waiting in a collective) and,
+ * resumed on one rank, finishes on the 1-rank curve; stopped and resumed on 2 ranks it is
+ * bit-identical to the uninterrupted 2-rank run; more ranks than micro-batches is a clear error.
+ * Skipped when moetune is built without MPI (MOETUNE_MPI=OFF). */
 #define _GNU_SOURCE
 #include "testutil.h"
 
@@ -68,7 +67,7 @@ static void test_bucket_round_trip(void **state) {
 
 #ifdef MT_MPIEXEC
 
-static char root[4096], base_dir[4200], text_path[4200], pairs_path[4200];
+static char root[4096], base_dir[4200], text_path[4200], pairs_path[4200], prompts_path[4200];
 /* -x options for the ranks' environment: the sanitizers' settings, leak checks off (see setup) */
 static char rank_env[4400];
 
@@ -103,6 +102,16 @@ static void write_pairs(const char *path, int n) {
     fclose(f);
 }
 
+/* RL prompts: `n` lines {"prompt": three words}. */
+static void write_prompts(const char *path, int n) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int k = 0; k < n; k++)
+        fprintf(f, "{\"prompt\": \"%s %s %s\"}\n", words[k % N_WORDS], words[(k * 5 + 1) % N_WORDS],
+                words[(k * 7 + 2) % N_WORDS]);
+    fclose(f);
+}
+
 static int setup(void **state) {
     (void)state;
     snprintf(root, sizeof root, "%s", mt_test_tmpdir("mpi"));
@@ -111,6 +120,8 @@ static int setup(void **state) {
     snprintf(pairs_path, sizeof pairs_path, "%s/pairs.jsonl", root);
     write_text(text_path, 64, 7);
     write_pairs(pairs_path, 24);
+    snprintf(prompts_path, sizeof prompts_path, "%s/prompts.jsonl", root);
+    write_prompts(prompts_path, 24);
     /* mpirun refuses root unless told; inside CI containers the tests run as root */
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
@@ -308,6 +319,50 @@ static void test_reward_two_ranks_equal_one(void **state) {
     check_method("reward", "reward", data_line, NULL, names, sizeof names / sizeof names[0]);
 }
 
+/* GRPO: every rank samples its own micro-batches' groups (the streams keyed by the completion's
+ * place in the whole step, so the ranks sample what one rank does); the batch's reward mean and
+ * std (scale_rewards: batch divides by it), dapo's token count, the rollout's metrics and the
+ * routing mismatch are sums over ranks; clip_ratio/low_min and high_max are extremes; eval on
+ * rank 0. Two iterations a step: two updates on every rank. */
+static void test_grpo_two_ranks_equal_one(void **state) {
+    (void)state;
+    static const char *const names[] = {
+        "loss", "grad_norm", "aux_loss", "num_tokens", "reward", "reward_std", "frac_reward_zero_std", "kl",
+        "clip_ratio/region_mean", "clip_ratio/low_min", "clip_ratio/high_max", "completions/mean_length",
+        "completions/min_length", "completions/clipped_ratio", "entropy", "rewards/regex:^ /mean",
+        "routing/mismatch", "eval_reward"};
+    snprintf(data_line, sizeof data_line, "  train: %s\n  eval_split: 0.2\n", prompts_path);
+    check_method("grpo", "grpo", data_line,
+                 "rollout:\n  num_generations: 3\n  max_new_tokens: 6\n"
+                 "reward:\n  rules: [\"regex:^ \", \"length:0-20\"]\n"
+                 "grpo:\n  num_iterations: 2\n  beta: 0.1\n  scale_rewards: batch\n",
+                 names, sizeof names / sizeof names[0]);
+    /* group scaling and the per-sequence loss: nothing but the metrics spans ranks */
+    static const char *const names_g[] = {"loss", "grad_norm", "reward", "reward_std", "frac_reward_zero_std",
+                                          "clip_ratio/high_mean", "entropy"};
+    check_method("grpo-group", "grpo", data_line,
+                 "rollout:\n  num_generations: 3\n  max_new_tokens: 6\n"
+                 "reward:\n  rules: [\"regex:^ \"]\ngrpo:\n  loss_type: grpo\n",
+                 names_g, sizeof names_g / sizeof names_g[0]);
+}
+
+/* PPO: rewards and GAE per completion on its rank; the whitening of rewards and advantages over
+ * every rank's tokens; objective/... as shares of the step's completions. Two epochs a step. */
+static void test_ppo_two_ranks_equal_one(void **state) {
+    (void)state;
+    static const char *const names[] = {
+        "loss", "grad_norm", "aux_loss", "num_tokens", "objective/kl", "objective/entropy", "objective/scores",
+        "objective/rlhf_reward", "policy/approxkl_avg", "policy/clipfrac_avg", "policy/ratio_mean",
+        "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "completions/max_length", "entropy",
+        "routing/mismatch"};
+    snprintf(data_line, sizeof data_line, "  train: %s\n", prompts_path);
+    check_method("ppo", "ppo", data_line,
+                 "rollout:\n  num_generations: 3\n  max_new_tokens: 6\n"
+                 "reward:\n  rules: [\"regex:^ \", \"length:0-20\"]\n"
+                 "ppo:\n  kl_coef: 0.1\n  num_ppo_epochs: 2\n  whiten_rewards: true\n",
+                 names, sizeof names / sizeof names[0]);
+}
+
 /* ---- 2. a rank killed: the job ends; resumed on one rank it finishes on the curve ---- */
 
 /* The pid of the rank `rank` process training `recipe` (from /proc: its launcher's environment
@@ -448,18 +503,10 @@ static void test_refusals(void **state) {
     (void)state;
     snprintf(data_line, sizeof data_line, "  train: %s\n  format: text\n", text_path);
     expect_refusal("toomany", "sft", data_line, 1, NULL, "train.grad_accum is 1 but 2 ranks");
-    /* GRPO and PPO do every micro-batch on every rank so far: refused rather than N times the
-     * gradient */
-    char prompts[4300];
-    snprintf(prompts, sizeof prompts, "%s/prompts.jsonl", root);
-    FILE *f = fopen(prompts, "w");
-    assert_non_null(f);
-    for (int k = 0; k < 8; k++) fprintf(f, "{\"prompt\": \"%s %s\"}\n", words[k], words[k + 1]);
-    fclose(f);
-    snprintf(data_line, sizeof data_line, "  train: %s\n", prompts);
-    expect_refusal("grpo", "grpo", data_line, 2,
+    snprintf(data_line, sizeof data_line, "  train: %s\n", prompts_path);
+    expect_refusal("toomany-grpo", "grpo", data_line, 1,
                    "rollout:\n  num_generations: 2\n  max_new_tokens: 4\nreward:\n  rules: [\"length:0-1000\"]\n",
-                   "method: grpo does not split its steps over data-parallel ranks yet");
+                   "train.grad_accum is 1 but 2 ranks");
 }
 
 int main(void) {
@@ -468,6 +515,8 @@ int main(void) {
         cmocka_unit_test(test_sft_two_ranks_equal_one),
         cmocka_unit_test(test_dpo_two_ranks_equal_one),
         cmocka_unit_test(test_reward_two_ranks_equal_one),
+        cmocka_unit_test(test_grpo_two_ranks_equal_one),
+        cmocka_unit_test(test_ppo_two_ranks_equal_one),
         cmocka_unit_test(test_killed_rank_ends_job_and_resumes_on_one),
         cmocka_unit_test(test_resume_same_ranks_bit_identical),
         cmocka_unit_test(test_refusals),
