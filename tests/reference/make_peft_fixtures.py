@@ -199,6 +199,13 @@ def made_reference(model_type, pm, input_ids, labels):
     out.loss.backward()
     ref = {"input_ids": input_ids, "labels": labels, "logits": logits.contiguous(),
            "loss": out.loss.detach().float().reshape(())}
+    n_grads = lora_grads(model_type, pm, ref)
+    return ref, n_grads
+
+
+def lora_grads(model_type, pm, ref):
+    """Every LoRA gradient after a backward, into ref under moetune's tensor names ("grad.<name>",
+    "gradsum.<gate>+<up>" where PEFT's fused experts share one A); returns how many."""
     n_grads = 0
     for path, mod in lora_layers(pm):
         dA, dB = mod.lora_A["default"].weight.grad, mod.lora_B["default"].weight.grad
@@ -230,7 +237,7 @@ def made_reference(model_type, pm, input_ids, labels):
             else:
                 raise FixtureError(f"{path}: unexpected fused parameter {mod.parameter_name}")
             n_grads += 3
-    return ref, n_grads
+    return n_grads
 
 
 def write_made(variant, spec):
