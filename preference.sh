@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # preference.sh — preference tuning end to end on this machine's medical text (docs/preference.md):
 # definition pairs (a term, its true definition, another term's) into the store, DPO on them,
-# a reward model on them, then GRPO and PPO with that reward model; each run evaluates on
-# held-out terms before its first step and after its last, and the table at the end prints both.
+# a reward model on them, then GRPO and PPO on the terms with a rule reward; each run evaluates
+# on held-out data before its first step and after its last, and the table at the end prints both.
 set -euo pipefail
 cd "$(dirname "$0")"
 start=$SECONDS

@@ -17,12 +17,14 @@ static void usage(FILE *f) {
             "fixed so that setup stays short) and prints the median step's tokens/s, the peak\n"
             "resident memory of the process, and the achieved GFLOP/s as a share of the sgemm\n"
             "GFLOP/s measured in the same run (LoRA: forward + activation backward = 2x forward\n"
-            "flops; full fine-tuning: 3x). The first step is a warm-up and is not counted.\n"
+            "flops; full fine-tuning: 3x; reference passes and rollout decoding are not counted as\n"
+            "flops). tokens/s counts the input tokens the objective processed: two rows a DPO pair,\n"
+            "prompts and completions of a GRPO/PPO rollout. The first step is a warm-up and is not counted.\n"
             "  --steps N   timed steps (default 5)\n");
 }
 
 typedef struct timing {
-    double last, *dt;
+    double last, *dt, *tok; /* per timed step: seconds, input tokens */
     int n, cap;
 } timing;
 
@@ -30,7 +32,10 @@ static void on_progress(void *user, const mt_train_progress *p) {
     timing *t = user;
     if (p->eval) return;
     double now = mt_now_seconds();
-    if (p->step > 1 && t->n < t->cap) t->dt[t->n++] = now - t->last; /* step 1 is the warm-up */
+    if (p->step > 1 && t->n < t->cap) { /* step 1 is the warm-up */
+        t->tok[t->n] = (double)p->tokens;
+        t->dt[t->n++] = now - t->last;
+    }
     t->last = now;
 }
 
@@ -69,13 +74,15 @@ int mt_cmd_bench_train(int argc, char **argv) {
     free(sets);
     if (st != MT_OK) return mt_cli_fail("bench train", &err);
 
-    timing t = {.dt = mt_xcalloc((size_t)steps, sizeof(double)), .cap = (int)steps, .last = mt_now_seconds()};
+    timing t = {.dt = mt_xcalloc((size_t)steps, sizeof(double)), .tok = mt_xcalloc((size_t)steps, sizeof(double)),
+                .cap = (int)steps, .last = mt_now_seconds()};
     mt_train_opts o = {.on_progress = on_progress, .user = &t, .max_steps = steps + 1, .no_store = true,
                        .no_export = true, .no_checkpoints = true};
     mt_train_result res;
     st = mt_train(&r, &o, &res, &err);
     if (st != MT_OK) {
         free(t.dt);
+        free(t.tok);
         mt_recipe_free(&r);
         return mt_cli_fail("bench train", &err);
     }
@@ -86,15 +93,18 @@ int mt_cmd_bench_train(int argc, char **argv) {
     mt_backend *be = mt_cli_backend("bench train", NULL, r.train.threads);
     if (st != MT_OK || !be || t.n == 0) {
         free(t.dt);
+        free(t.tok);
         mt_recipe_free(&r);
         if (be) mt_backend_free(be);
         return st != MT_OK ? mt_cli_fail("bench train", &err) : 1;
     }
     double peak = mt_backend_sgemm_gflops(be, 1024, 5);
+    /* the objective's own count: a DPO step runs two rows a pair, a GRPO step its rollout */
+    double tokens = 0;
+    for (int i = 0; i < t.n; i++) tokens += t.tok[i] / t.n;
     qsort(t.dt, (size_t)t.n, sizeof(double), cmp_double);
     double med = t.dt[t.n / 2];
     int T = r.data.max_seq_len;
-    double tokens = (double)r.train.micro_batch * r.train.grad_accum * T;
     double passes = r.adapter.type == MT_RECIPE_ADAPTER_LORA ? 2.0 : 3.0;
     double gflops = passes * mt_config_flops_per_token(&cfg, T) * tokens / med / 1e9;
     printf("recipe:        %s (%s, micro-batch %d x %d tokens, grad accum %d, %d threads)\n", recipe,
@@ -103,11 +113,14 @@ int mt_cmd_bench_train(int argc, char **argv) {
     printf("trainable:     %lld parameters\n", (long long)res.trainable_params);
     printf("step:          %.1f ms median of %d (min %.1f, max %.1f)\n", med * 1e3, t.n, t.dt[0] * 1e3,
            t.dt[t.n - 1] * 1e3);
-    printf("tokens/s:      %.0f\n", tokens / med);
+    printf("tokens/s:      %.0f  (%.0f input tokens a step, the mean of the timed steps)\n", tokens / med, tokens);
+    printf("examples/s:    %.2f  (%d a step: rows, pairs or prompts as the method counts them)\n",
+           (double)r.train.micro_batch * r.train.grad_accum / med, r.train.micro_batch * r.train.grad_accum);
     printf("peak RSS:      %.0f MB\n", res.peak_rss_mb);
     printf("GFLOP/s:       %.1f achieved, sgemm %.1f (1024^3) -> %.0f%% of the sgemm peak\n", gflops, peak,
            peak > 0 ? 100 * gflops / peak : 0);
     free(t.dt);
+    free(t.tok);
     mt_recipe_free(&r);
     mt_backend_free(be);
     return 0;

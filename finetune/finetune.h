@@ -282,6 +282,8 @@ typedef struct mt_train_progress {
     double loss;               /* mean token loss of this step */
     double lr, grad_norm, aux_loss;
     double tokens_per_sec;     /* input tokens, averaged over the run's recent steps */
+    int64_t tokens;            /* input tokens of this step (a DPO pair is two rows; a GRPO/PPO
+                                  rollout its prompts and completions) */
     double eta_seconds;
     bool skipped;              /* non-finite gradients: the update was not applied */
     bool log_line;             /* a train.log_every step: worth a line in a plain log */

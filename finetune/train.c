@@ -331,6 +331,7 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
                                    .grad_norm = so.grad_norm,
                                    .aux_loss = so.aux,
                                    .tokens_per_sec = tps,
+                                   .tokens = so.n_tokens,
                                    .eta_seconds = rate * (double)(run->total_steps - run->st.step),
                                    .skipped = so.skipped,
                                    .log_line = log_line,
