@@ -666,11 +666,17 @@ mt_status mt_rl_eval(mt_run *run, mt_rl_env *g, mt_eval_out *eo, mt_error *err) 
     int nr = 0;
     mt_status st = MT_OK;
     uint64_t seed = mt_hash_u64((uint64_t)run->r->train.seed, 0x6576616cULL);
+    /* prompt i's stream is keyed by i alone: whatever the batch size, the same held-out
+     * completion is sampled from the same policy (runs of different methods compare at step 0) */
+    int *slot = mt_xcalloc((size_t)B, sizeof(int));
     for (int64_t i0 = 0; i0 < n && st == MT_OK; i0 += B) {
         int k = (int)(n - i0 < B ? n - i0 : B);
-        for (int b = 0; b < k; b++) pidx[b] = i0 + b;
+        for (int b = 0; b < k; b++) {
+            pidx[b] = i0 + b;
+            slot[b] = (int)(i0 + b);
+        }
         mt_rollout ro;
-        st = mt_rl_sample(run, g, &g->eval, pidx, NULL, k, 1, mt_hash_u64(seed, (uint64_t)i0), &ro, err);
+        st = mt_rl_sample(run, g, &g->eval, pidx, slot, k, 1, seed, &ro, err);
         if (st == MT_OK) st = mt_rl_score(run, g, &g->eval, &ro, err);
         for (int b = 0; st == MT_OK && b < k; b++) {
             if (isfinite(ro.reward[b])) rw[nr++] = ro.reward[b];
@@ -691,6 +697,7 @@ mt_status mt_rl_eval(mt_run *run, mt_rl_env *g, mt_eval_out *eo, mt_error *err) 
     free(rw);
     free(len);
     free(pidx);
+    free(slot);
     return st;
 }
 
