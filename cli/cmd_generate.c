@@ -16,7 +16,7 @@ static void usage(FILE *f) {
             "usage: moetune generate --model DIR (--prompt TEXT... | --prompts FILE) [--n N]\n"
             "                        [--adapter DIR | --adapter NAME=DIR...] [--max-tokens N] [--temperature T]\n"
             "                        [--top-k K] [--top-p P] [--seed S] [--stop STR]... [--no-eos] [--threads N]\n"
-            "                        [--quantize int8]\n"
+            "                        [--quantize int8] [--dap-threshold T [--dap-sink N] [--dap-local N]]\n"
             "\n"
             "Generates for every prompt in one batch (each prompt prefilled once, its samples sharing\n"
             "its KV blocks, one decode step for all outputs). One output streams to stdout; several\n"
@@ -37,7 +37,12 @@ static void usage(FILE *f) {
             "  --threads N       CPU threads (default: all cores)\n"
             "  --quantize int8   INT8 weight-only base (per channel, groups of 64 inputs, fp32 scales)\n"
             "  --expert-threshold P  adaptive expert count: experts in router order until their\n"
-            "                    score share reaches P (0 = off, 1 = top-k), within --min-k/--max-k\n");
+            "                    score share reaches P (0 = off, 1 = top-k), within --min-k/--max-k\n"
+            "  --dap-threshold T dynamic attention pruning of the decode steps (docs/attention-pruning.md):\n"
+            "                    skip a KV block whose key bound gives it at most T x the best block's\n"
+            "                    weight, T in [0, 1] (0 = off: full attention); first --dap-sink (1) and\n"
+            "                    last --dap-local (1) blocks always kept, full attention when the kept\n"
+            "                    blocks' estimated mass is below --dap-mass-floor (0.9)\n");
 }
 
 static bool print_text(void *user, int index, const char *text, size_t len) {
@@ -62,6 +67,8 @@ int mt_cmd_generate(int argc, char **argv) {
     mt_quant quant = MT_QUANT_NONE;
     mt_adaptive_k akt = {0};
     long akn;
+    mt_dap_opts dap = {.n_sink_blocks = 1, .n_local_blocks = 1, .mass_floor = 0.9f};
+    mt_dap_counts dapc = {0};
     const char **stops = mt_xcalloc((size_t)argc, sizeof(char *));
     const char **texts = mt_xcalloc((size_t)argc, sizeof(char *));
     named_adapter *ads = mt_xcalloc((size_t)argc, sizeof *ads);
@@ -115,6 +122,20 @@ int mt_cmd_generate(int argc, char **argv) {
         } else if (mt_cli_is_flag(a, "--max-k")) {
             if (!(v = mt_cli_value("--max-k", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 4096, &akn)) goto bad;
             akt.max_k = (int)akn;
+        } else if (mt_cli_is_flag(a, "--dap-threshold")) {
+            double t;
+            if (!(v = mt_cli_value("--dap-threshold", argc, argv, &i)) || !mt_cli_parse_double(v, 0, 1, &t)) goto bad;
+            dap.threshold = (float)t;
+        } else if (mt_cli_is_flag(a, "--dap-mass-floor")) {
+            double t;
+            if (!(v = mt_cli_value("--dap-mass-floor", argc, argv, &i)) || !mt_cli_parse_double(v, 0, 1, &t)) goto bad;
+            dap.mass_floor = (float)t;
+        } else if (mt_cli_is_flag(a, "--dap-sink")) {
+            if (!(v = mt_cli_value("--dap-sink", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 1 << 20, &akn)) goto bad;
+            dap.n_sink_blocks = (int)akn;
+        } else if (mt_cli_is_flag(a, "--dap-local")) {
+            if (!(v = mt_cli_value("--dap-local", argc, argv, &i)) || !mt_cli_parse_long(v, 0, 1 << 20, &akn)) goto bad;
+            dap.n_local_blocks = (int)akn;
         } else if (!strcmp(a, "--no-eos")) {
             stop_at_eos = false;
         } else if (mt_cli_is_flag(a, "--threads")) {
@@ -195,7 +216,9 @@ int mt_cmd_generate(int argc, char **argv) {
                               .stop = stops,
                               .n_stop = n_stop,
                               .stop_at_eos = stop_at_eos,
-                              .on_text = n_out == 1 ? print_text : NULL};
+                              .on_text = n_out == 1 ? print_text : NULL,
+                              .dap = &dap,
+                              .dap_counts = &dapc};
         st = mt_generate(m, tok, gp, n_prompts, &o, res, &err);
     }
     if (st) {
@@ -229,6 +252,11 @@ int mt_cmd_generate(int argc, char **argv) {
         if (akt.threshold > 0 && akt_tok > 0)
             fprintf(stderr, "adaptive experts: threshold %g, mean experts per token and MoE layer %.3f\n",
                     (double)akt.threshold, (double)akt_exp / (double)akt_tok);
+        if (dap.threshold > 0)
+            fprintf(stderr, "dap: threshold %g, %llu of %llu KV blocks skipped (%.1f%%) over %llu head-layer queries, "
+                    "%llu fallbacks\n", (double)dap.threshold, (unsigned long long)dapc.skipped,
+                    (unsigned long long)dapc.blocks, dapc.blocks ? 100.0 * (double)dapc.skipped / (double)dapc.blocks : 0.0,
+                    (unsigned long long)dapc.queries, (unsigned long long)dapc.fallbacks);
     }
     for (int j = 0; res && j < n_out; j++) mt_generate_result_free(&res[j]);
     free(res);

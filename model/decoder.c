@@ -90,6 +90,8 @@ mt_status mt_decoder_init(mt_decoder **out, mt_model *m, int max_rows, int max_r
     int n_moe = dm.n_moe > 0 ? dm.n_moe : 1;
     d->tpe = mt_xcalloc((size_t)n_moe * E, sizeof(int32_t));
     d->entropy = mt_xcalloc((size_t)n_moe, sizeof(double));
+    d->row_tau = mt_xcalloc(R, sizeof(float));
+    mt_decoder_set_dap(d, NULL);
     *out = d;
     return MT_OK;
 }
@@ -109,8 +111,27 @@ void mt_decoder_free(mt_decoder *d) {
     free(d->seq_new);
     free(d->tpe);
     free(d->entropy);
+    free(d->row_tau);
+    free(d->dap_q);
+    free(d->dap_o);
+    free(d->dap_bounds);
+    free(d->dap_tab);
+    free(d->dap_pos);
+    free(d->dap_ks);
+    free(d->dap_id);
+    free(d->dap_ntok);
+    free(d->dap_kb);
+    free(d->dap_keep);
     free(d);
 }
+
+void mt_decoder_set_dap(mt_decoder *d, const mt_dap_opts *o) {
+    d->dap = o ? *o : (mt_dap_opts){.n_sink_blocks = 1, .n_local_blocks = 1, .mass_floor = 0.9f};
+    d->dap.threshold = 0;
+    memset(&d->dap_counts, 0, sizeof d->dap_counts);
+}
+
+void mt_decoder_dap_stats(const mt_decoder *d, mt_dap_counts *out) { *out = d->dap_counts; }
 
 int mt_decoder_max_rows(const mt_decoder *d) { return d->max_rows; }
 size_t mt_decoder_bytes(const mt_decoder *d) { return d->bytes; }
@@ -158,6 +179,150 @@ static void mla_delta(const mt_model *m, const mt_layer *ly, const mt_lin_ctx *c
     }
 }
 
+/* Sizes the DAP scratch for `pairs` (row, query head) pairs over tables of `nb` blocks. */
+static void dap_reserve(mt_decoder *d, int pairs, int nb, int group, int dqk, int dv) {
+    if (pairs > d->dap_cap || nb > d->dap_tab_cap) {
+        int pc = pairs > d->dap_cap ? pairs : d->dap_cap, tc = nb > d->dap_tab_cap ? nb : d->dap_tab_cap;
+        free(d->dap_q);
+        free(d->dap_o);
+        free(d->dap_tab);
+        free(d->dap_pos);
+        free(d->dap_ks);
+        free(d->dap_id);
+        free(d->dap_bounds);
+        free(d->dap_ntok);
+        free(d->dap_kb);
+        free(d->dap_keep);
+        /* q and o hold the pairs, then the rows attended in full (at most as many floats) */
+        d->dap_q = mt_xmalloc(2u * (size_t)pc * (size_t)dqk * sizeof(float));
+        d->dap_o = mt_xmalloc(2u * (size_t)pc * (size_t)dv * sizeof(float));
+        d->dap_tab = mt_xmalloc((size_t)pc * (size_t)tc * sizeof(int32_t));
+        /* pos, ks, id: pairs then full rows; kb: each pair's row and head */
+        d->dap_pos = mt_xmalloc(2u * (size_t)pc * sizeof(int32_t));
+        d->dap_ks = mt_xmalloc(2u * (size_t)pc * sizeof(int32_t));
+        d->dap_id = mt_xmalloc(2u * (size_t)pc * sizeof(int32_t));
+        d->dap_kb = mt_xmalloc(2u * (size_t)pc * sizeof(int32_t));
+        d->dap_bounds = mt_xmalloc((size_t)tc * sizeof(float));
+        d->dap_ntok = mt_xmalloc((size_t)tc * sizeof(int32_t));
+        d->dap_keep = mt_xmalloc((size_t)tc * (size_t)group);
+        d->dap_cap = pc;
+        d->dap_tab_cap = tc;
+    }
+}
+
+/* Paged attention with DAP (CPU: pool, queries and outputs are host memory). Per KV head g:
+ * a row none of whose query heads skips a block (τ = 0, a fallback, nothing below τ) runs as
+ * the kernel runs it, all the group's heads together over its sequence's table; the heads of
+ * the other rows become rows of a second kernel call of one head each, with a block table of
+ * their own: the blocks mt_dap_select keeps, in order, at compacted positions (the kernel only
+ * reads keys through the table; RoPE is already in the cached keys). A head's arithmetic in
+ * the kernel does not depend on the other heads or rows, so a head that keeps every block
+ * gets full attention bit for bit either way. */
+static void dap_paged_attention(mt_decoder *d, mt_kv_pool *p, int l, const mt_paged_attn_args *pa, int N,
+                                const float *q, float *o) {
+    const int nh = pa->n_head, nkv = pa->n_kv_head, group = nh / nkv, dqk = pa->dqk, dv = pa->dv, bs = p->block_size;
+    MT_ASSERT(p->ksum && p->ks_heads == nkv && p->ks_dim == dqk);
+    dap_reserve(d, N * group, p->max_blocks, group, dqk, dv);
+    const int tc = d->dap_tab_cap, pc = d->dap_cap;
+    /* pairs from the start of each buffer, full rows from its second half */
+    float *fq = d->dap_q + (size_t)pc * dqk, *fo = d->dap_o + (size_t)pc * dv;
+    int32_t *fpos = d->dap_pos + pc, *fks = d->dap_ks + pc, *fseq = d->dap_id + pc, *frow = d->dap_kb + pc;
+    mt_dap_opts o_row = d->dap;
+    for (int g = 0; g < nkv; g++) {
+        int np = 0, nf = 0;
+        for (int r = 0; r < N; r++) {
+            const int32_t *table = p->tables + (size_t)pa->seq[r] * p->max_blocks;
+            const int lo = pa->kv_start ? pa->kv_start[r] : 0, hi = pa->pos[r];
+            const int b0 = lo / bs, b1 = hi / bs, nvis = b1 - b0 + 1;
+            const float tau = d->row_tau[r];
+            const float *qg = q + (size_t)r * pa->q_row + (size_t)g * group * pa->q_head;
+            bool full = true;
+            if (tau > 0) {
+                o_row.threshold = tau;
+                for (int j = 0; j < nvis; j++) {
+                    int b = b0 + j, t0 = b * bs > lo ? b * bs : lo, t1 = (b + 1) * bs - 1 < hi ? (b + 1) * bs - 1 : hi;
+                    d->dap_ntok[j] = t1 - t0 + 1;
+                }
+                for (int hh = 0; hh < group; hh++) {
+                    const float *qh = qg + (size_t)hh * pa->q_head;
+                    for (int j = 0; j < nvis; j++) {
+                        const float *sum =
+                            p->ksum + (((size_t)l * p->n_blocks + (size_t)table[b0 + j]) * nkv + g) * 2u * dqk;
+                        d->dap_bounds[j] = mt_dap_block_bound(qh, sum, sum + dqk, dqk);
+                    }
+                    int kept = mt_dap_select(d->dap_bounds, d->dap_ntok, nvis, pa->scale, &o_row,
+                                             d->dap_keep + (size_t)hh * tc, &d->dap_counts);
+                    full &= kept == nvis;
+                }
+            }
+            if (full) {
+                for (int hh = 0; hh < group; hh++)
+                    memcpy(fq + ((size_t)nf * group + hh) * dqk, qg + (size_t)hh * pa->q_head, (size_t)dqk * sizeof(float));
+                fpos[nf] = hi;
+                fks[nf] = lo;
+                fseq[nf] = pa->seq[r];
+                frow[nf++] = r;
+                continue;
+            }
+            for (int hh = 0; hh < group; hh++, np++) {
+                const uint8_t *keep = d->dap_keep + (size_t)hh * tc;
+                memcpy(d->dap_q + (size_t)np * dqk, qg + (size_t)hh * pa->q_head, (size_t)dqk * sizeof(float));
+                d->dap_id[np] = np;
+                d->dap_kb[np] = r * group + hh;
+                int32_t *tab = d->dap_tab + (size_t)np * tc;
+                int k = 0, first = -1, last = -1;
+                for (int j = 0; j < nvis; j++) {
+                    if (!keep[j]) continue;
+                    if (first < 0) first = b0 + j;
+                    last = b0 + j;
+                    tab[k++] = table[b0 + j];
+                }
+                MT_ASSERT(k > 0); /* τ ≤ 1: the best block's bound gives it weight 1 */
+                d->dap_ks[np] = first == b0 ? lo % bs : 0;
+                d->dap_pos[np] = (k - 1) * bs + (last == b1 ? hi % bs : bs - 1);
+            }
+        }
+        mt_paged_attn_args pg = *pa;
+        pg.n_kv_head = 1;
+        pg.k_off = pa->k_off + g * pa->k_head;
+        pg.v_off = pa->v_off + g * pa->v_head;
+        pg.k_head = pg.v_head = 0;
+        if (nf > 0) {
+            pg.n_rows = nf;
+            pg.n_head = group;
+            pg.q_row = group * dqk;
+            pg.q_head = dqk;
+            pg.o_row = group * dv;
+            pg.o_head = dv;
+            pg.seq = fseq;
+            pg.pos = fpos;
+            pg.kv_start = fks;
+            mt_paged_attention_forward(d->be, &pg, fq, fo);
+            for (int k = 0; k < nf; k++)
+                for (int hh = 0; hh < group; hh++)
+                    memcpy(o + (size_t)frow[k] * pa->o_row + (size_t)(g * group + hh) * pa->o_head,
+                           fo + ((size_t)k * group + hh) * dv, (size_t)dv * sizeof(float));
+        }
+        if (np > 0) {
+            pg.n_rows = np;
+            pg.n_head = 1;
+            pg.q_row = pg.q_head = dqk;
+            pg.o_row = pg.o_head = dv;
+            pg.tables = d->dap_tab;
+            pg.table_stride = tc;
+            pg.seq = d->dap_id;
+            pg.pos = d->dap_pos;
+            pg.kv_start = d->dap_ks;
+            mt_paged_attention_forward(d->be, &pg, d->dap_q, d->dap_o);
+            for (int k = 0; k < np; k++) {
+                int r = d->dap_kb[k] / group, hh = d->dap_kb[k] % group;
+                memcpy(o + (size_t)r * pa->o_row + (size_t)(g * group + hh) * pa->o_head, d->dap_o + (size_t)k * dv,
+                       (size_t)dv * sizeof(float));
+            }
+        }
+    }
+}
+
 void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, int N,
                            const mt_attn_plan *plan, float *out) {
     mt_backend *be = c->be;
@@ -184,6 +349,7 @@ void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c,
             float *dst = mt_kv_pool_row(p, l, d->row_seq[i], d->row_pos[i]);
             mt_backend_copy(be, dst, d->kst + (size_t)i * dm.kv_dim, (size_t)dm.kv_dim * sizeof(float));
             mt_backend_copy(be, dst + dm.kv_dim, d->vst + (size_t)i * dm.kv_dim, (size_t)dm.kv_dim * sizeof(float));
+            mt_kv_pool_note_key(p, l, d->row_seq[i], d->row_pos[i]);
         }
         pa.n_kv_head = dm.nkv;
         pa.dqk = dm.hd;
@@ -198,7 +364,10 @@ void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c,
         pa.v_head = dm.hd;
         mt_prof_end(m);
         mt_prof_begin(m, l, MT_PROF_ATTN_CORE);
-        mt_paged_attention_forward(be, &pa, a->q, a->att);
+        if (d->dap_on)
+            dap_paged_attention(d, p, l, &pa, N, a->q, a->att);
+        else
+            mt_paged_attention_forward(be, &pa, a->q, a->att);
         if (m->prof) mt_prof_attn_paged_(m->prof, N, d->row_pos, pa.kv_start, dm.nh, dm.hd, dm.hd, 2 * dm.kv_dim);
         mt_prof_end(m);
         mt_prof_begin(m, l, MT_PROF_ATTN_PROJ);
@@ -211,6 +380,7 @@ void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c,
         float *dst = mt_kv_pool_row(p, l, d->row_seq[i], d->row_pos[i]);
         mt_backend_copy(be, dst, a->cn + (size_t)i * dm.kvl, (size_t)dm.kvl * sizeof(float));
         mt_backend_copy(be, dst + dm.kvl, a->kva + (size_t)i * dm.kva_dim + dm.kvl, (size_t)dm.rope * sizeof(float));
+        mt_kv_pool_note_key(p, l, d->row_seq[i], d->row_pos[i]);
     }
     mt_prof_end(m);
     mt_prof_begin(m, l, MT_PROF_ATTN_CORE);
@@ -237,7 +407,10 @@ void mt_attn_paged_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c,
     pa.k_head = 0;
     pa.v_off = 0;
     pa.v_head = 0;
-    mt_paged_attention_forward(be, &pa, d->qabs, d->olat);
+    if (d->dap_on)
+        dap_paged_attention(d, p, l, &pa, N, d->qabs, d->olat);
+    else
+        mt_paged_attention_forward(be, &pa, d->qabs, d->olat);
     if (m->prof) {
         mt_prof_attn_paged_(m->prof, N, d->row_pos, pa.kv_start, dm.nh, dm.kva_dim, dm.kvl, dm.kva_dim);
         /* the absorbed kv_b products: W_UK into the queries, W_UV out of the latent; kv_b read once */
@@ -277,6 +450,19 @@ static mt_status check_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch 
     for (int k = 0; k < b->n_logits; k++)
         if (b->logit_rows[k] < 0 || b->logit_rows[k] >= b->n_rows)
             return mt_error_set(err, MT_ERR_INVALID, "decode: logit row %d is not a row of the step", b->logit_rows[k]);
+    if (b->dap_threshold) {
+        bool any = false;
+        for (int i = 0; i < b->n_rows; i++) {
+            float t = b->dap_threshold[i];
+            if (!(t >= 0 && t <= 1))
+                return mt_error_set(err, MT_ERR_INVALID, "decode: row %d has DAP threshold %g, outside [0, 1]", i,
+                                    (double)t);
+            any |= t > 0;
+        }
+        if (any && !p->ksum)
+            return mt_error_set(err, MT_ERR_UNSUPPORTED, "decode: DAP (a row with dap_threshold > 0) runs on the CPU "
+                                "backend only");
+    }
     if (d->seq_new_cap < p->max_seqs) {
         d->seq_new = mt_xrealloc(d->seq_new, (size_t)p->max_seqs * sizeof(int32_t));
         d->seq_new_cap = p->max_seqs;
@@ -345,6 +531,11 @@ mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b,
         d->row_seq[j] = b->seq[i];
         d->row_pos[j] = pos_of[i];
         d->row_slot[j] = b->slot ? b->slot[i] : 0;
+    }
+    d->dap_on = false;
+    for (int j = 0; j < N; j++) {
+        d->row_tau[j] = b->dap_threshold ? b->dap_threshold[d->order[j]] : 0.0f;
+        d->dap_on |= d->row_tau[j] > 0;
     }
     mt_backend_upload(be, d->tokens, host_tok, (size_t)N * sizeof(int32_t));
     mt_backend_upload(be, d->pos, d->row_pos, (size_t)N * sizeof(int32_t));

@@ -47,6 +47,7 @@ typedef struct gen {
     gen_out *out;
     const mt_adapter **slots; /* [n_prompts]: slot i is prompt i's adapter */
     int32_t *tokens, *seq, *slot, *logit_rows; /* step rows */
+    float *tau;               /* [rows] DAP threshold of each decode row */
     float *logits;            /* [rows, V] */
 } gen;
 
@@ -65,6 +66,7 @@ static void gen_free(gen *g) {
     free(g->seq);
     free(g->slot);
     free(g->logit_rows);
+    free(g->tau);
     free(g->logits);
     mt_decoder_free(g->dec);
     mt_kv_pool_free(g->pool);
@@ -207,6 +209,10 @@ mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, const mt_gen_prompt 
     g.seq = mt_xmalloc((size_t)rows * sizeof(int32_t));
     g.slot = mt_xmalloc((size_t)rows * sizeof(int32_t));
     g.logit_rows = mt_xmalloc((size_t)rows * sizeof(int32_t));
+    g.tau = mt_xmalloc((size_t)rows * sizeof(float));
+    bool dap = o->dap && o->dap->threshold > 0;
+    if (dap) mt_decoder_set_dap(g.dec, o->dap);
+    for (int i = 0; i < rows; i++) g.tau[i] = dap ? o->dap->threshold : 0.0f;
     g.logits = mt_xmalloc((size_t)rows * (size_t)g.V * sizeof(float));
     for (int i = 0; i < n_prompts && !st; i++) st = mt_kv_seq_open(g.pool, &g.prompt_seq[i], err);
     if (st) goto done;
@@ -252,7 +258,8 @@ mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, const mt_gen_prompt 
                              .adapters = g.slots,
                              .n_slots = n_prompts,
                              .logit_rows = g.logit_rows,
-                             .n_logits = n};
+                             .n_logits = n,
+                             .dap_threshold = dap ? g.tau : NULL};
         st = mt_decode_step(g.dec, g.pool, &b, g.logits, err);
         for (int j = 0, r = 0; !st && j < g.n_out; j++) {
             if (g.out[j].done) continue;
@@ -260,6 +267,7 @@ mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, const mt_gen_prompt 
         }
     }
     double t2 = mt_now_seconds();
+    if (o->dap_counts) mt_decoder_dap_stats(g.dec, o->dap_counts);
     if (st) goto done;
     for (int j = 0; j < g.n_out; j++) {
         gen_out *go = &g.out[j];

@@ -56,6 +56,18 @@ mt_status mt_kv_pool_init(mt_kv_pool **out, const mt_model *m, const mt_kv_pool_
     p->tables = mt_xcalloc((size_t)p->max_seqs * (size_t)p->max_blocks, sizeof(int32_t));
     p->len = mt_xmalloc((size_t)p->max_seqs * sizeof(int32_t));
     for (int s = 0; s < p->max_seqs; s++) p->len[s] = -1;
+    if (mt_backend_get_kind(m->be) == MT_BACKEND_CPU) {
+        /* DAP summaries: standard attention bounds each KV head's post-RoPE K; MLA's absorbed
+         * decode scores q_abs·[c | k_pe], one shared key head of kvl + rope channels */
+        mt_dims d;
+        mt_model_dims(cfg, &d);
+        p->ks_heads = cfg->mla ? 1 : d.nkv;
+        p->ks_dim = cfg->mla ? d.kva_dim : d.hd;
+        p->ks_off = 0;
+        p->ks_head = cfg->mla ? 0 : d.hd;
+        p->ksum = mt_xmalloc((size_t)cfg->n_layers * (size_t)p->n_blocks * (size_t)p->ks_heads * 2u *
+                             (size_t)p->ks_dim * sizeof(float));
+    }
     *out = p;
     return MT_OK;
 }
@@ -67,7 +79,34 @@ void mt_kv_pool_free(mt_kv_pool *p) {
     free(p->free_list);
     free(p->tables);
     free(p->len);
+    free(p->ksum);
     free(p);
+}
+
+static float *ksum_at(const mt_kv_pool *p, int l, int32_t blk) {
+    return p->ksum + ((size_t)l * p->n_blocks + (size_t)blk) * (size_t)p->ks_heads * 2u * (size_t)p->ks_dim;
+}
+
+void mt_kv_pool_note_key(mt_kv_pool *p, int l, int seq, int pos) {
+    if (!p->ksum) return;
+    int32_t blk = p->tables[(size_t)seq * p->max_blocks + pos / p->block_size];
+    const float *row = mt_kv_pool_row(p, l, seq, pos) + p->ks_off;
+    float *sum = ksum_at(p, l, blk);
+    int D = p->ks_dim;
+    bool first = pos % p->block_size == 0; /* a block's first row starts its summary afresh */
+    for (int g = 0; g < p->ks_heads; g++) {
+        const float *k = row + (size_t)g * p->ks_head;
+        float *kmin = sum + (size_t)g * 2 * D, *kmax = kmin + D;
+        if (first) {
+            memcpy(kmin, k, (size_t)D * sizeof(float));
+            memcpy(kmax, k, (size_t)D * sizeof(float));
+            continue;
+        }
+        for (int i = 0; i < D; i++) {
+            if (k[i] < kmin[i]) kmin[i] = k[i];
+            if (k[i] > kmax[i]) kmax[i] = k[i];
+        }
+    }
 }
 
 size_t mt_kv_pool_bytes(const mt_kv_pool *p) { return p->bytes; }
@@ -154,6 +193,10 @@ void mt_kv_seq_reserve(mt_kv_pool *p, int seq, int n) {
             float *base = mt_kv_pool_layer(p, l);
             mt_backend_copy(p->m->be, base + (size_t)fresh * bs * p->kv_row, base + (size_t)old * bs * p->kv_row,
                             rows * sizeof(float));
+            /* a shared block is never written in place, so its summary is that of the rows copied */
+            if (p->ksum)
+                memcpy(ksum_at(p, l, fresh), ksum_at(p, l, old),
+                       (size_t)p->ks_heads * 2u * (size_t)p->ks_dim * sizeof(float));
         }
         p->refs[fresh] = 1;
         p->refs[old]--;

@@ -263,6 +263,11 @@ struct mt_kv_pool {
     int32_t *tables;         /* [max_seqs, max_blocks] block of each sequence's position p / block_size */
     int32_t *len;            /* [max_seqs] positions held; −1 = not open */
     int n_open;
+    /* DAP key summaries (CPU only, else NULL), host memory: layer l, block b, key head g at
+     * ksum + ((l·n_blocks + b)·ks_heads + g)·2·ks_dim: kmin [ks_dim] then kmax [ks_dim], of
+     * the key at row offset ks_off + g·ks_head */
+    float *ksum;
+    int ks_heads, ks_dim, ks_off, ks_head;
 };
 
 /* Makes room for n more positions of seq (copying a shared partly filled last block first);
@@ -298,7 +303,19 @@ struct mt_decoder {
     int32_t *tpe;            /* [n_moe, E] tokens per expert in the last step */
     double *entropy;         /* [n_moe] */
     int n_rows_last;
+    /* DAP (decoder.c): options, counts, the step's per-row τ (step order), and host scratch
+     * for (row, query head) pairs: queries, outputs, compacted block tables and positions */
+    mt_dap_opts dap;
+    mt_dap_counts dap_counts;
+    float *row_tau;          /* [R] */
+    bool dap_on;             /* some row of this step has τ > 0 */
+    int dap_cap, dap_tab_cap; /* pairs, blocks per table */
+    float *dap_q, *dap_o, *dap_bounds;
+    int32_t *dap_tab, *dap_pos, *dap_ks, *dap_id, *dap_ntok, *dap_kb;
+    uint8_t *dap_keep;
 };
+/* Folds the key of the row just written at (seq, pos) into its block's DAP summary. */
+void mt_kv_pool_note_key(mt_kv_pool *p, int l, int seq, int pos);
 
 /* The single-sequence cache of model.h: a pool of one sequence plus a decoder. */
 struct mt_kv_cache {

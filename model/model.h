@@ -452,6 +452,8 @@ typedef struct mt_decode_batch {
     int n_logits;
     int32_t *route_out;             /* optional [n_layers][n_rows][top_k] (CPU): the experts chosen
                                        for each row by each MoE layer */
+    const float *dap_threshold;     /* optional [n_rows] DAP τ of each row in [0, 1] (CPU); NULL or
+                                       0 = full attention, the unchanged path (docs/attention-pruning.md) */
 } mt_decode_batch;
 
 /* The activation buffers of one step: up to max_rows rows, adapters up to max_rank (0:
@@ -509,6 +511,10 @@ typedef struct mt_generate_opts {
      * start of a stop string); return false to stop that output early */
     bool (*on_text)(void *user, int index, const char *text, size_t len);
     void *user;
+    /* DAP on the decode steps (not the prefill): NULL or threshold 0 = off; the counts of the
+       run are written to dap_counts when given */
+    const struct mt_dap_opts *dap;
+    struct mt_dap_counts *dap_counts;
 } mt_generate_opts;
 
 /* One prompt of a generation batch. */
@@ -561,6 +567,17 @@ int mt_dap_select(const float *bounds, const int *n_tok, int n_blocks, float sca
 void mt_dap_attend(const float *q, const float *k, const float *v, int n_tok, int d, int block, float scale,
                    const mt_dap_opts *o, mt_dap_counts *c, float *scratch, float *out);
 size_t mt_dap_attend_scratch(int n_tok, int d, int block);
+/* DAP in the paged decode (CPU backend). The pool keeps every block's per-channel key min/max
+ * (per layer and KV head: post-RoPE K; MLA: the absorbed form's key [c | k_pe], whose score
+ * q_abs·c + q_pe·k_pe is one dot product), updated as rows are written and copied with a block
+ * on copy-on-write. A row of mt_decode_batch with dap_threshold τ > 0 attends, per query head,
+ * to the blocks mt_dap_select keeps (sinks and local window always; all of them on fallback).
+ * The decoder's options give sinks, local window and mass floor (its threshold is unused:
+ * τ is per row); default 1, 1, 0.9. Setting them resets the counts. */
+void mt_decoder_set_dap(mt_decoder *d, const mt_dap_opts *o);
+/* Counts since the options were last set: (row, layer, query head) triples with τ > 0, their
+ * blocks, skipped blocks, fallbacks. */
+void mt_decoder_dap_stats(const mt_decoder *d, mt_dap_counts *out);
 
 typedef struct mt_adaptive_k {
     float threshold; /* experts in router order until their share of Σ_E scores ≥ threshold; ≥ 1 = top-max-k */
