@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "engine/engine.h"
+#include "model/model.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -17,7 +18,8 @@ static void usage(FILE *f) {
             "                     [--api-key KEY] [--store FILE] [--served-model-name NAME] [--max-seqs N]\n"
             "                     [--max-batch-tokens N] [--kv-blocks N] [--block-size N] [--max-queue N]\n"
             "                     [--max-model-len N] [--max-tokens N] [--max-body-bytes N] [--max-rank R]\n"
-            "                     [--threads N]\n"
+            "                     [--threads N] [--dap-threshold T] [--dap-sink N] [--dap-local N]\n"
+            "                     [--dap-mass-floor F] [--dap-adapter-thresholds on|off]\n"
             "\n"
             "Serves the model over HTTP: OpenAI /v1/completions, /v1/chat/completions, /v1/models; vLLM\n"
             "/v1/load_lora_adapter and /v1/unload_lora_adapter; /health; /metrics (Prometheus).\n"
@@ -40,7 +42,15 @@ static void usage(FILE *f) {
             "  --max-model-len N        prompt + completion tokens (default: the model's)\n"
             "  --max-tokens N           largest max_tokens a request may ask (default: max-model-len)\n"
             "  --max-body-bytes N       larger request bodies get 413 (default 4194304)\n"
-            "  --threads N              CPU threads (default: all cores)\n");
+            "  --threads N              CPU threads (default: all cores)\n"
+            "  --dap-threshold T        dynamic attention pruning of the decode steps, T in [0, 1], for\n"
+            "                           requests without \"dap_threshold\" whose adapter's metadata has no\n"
+            "                           \"dap\" (default 0 = off; docs/attention-pruning.md)\n"
+            "  --dap-sink N             first KV blocks always kept (default 1)\n"
+            "  --dap-local N            last KV blocks always kept (default 1)\n"
+            "  --dap-mass-floor F       full attention when the kept blocks' estimated mass is below F\n"
+            "                           (default 0.9)\n"
+            "  --dap-adapter-thresholds on|off  use an adapter's metadata \"dap\" threshold (default on)\n");
 }
 
 static volatile sig_atomic_t stop_signal = 0;
@@ -66,7 +76,9 @@ int mt_cmd_serve(int argc, char **argv) {
     const char *store = NULL, *served = NULL;
     bool watch = false;
     long port = 8000, max_loaded = 0, max_rank = 0, max_seqs = 0, batch = 0, kv_blocks = 0, block = 0, queue = 0;
-    long model_len = 0, max_tokens = 0, body = 0, threads = 0;
+    long model_len = 0, max_tokens = 0, body = 0, threads = 0, dap_sink = 1, dap_local = 1;
+    double dap_threshold = 0, dap_floor = 0.9;
+    bool dap_adapter = true;
     const int_flag ints[] = {
         {"--port", 0, 65535, &port},           {"--max-loaded", 1, 1 << 20, &max_loaded},
         {"--max-rank", 1, 4096, &max_rank},    {"--max-seqs", 1, 4096, &max_seqs},
@@ -74,6 +86,7 @@ int mt_cmd_serve(int argc, char **argv) {
         {"--block-size", 1, 1024, &block},     {"--max-queue", 1, 1 << 20, &queue},
         {"--max-model-len", 2, 1 << 24, &model_len}, {"--max-tokens", 1, 1 << 24, &max_tokens},
         {"--max-body-bytes", 1024, 1L << 30, &body}, {"--threads", 0, 4096, &threads},
+        {"--dap-sink", 0, 1 << 20, &dap_sink},  {"--dap-local", 0, 1 << 20, &dap_local},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
@@ -93,6 +106,26 @@ int mt_cmd_serve(int argc, char **argv) {
                 done = true;
             }
         if (done) continue;
+        double *dbl = mt_cli_is_flag(a, "--dap-threshold")    ? &dap_threshold
+                      : mt_cli_is_flag(a, "--dap-mass-floor") ? &dap_floor
+                                                              : NULL;
+        if (dbl) {
+            char flag[64];
+            snprintf(flag, sizeof flag, "%.*s", (int)strcspn(a, "="), a);
+            if (!(v = mt_cli_value(flag, argc, argv, &i)) || !mt_cli_parse_double(v, 0, 1, dbl)) {
+                fprintf(stderr, "moetune serve: %s needs a number in [0, 1]\n", flag);
+                return 2;
+            }
+            continue;
+        }
+        if (mt_cli_is_flag(a, "--dap-adapter-thresholds")) {
+            if (!(v = mt_cli_value("--dap-adapter-thresholds", argc, argv, &i)) || (strcmp(v, "on") && strcmp(v, "off"))) {
+                fprintf(stderr, "moetune serve: --dap-adapter-thresholds needs on or off\n");
+                return 2;
+            }
+            dap_adapter = !strcmp(v, "on");
+            continue;
+        }
         const char **str = mt_cli_is_flag(a, "--model")               ? &model
                            : mt_cli_is_flag(a, "--adapters")          ? &adapters
                            : mt_cli_is_flag(a, "--host")              ? &host
@@ -125,6 +158,10 @@ int mt_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "moetune serve: --watch needs --adapters DIR\n");
         return 2;
     }
+    mt_dap_opts dap = {.threshold = (float)dap_threshold,
+                       .n_sink_blocks = (int)dap_sink,
+                       .n_local_blocks = (int)dap_local,
+                       .mass_floor = (float)dap_floor};
     mt_backend *be = mt_cli_backend("serve", NULL, (int)threads);
     if (!be) return 1;
     mt_engine_opts eo = {.model_dir = model,
@@ -141,6 +178,8 @@ int mt_cmd_serve(int argc, char **argv) {
                          .max_model_len = (int)model_len,
                          .max_tokens = (int)max_tokens,
                          .store_path = store,
+                         .dap = &dap,
+                         .dap_ignore_adapter_thresholds = !dap_adapter,
                          .log = log_line};
     mt_error err = {0};
     mt_engine *e = NULL;

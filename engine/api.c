@@ -177,6 +177,12 @@ static bool parse_common(const cJSON *o, mt_eng_endpoint ep, const mt_eng_parse_
     d = 1;
     if (!get_number(o, "repetition_penalty", 0, 2, true, &d, h)) return false;
     p->repetition_penalty = (float)d;
+    /* DAP τ of the decode steps (docs/attention-pruning.md); absent or null: the adapter's, else
+     * the server's */
+    d = -1;
+    if (!get_number(o, "dap_threshold", 0, 1, false, &d, h)) return false;
+    p->dap_given = d >= 0;
+    p->dap_threshold = p->dap_given ? (float)d : 0.0f;
     if (!get_bool(o, "ignore_eos", &p->ignore_eos, h)) return false;
     p->skip_special = true;
     if (!get_bool(o, "skip_special_tokens", &p->skip_special, h)) return false;

@@ -60,6 +60,8 @@ typedef struct mt_eng_params {
     int n_bias;
     int32_t bias_ids[MT_ENG_MAX_BIAS];
     float bias_values[MT_ENG_MAX_BIAS];
+    float dap_threshold;          /* vLLM-style extra parameter, [0, 1]; valid when dap_given */
+    bool dap_given;
 } mt_eng_params;
 
 /* The prompts of one request: tokens (already encoded) or, before encoding, text. */
@@ -193,6 +195,8 @@ struct mt_eng_req {
     mt_status status;         /* MT_OK, or why the request failed */
     char errmsg[512];
     int64_t version;          /* adapter version used, 0 for the base */
+    float dap_tau;            /* DAP τ of its decode rows: request, else adapter metadata, else server
+                                 default; set before submission, read by the scheduler */
     mt_eng_req *next;         /* submission queue link (under the engine's lock) */
 };
 
@@ -222,6 +226,7 @@ typedef struct mt_metrics {
     uint64_t req_overflow;
     mt_hist ttft, itl, e2e;
     uint64_t gen_tokens, prompt_tokens, preemptions, steps;
+    mt_dap_counts dap;        /* the decoder's DAP counts (blocks, skipped, fallbacks) summed */
     double tps_window_start;  /* tokens/s over windows of a few seconds */
     uint64_t tps_window_tokens;
     double tps_last;
@@ -298,6 +303,10 @@ struct mt_engine {
     mt_eng_sample **b_rowsample; /* [max_rows] the sample of each row */
     mt_eng_req **b_reqs;      /* [max_rows] distinct requests of a step */
     const mt_adapter **b_adapters; /* [max_rows + 1] */
+    float *b_tau;             /* [max_rows] DAP τ of each row (0 on prompt rows) */
+    mt_dap_counts dap_seen;   /* mt_decoder_dap_stats at the last step: metrics take the delta */
+    bool dap_cpu;             /* the backend runs DAP (CPU only) */
+    float dap_default;        /* the server default τ */
     float *logits;            /* [max_rows, V] */
     float *logits_copy;       /* [V] a sibling's copy of its prompt's last logits */
     float *scratch;           /* [V] raw logits kept for logprobs */

@@ -124,6 +124,23 @@ mt_status mt_engine_init(mt_engine **out, mt_backend *be, const mt_engine_opts *
         st = mt_decoder_init(&e->dec, e->model, e->max_rows, e->o.max_rank, err);
     }
     if (!st) {
+        /* DAP: the server default τ and the decoder's sinks, local window and mass floor */
+        const mt_dap_opts *d = opts->dap;
+        e->dap_cpu = mt_backend_get_kind(be) == MT_BACKEND_CPU;
+        if (d && (!(d->threshold >= 0 && d->threshold <= 1) || d->n_sink_blocks < 0 || d->n_local_blocks < 0 ||
+                  !(d->mass_floor >= 0 && d->mass_floor <= 1)))
+            st = mt_error_set(err, MT_ERR_INVALID,
+                              "DAP: threshold %g and mass floor %g must be in [0, 1], sinks %d and local %d >= 0",
+                              (double)d->threshold, (double)d->mass_floor, d->n_sink_blocks, d->n_local_blocks);
+        else if (d && d->threshold > 0 && !e->dap_cpu)
+            st = mt_error_set(err, MT_ERR_UNSUPPORTED, "DAP (--dap-threshold > 0) runs on the CPU backend only");
+        else {
+            e->dap_default = d ? d->threshold : 0.0f;
+            mt_decoder_set_dap(e->dec, d); /* NULL: the decoder's defaults (1, 1, 0.9) */
+        }
+        e->o.dap = NULL; /* the caller's; not kept */
+    }
+    if (!st) {
         int n_moe = 0;
         for (int l = 0; l < e->cfg->n_layers && l < MT_MAX_LAYERS; l++) n_moe += e->cfg->layer_is_moe[l];
         mt_metrics_init(&e->metrics, e->cfg->n_experts > 0 ? n_moe : 0, e->cfg->n_experts);

@@ -34,6 +34,12 @@ typedef struct mt_engine_opts {
     int max_tokens;            /* largest max_tokens a request may ask; 0 = max_model_len */
     int max_choices;           /* n × prompts in one request; 0 = 16 */
     const char *store_path;    /* record each request in this SQLite store; NULL = off */
+    /* DAP on the decode steps (docs/attention-pruning.md, docs/serving.md). NULL: off unless a
+     * request or an adapter asks, with the decoder's sinks/local window/mass floor (1, 1, 0.9).
+     * Given: threshold is the server default τ in [0, 1] (0 = off) for a request that names none
+     * and whose adapter's metadata carries none; the rest go to mt_decoder_set_dap. */
+    const struct mt_dap_opts *dap;
+    bool dap_ignore_adapter_thresholds; /* true: an adapter's metadata "dap" is not used */
     mt_engine_log_fn log;      /* may be NULL */
     void *log_user;
 } mt_engine_opts;

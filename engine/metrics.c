@@ -82,8 +82,18 @@ void mt_metrics_count_request(mt_metrics *m, mt_eng_endpoint ep, const char *mod
 /* Called by the scheduler after every step: routing statistics and the tokens/s window. */
 void mt_eng_metrics_step(mt_engine *e, int n_rows) {
     mt_metrics *m = &e->metrics;
+    /* the decoder's DAP counts since its options were set (at init): the step's delta */
+    mt_dap_counts dc;
+    mt_decoder_dap_stats(e->dec, &dc);
+    mt_dap_counts delta = {dc.queries - e->dap_seen.queries, dc.blocks - e->dap_seen.blocks,
+                           dc.skipped - e->dap_seen.skipped, dc.fallbacks - e->dap_seen.fallbacks};
+    e->dap_seen = dc;
     pthread_mutex_lock(&m->mu);
     m->steps++;
+    m->dap.queries += delta.queries;
+    m->dap.blocks += delta.blocks;
+    m->dap.skipped += delta.skipped;
+    m->dap.fallbacks += delta.fallbacks;
     mt_router_stats rs;
     for (int i = 0; i < m->n_moe && mt_decoder_router_stats(e->dec, i, &rs); i++) {
         m->layer[i] = rs.layer;
@@ -213,6 +223,16 @@ char *mt_eng_metrics_text(mt_engine *e) {
     bprintf(&b, "moetune_preemptions_total %llu\n", (unsigned long long)m->preemptions);
     head(&b, "moetune_decode_steps_total", "counter", "Batched decode steps run.");
     bprintf(&b, "moetune_decode_steps_total %llu\n", (unsigned long long)m->steps);
+    head(&b, "moetune_dap_queries_total", "counter",
+         "DAP: (decode row, layer, query head) attentions run with a threshold > 0.");
+    bprintf(&b, "moetune_dap_queries_total %llu\n", (unsigned long long)m->dap.queries);
+    head(&b, "moetune_dap_blocks_total", "counter", "DAP: KV blocks those attentions considered.");
+    bprintf(&b, "moetune_dap_blocks_total %llu\n", (unsigned long long)m->dap.blocks);
+    head(&b, "moetune_dap_skipped_blocks_total", "counter", "DAP: KV blocks skipped by the pruning rule.");
+    bprintf(&b, "moetune_dap_skipped_blocks_total %llu\n", (unsigned long long)m->dap.skipped);
+    head(&b, "moetune_dap_fallbacks_total", "counter",
+         "DAP: attentions that fell back to every block (kept mass below the floor).");
+    bprintf(&b, "moetune_dap_fallbacks_total %llu\n", (unsigned long long)m->dap.fallbacks);
     head(&b, "moetune_adapters_loaded", "gauge", "Adapters loaded (current versions).");
     bprintf(&b, "moetune_adapters_loaded %d\n", got);
     head(&b, "moetune_adapter_versions_live", "gauge", "Adapter versions alive, replaced ones still in use included.");

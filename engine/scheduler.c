@@ -79,6 +79,56 @@ bool mt_eng_resolve_model(mt_engine *e, const char *name, mt_adapter_ref *ref, b
     return false;
 }
 
+/* The "dap" of an adapter's metadata thresholds (moetune.json, written by the trainer: finetune/dap.c).
+ * It is on the decode rule's scale — the largest relative softmax weight a skipped block may
+ * hold (docs/data.md, docs/attention-pruning.md) — so it is used as τ as is, clamped to [0, 1].
+ * false when there is none (no metadata, no "dap", not a finite number). */
+static bool adapter_dap(const char *thresholds_json, float *tau) {
+    if (!thresholds_json[0]) return false;
+    cJSON *o = cJSON_Parse(thresholds_json);
+    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, "dap") : NULL;
+    bool ok = cJSON_IsNumber(v) && isfinite(v->valuedouble);
+    if (ok) *tau = v->valuedouble < 0 ? 0.0f : v->valuedouble > 1 ? 1.0f : (float)v->valuedouble;
+    cJSON_Delete(o);
+    return ok;
+}
+
+/* A request's τ: its own dap_threshold, else its adapter's metadata value (unless the server
+ * ignores those), else the server default. The metadata is read for the version the request
+ * holds: the registry keeps one version's thresholds per name, so a replace between acquire and
+ * find is noticed by the version and the adapter acquired again. */
+static bool resolve_dap(mt_engine *e, mt_eng_req *r, mt_eng_http_error *herr) {
+    r->dap_tau = e->dap_default;
+    if (r->p.dap_given) {
+        r->dap_tau = r->p.dap_threshold;
+    } else if (r->has_ref && !e->o.dap_ignore_adapter_thresholds) {
+        for (int tries = 0; tries < 8; tries++) {
+            mt_registry_info info;
+            if (!mt_registry_find(e->reg, r->adapter, &info)) break; /* unloaded since: metadata unknown, the default */
+            if (info.version == r->ref.version) {
+                float t;
+                if (adapter_dap(info.thresholds_json, &t)) r->dap_tau = t;
+                break;
+            }
+            mt_adapter_ref ref;
+            mt_error err = {0};
+            if (mt_registry_acquire(e->reg, r->adapter, &ref, &err) != MT_OK) break;
+            mt_registry_release(e->reg, &r->ref);
+            r->ref = ref;
+            r->version = ref.version;
+        }
+    }
+    if (r->dap_tau > 0 && !e->dap_cpu) {
+        if (r->p.dap_given) {
+            mt_eng_herr(herr, 400, "invalid_request_error", "dap_threshold", NULL,
+                        "'dap_threshold' > 0 needs the CPU backend; this server runs another");
+            return false;
+        }
+        r->dap_tau = 0; /* an adapter's value on a backend without DAP: full attention */
+    }
+    return true;
+}
+
 mt_eng_req *mt_eng_req_new(mt_engine *e, mt_eng_endpoint ep, const mt_eng_params *p, mt_eng_prompt *prompts,
                            int n_prompts, mt_eng_http_error *herr) {
     int max_len = e->max_model_len;
@@ -150,6 +200,11 @@ mt_eng_req *mt_eng_req_new(mt_engine *e, mt_eng_endpoint ep, const mt_eng_params
     snprintf(r->model_name, sizeof r->model_name, "%s", p->model[0] ? p->model : e->served_name);
     if (r->has_ref) snprintf(r->adapter, sizeof r->adapter, "%s", p->model);
     r->version = r->has_ref ? r->ref.version : 0;
+    if (!resolve_dap(e, r, herr)) {
+        free(maxes);
+        req_free(e, r);
+        return NULL;
+    }
     r->n_prompts = n_prompts;
     r->prompt_len = mt_xcalloc((size_t)n_prompts, sizeof(int));
     r->n_samples = n_prompts * p->n;
@@ -452,6 +507,7 @@ static int slot_of(mt_engine *e, const mt_adapter *a, int *n_slots) {
 
 typedef struct step_plan {
     int rows, n_logits, n_slots;
+    bool any_tau; /* a row has DAP τ > 0 */
 } step_plan;
 
 static void add_rows(mt_engine *e, step_plan *sp, mt_eng_sample *s, int k) {
@@ -464,6 +520,11 @@ static void add_rows(mt_engine *e, step_plan *sp, mt_eng_sample *s, int k) {
         e->b_pos[row] = s->fed + i;
         e->b_slot[row] = slot;
         e->b_rowsample[row] = s;
+        /* DAP on the decode rows only (a generated token fed back, recomputed ones after a
+         * preemption included), as mt_generate does; prompt rows attend in full */
+        float tau = s->fed + i >= s->n_prompt ? s->req->dap_tau : 0.0f;
+        e->b_tau[row] = tau;
+        sp->any_tau |= tau > 0;
     }
     if (s->fed + k == s->n_ctx) {
         e->b_logit_rows[sp->n_logits] = sp->rows - 1;
@@ -602,7 +663,9 @@ static void run_step(mt_engine *e) {
                              .adapters = e->b_adapters,
                              .n_slots = sp.n_slots,
                              .logit_rows = e->b_logit_rows,
-                             .n_logits = sp.n_logits};
+                             .n_logits = sp.n_logits,
+                             /* NULL when no row prunes: the unchanged path */
+                             .dap_threshold = sp.any_tau ? e->b_tau : NULL};
         mt_error_clear(&err);
         st = mt_decode_step(e->dec, e->pool, &b, e->logits, &err);
         if (st != MT_ERR_EXHAUSTED) break;
@@ -690,6 +753,7 @@ mt_status mt_eng_sched_start(mt_engine *e, mt_error *err) {
     e->b_rowsample = mt_xcalloc((size_t)R, sizeof *e->b_rowsample);
     e->b_reqs = mt_xcalloc((size_t)R, sizeof *e->b_reqs);
     e->b_adapters = mt_xcalloc((size_t)R + 1, sizeof *e->b_adapters);
+    e->b_tau = mt_xcalloc((size_t)R, sizeof *e->b_tau);
     e->logits = mt_alloc_aligned((size_t)L * V * sizeof(float));
     e->logits_copy = mt_alloc_aligned((size_t)V * sizeof(float));
     e->scratch = mt_alloc_aligned((size_t)V * sizeof(float));
@@ -722,6 +786,8 @@ void mt_eng_sched_stop(mt_engine *e) {
     free(e->b_reqs);
     e->b_reqs = NULL;
     free(e->b_adapters);
+    free(e->b_tau);
+    e->b_tau = NULL;
     mt_free_aligned(e->logits);
     mt_free_aligned(e->logits_copy);
     mt_free_aligned(e->scratch);

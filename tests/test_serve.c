@@ -32,6 +32,7 @@
 #define N_ADAPTERS 8
 
 static char root[4096], base_dir[4200], adapters_dir[4200], foreign_dir[4200], outside_dir[4200], store_path[4200];
+static char dap_adapters_dir[4200];
 static char base_hash[65];
 static mt_backend *g_be;
 static mt_engine *g_e;
@@ -42,7 +43,7 @@ static int g_threads;
 /* ---- fixtures ---- */
 
 /* A rank-r LoRA on every linear of m, B random so that it changes what the model says. */
-static void write_adapter(mt_model *m, const char *dir, uint64_t seed, const char *hash) {
+static void write_adapter_meta(mt_model *m, const char *dir, uint64_t seed, const char *hash, const char *thresholds) {
     mt_error err = {0};
     static const char *const all[] = {"all-linear"};
     mt_lora_config c;
@@ -62,8 +63,13 @@ static void write_adapter(mt_model *m, const char *dir, uint64_t seed, const cha
     }
     mt_lora_meta meta = {0};
     snprintf(meta.base_hash, sizeof meta.base_hash, "%s", hash);
+    meta.thresholds_json = (char *)thresholds; /* as the trainer writes it: {"dap":0.31,...} */
     if (mt_lora_save_peft(l, dir, &meta, &err) != MT_OK) fail_msg("%s", err.msg);
     mt_lora_free(l);
+}
+
+static void write_adapter(mt_model *m, const char *dir, uint64_t seed, const char *hash) {
+    write_adapter_meta(m, dir, seed, hash, NULL);
 }
 
 static void log_quiet(void *user, const char *line) {
@@ -87,6 +93,7 @@ static int setup(void **state) {
     snprintf(foreign_dir, sizeof foreign_dir, "%s/foreign-base", root);
     snprintf(outside_dir, sizeof outside_dir, "%s/outside", root);
     snprintf(store_path, sizeof store_path, "%s/served.db", root);
+    snprintf(dap_adapters_dir, sizeof dap_adapters_dir, "%s/dap-adapters", root);
     char *out = NULL;
     int rc = mt_test_run_cli(&out, "init --preset tiny --seed 3 --tokenizer '%s' '%s'",
                              mt_test_fixture("tokenizers/deepseek_v3"), base_dir);
@@ -119,6 +126,14 @@ static int setup(void **state) {
     write_adapter(m, dir, 200, base_hash);
     snprintf(dir, sizeof dir, "%s/escapee", outside_dir);
     write_adapter(m, dir, 300, base_hash);
+    /* adapters whose metadata carries a DAP threshold (the trainer's thresholds_json), and one without */
+    mt_mkdirs(dap_adapters_dir, &err);
+    snprintf(dir, sizeof dir, "%s/meta-one", dap_adapters_dir);
+    write_adapter_meta(m, dir, 500, base_hash, "{\"dap\":1.0,\"base\":0.5,\"max_entropy\":4.5}");
+    snprintf(dir, sizeof dir, "%s/meta-zero", dap_adapters_dir);
+    write_adapter_meta(m, dir, 501, base_hash, "{\"dap\":0,\"base\":0.5}");
+    snprintf(dir, sizeof dir, "%s/nometa", dap_adapters_dir);
+    write_adapter(m, dir, 502, base_hash);
     /* made for another base: refused by its recorded hash */
     if (mt_model_load(&fm, foreign_dir, g_be, &err) != MT_OK) return -1;
     char fh[65];
@@ -826,7 +841,8 @@ static void metrics_parse_as_prometheus(void **state) {
         "moetune_time_to_first_token_seconds_bucket{le=\"+Inf\"}", "moetune_inter_token_latency_seconds_count ",
         "moetune_generated_tokens_total ", "moetune_generation_tokens_per_second ", "moetune_adapters_loaded ",
         "moetune_adapter_load_seconds{adapter=\"ad0\"}", "moetune_router_entropy_nats{layer=",
-        "moetune_expert_tokens_total{layer=", "moetune_preemptions_total "};
+        "moetune_expert_tokens_total{layer=", "moetune_preemptions_total ", "moetune_dap_blocks_total ",
+        "moetune_dap_skipped_blocks_total ", "moetune_dap_fallbacks_total "};
     for (size_t i = 0; i < sizeof must / sizeof must[0]; i++)
         if (!strstr(r.body, must[i])) fail_msg("/metrics lacks %s", must[i]);
     char *save = NULL;
@@ -994,6 +1010,188 @@ static void requests_recorded_in_store(void **state) {
     start(&g_e, &g_s, &g_port, &eo, NULL);
 }
 
+/* ---- dynamic attention pruning (docs/attention-pruning.md, docs/serving.md) ---- */
+
+/* The value of an unlabelled sample in /metrics of the server on port. */
+static double metric_on(int port, const char *name) {
+    resp r = http_on(port, "GET", "/metrics", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    char key[256];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *at = strstr(r.body, key);
+    if (!at) fail_msg("/metrics lacks %s", name);
+    double v = strtod(at + strlen(key), NULL);
+    free(r.body);
+    return v;
+}
+
+typedef struct dap_snap {
+    double blocks, skipped, fallbacks;
+} dap_snap;
+
+static dap_snap dap_now(int port) {
+    return (dap_snap){metric_on(port, "moetune_dap_blocks_total"), metric_on(port, "moetune_dap_skipped_blocks_total"),
+                      metric_on(port, "moetune_dap_fallbacks_total")};
+}
+
+/* A prompt of several hundred tokens: DAP has blocks to choose from. */
+static const char *long_prompt(void) {
+    static char p[8192];
+    if (p[0]) return p;
+    size_t n = 0;
+    for (int k = 0; k < 48 && n + 200 < sizeof p; k++)
+        n += (size_t)snprintf(p + n, sizeof p - n, "Section %d: the licensee shall keep record %d of every copy. ",
+                              k, 7 * k + 3);
+    return p;
+}
+
+static char *dap_body(const char *model, const char *extra) {
+    char *b = mt_xmalloc(16384);
+    snprintf(b, 16384, "{%s%s%s\"prompt\":\"%s\",\"max_tokens\":8,\"temperature\":0,\"ignore_eos\":true%s}",
+             model ? "\"model\":\"" : "", model ? model : "", model ? "\"," : "", long_prompt(), extra ? extra : "");
+    return b;
+}
+
+/* A request's completion text and the DAP counters' change over it. */
+static char *dap_run(int port, const char *model, const char *extra, dap_snap *delta) {
+    dap_snap a = dap_now(port);
+    char *body = dap_body(model, extra);
+    resp r = http_on(port, "POST", "/v1/completions", body, NULL);
+    cJSON *o = json_ok(&r);
+    const cJSON *u = cJSON_GetObjectItem(o, "usage");
+    assert_true(cJSON_GetObjectItem(u, "prompt_tokens")->valueint >= 300);
+    assert_null(cJSON_GetObjectItem(u, "dap_blocks")); /* usage stays OpenAI's: DAP is in /metrics */
+    char *t = choice_text(o, 0);
+    cJSON_Delete(o);
+    free(r.body);
+    free(body);
+    dap_snap b = dap_now(port);
+    *delta = (dap_snap){b.blocks - a.blocks, b.skipped - a.skipped, b.fallbacks - a.fallbacks};
+    return t;
+}
+
+/* dap_threshold outside [0, 1] or not a number: 400 naming the field, on both endpoints. */
+static void dap_bad_values_get_400(void **state) {
+    (void)state;
+    static const char *const bad[] = {"2", "\"x\"", "-0.5", "true", "[0.1]"};
+    for (int ep = 0; ep < 2; ep++)
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+            char body[512];
+            if (ep == 0)
+                snprintf(body, sizeof body, "{\"prompt\":\"hi\",\"max_tokens\":2,\"dap_threshold\":%s}", bad[k]);
+            else
+                snprintf(body, sizeof body,
+                         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2,\"dap_threshold\":%s}",
+                         bad[k]);
+            resp r = http("POST", ep == 0 ? "/v1/completions" : "/v1/chat/completions", body);
+            if (r.status != 400) fail_msg("dap_threshold %s: status %ld: %s", bad[k], r.status, r.body);
+            cJSON *o = cJSON_Parse(r.body);
+            assert_non_null(o);
+            const cJSON *param = cJSON_GetObjectItem(cJSON_GetObjectItem(o, "error"), "param");
+            assert_true(cJSON_IsString(param));
+            assert_string_equal(param->valuestring, "dap_threshold");
+            cJSON_Delete(o);
+            free(r.body);
+        }
+    /* in range, null included, is accepted (chat too) */
+    resp r = http("POST", "/v1/chat/completions",
+                  "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2,\"dap_threshold\":0.25}");
+    assert_int_equal(r.status, 200);
+    free(r.body);
+    r = http("POST", "/v1/completions", "{\"prompt\":\"hi\",\"max_tokens\":2,\"dap_threshold\":null}");
+    assert_int_equal(r.status, 200);
+    free(r.body);
+}
+
+/* On the default server (DAP off): dap_threshold 0 is the greedy text without it, nothing counted;
+ * a large threshold runs the rule (counted in /metrics). */
+static void dap_zero_is_unchanged(void **state) {
+    (void)state;
+    dap_snap d;
+    char *plain = dap_run(g_port, NULL, NULL, &d);
+    assert_true(d.blocks == 0 && d.skipped == 0);
+    char *zero = dap_run(g_port, NULL, ",\"dap_threshold\":0", &d);
+    assert_string_equal(zero, plain);
+    assert_true(d.blocks == 0);
+    char *ad = dap_run(g_port, "ad0", NULL, &d), *ad_zero = dap_run(g_port, "ad0", ",\"dap_threshold\":0", &d);
+    assert_string_equal(ad_zero, ad);
+    assert_true(d.blocks == 0);
+    char *big = dap_run(g_port, NULL, ",\"dap_threshold\":1", &d);
+    assert_true(d.blocks > 0); /* 7 decode rows × layers × heads × ~26 blocks */
+    free(plain);
+    free(zero);
+    free(ad);
+    free(ad_zero);
+    free(big);
+}
+
+/* Where τ comes from: the request, else the adapter's metadata "dap", else the server default;
+ * --dap-adapter-thresholds off ignores the metadata. Mass floor 0 so that skips are not undone
+ * by the fallback. */
+static void dap_precedence(void **state) {
+    (void)state;
+    mt_engine *e = NULL;
+    mt_server *s = NULL;
+    int port = 0;
+    mt_dap_opts dap = {.threshold = 0.5f, .n_sink_blocks = 1, .n_local_blocks = 1, .mass_floor = 0};
+    mt_engine_opts eo = {.model_dir = base_dir,
+                         .adapters_dir = dap_adapters_dir,
+                         .max_seqs = 4,
+                         .max_batch_tokens = 64,
+                         .dap = &dap,
+                         .log = log_quiet};
+    start(&e, &s, &port, &eo, NULL);
+    dap_snap d;
+    /* the server default applies to a request without the field */
+    free(dap_run(port, NULL, NULL, &d));
+    assert_true(d.blocks > 0);
+    /* the request's 0 wins over the default: full attention, the text of the server without DAP */
+    char *zero = dap_run(port, NULL, ",\"dap_threshold\":0", &d);
+    assert_true(d.blocks == 0);
+    dap_snap d0;
+    char *off = dap_run(g_port, NULL, NULL, &d0);
+    assert_string_equal(zero, off);
+    /* a large threshold on a long prompt skips blocks */
+    free(dap_run(port, NULL, ",\"dap_threshold\":1", &d));
+    assert_true(d.skipped > 0);
+    /* an adapter's metadata wins over the default: 0 turns it off, 1 prunes */
+    free(dap_run(port, "meta-zero", NULL, &d));
+    assert_true(d.blocks == 0);
+    free(dap_run(port, "meta-one", NULL, &d));
+    assert_true(d.skipped > 0);
+    /* the request wins over the metadata */
+    free(dap_run(port, "meta-one", ",\"dap_threshold\":0", &d));
+    assert_true(d.blocks == 0);
+    /* an adapter without a threshold in its metadata gets the server default */
+    free(dap_run(port, "nometa", NULL, &d));
+    assert_true(d.blocks > 0);
+    mt_server_stop(s);
+    mt_engine_free(e);
+
+    /* metadata ignored, default off: the adapter runs full attention */
+    mt_engine_opts eo2 = {.model_dir = base_dir,
+                          .adapters_dir = dap_adapters_dir,
+                          .max_seqs = 4,
+                          .max_batch_tokens = 64,
+                          .dap_ignore_adapter_thresholds = true,
+                          .log = log_quiet};
+    start(&e, &s, &port, &eo2, NULL);
+    free(dap_run(port, "meta-one", NULL, &d));
+    assert_true(d.blocks == 0);
+    mt_server_stop(s);
+    mt_engine_free(e);
+
+    /* a bad server default is refused at start */
+    mt_dap_opts bad = {.threshold = 1.5f, .n_sink_blocks = 1, .n_local_blocks = 1, .mass_floor = 0.9f};
+    mt_engine_opts eo3 = {.model_dir = base_dir, .dap = &bad, .log = log_quiet};
+    mt_error err = {0};
+    mt_engine *x = NULL;
+    assert_int_equal(mt_engine_init(&x, g_be, &eo3, &err), MT_ERR_INVALID);
+    assert_null(x);
+    free(zero);
+    free(off);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(greedy_equals_generate),
@@ -1011,6 +1209,9 @@ int main(void) {
         cmocka_unit_test(preemption_eviction_api_key),
         cmocka_unit_test(queue_limit_gives_429),
         cmocka_unit_test(requests_recorded_in_store),
+        cmocka_unit_test(dap_bad_values_get_400),
+        cmocka_unit_test(dap_zero_is_unchanged),
+        cmocka_unit_test(dap_precedence),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
