@@ -90,9 +90,12 @@ static mt_status read_entries(const char *path, size_t max_chars, entry **es, si
 mt_status mt_corpus_definition_pairs(const char *out_path, const mt_corpus_opts *opts, size_t max_chars,
                                      mt_definition_pairs_stats *stats, mt_error *err) {
     mt_definition_pairs_stats st = {0};
-    char dir[] = "/tmp/moetune-defs-XXXXXX";
-    if (!mkdtemp(dir)) return mt_error_set(err, MT_ERR_IO, "cannot make a scratch folder in /tmp");
-    char corpus[64], eval[96];
+    /* a scratch corpus, where the system keeps temporary files */
+    const char *tmp = getenv("TMPDIR");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/moetune-defs-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) return mt_error_set(err, MT_ERR_IO, "cannot make a scratch folder %s", dir);
+    char corpus[4200], eval[4300];
     snprintf(corpus, sizeof corpus, "%s/medical.jsonl", dir);
     mt_corpus_eval_path(corpus, eval, sizeof eval);
     mt_corpus_opts o = opts ? *opts : (mt_corpus_opts){0};

@@ -126,7 +126,6 @@ static mt_status grpo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *
     double active = 0;
     for (int i = 0; i < N; i++) active += ro->C[i];
     MT_TRY(mt_run_dist_sum(run, &active, 1, err));
-    bool moe = mt_model_config(run->model)->n_experts > 0;
 
     double aux_sum = 0;
     int64_t mm_tokens = 0, mm_differ = 0;
@@ -139,19 +138,10 @@ static mt_status grpo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *
         /* step micro-batch k is this rank's lb-th: rows lb·B .. of its rollout */
         for (int k = run->rank, lb = 0; k < ga; k += run->n_ranks, lb++) {
             int r0 = lb * B;
-            mt_rl_fill_rows(run, g, ro, r0, B, moe);
-            mt_batch batch = mt_batch_buf_view(&g->buf);
-            mt_forward_opts fo = mt_run_forward_opts(run, it * ga + k);
-            fo.temperature = g->sample.temperature;
-            if (moe) {
-                fo.route_in = g->route_in;
-                fo.route_out = g->route_out;
-            }
             mt_forward_result fr;
-            MT_TRY(mt_model_forward(run->model, run->ws, &batch, &fo, &fr, err));
-            if (moe && it == 0) mt_rl_count_mismatch(run, g, B, &mm_tokens, &mm_differ);
+            MT_TRY(mt_rl_train_forward(run, g, ro, r0, it * ga + k, it == 0, q->logp, &fr, &mm_tokens, &mm_differ,
+                                       err));
             size_t o = (size_t)r0 * T;
-            for (size_t i = 0; i < (size_t)B * T; i++) q->logp[i] = g->mask[i] ? -fr.token_loss[i] : 0.0f;
             if (q->old_logp && it == 0) memcpy(q->old_logp + o, q->logp, (size_t)B * T * sizeof(float));
             mt_grpo_batch gb = {.B = (size_t)B, .T = (size_t)T, .logp = q->logp,
                                 .old_logp = q->old_logp && it > 0 ? q->old_logp + o : NULL,
@@ -196,18 +186,7 @@ static mt_status grpo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *
             if (i < 3) mt_rl_metric_global(run, &so->metrics, l[i].name, l[i].value);
             else mt_obj_metric(&so->metrics, l[i].name, l[i].value);
         }
-        for (int i = 0; i < rollout_m.n; i++) mt_obj_metric(&so->metrics, rollout_m.m[i].name, rollout_m.m[i].value);
-        if (moe) {
-            double mm[2] = {(double)mm_differ, (double)mm_tokens};
-            MT_TRY(mt_run_dist_sum(run, mm, 2, err));
-            mt_rl_metric_global(run, &so->metrics, "routing/mismatch", mm[1] ? mm[0] / mm[1] : 0.0);
-        }
-        so->aux = aux_sum / n_mb;
-        int64_t toks = 0;
-        for (int i = 0; i < N; i++) toks += ro->P[i] + ro->C[i];
-        so->n_tokens = toks;
-        so->loss = loss_sum;
-        mt_run_update(run, so->loss, so);
+        MT_TRY(mt_rl_last_update(run, g, ro, &rollout_m, mm_tokens, mm_differ, loss_sum, aux_sum / n_mb, so, err));
         so->skipped |= skipped;
     }
     return MT_OK;

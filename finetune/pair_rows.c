@@ -104,6 +104,23 @@ static mt_status render_conv(const mt_tokenizer *tok, const char *prompt, const 
     return st;
 }
 
+void mt_pairs_fill_batch(mt_batch_buf *buf, const mt_pair_set *s, const int64_t *pidx, int n, int B, int64_t *rowidx) {
+    for (int b = 0; b < B; b++) {
+        rowidx[b] = b < n ? 2 * pidx[b] : -1;
+        rowidx[B + b] = b < n ? 2 * pidx[b] + 1 : -1;
+    }
+    /* fill takes the present rows first; place chosen and rejected halves separately */
+    mt_batch_buf half = *buf;
+    half.B = B;
+    mt_batch_buf_fill(&half, &s->rows, rowidx, n);
+    size_t o = (size_t)B * buf->T;
+    half.tokens += o;
+    half.targets += o;
+    half.pos += o;
+    half.kv_start += o;
+    mt_batch_buf_fill(&half, &s->rows, rowidx + B, n);
+}
+
 mt_status mt_prompt_encode(const mt_tokenizer *tok, const char *prompt, bool conversational, const char *where,
                            int32_t **ids, size_t *n, mt_error *err) {
     if (!conversational) {

@@ -27,6 +27,11 @@ void mt_pair_set_free(mt_pair_set *s);
 mt_status mt_pairs_load_run(const mt_run *run, bool eval, bool full_chosen_targets, mt_pair_set *out,
                             mt_error *err);
 
+/* One batch of pairs pidx[0..n) of s (n <= B) in buf (2B rows): rows 0..B−1 the chosen
+ * sequences, B..2B−1 the rejected ones, the rest padding; rowidx [2B] gets each batch row's row
+ * of s (−1 for padding). */
+void mt_pairs_fill_batch(mt_batch_buf *buf, const mt_pair_set *s, const int64_t *pidx, int n, int B, int64_t *rowidx);
+
 /* A prompt as TRL's trainers tokenize it: a string with the tokenizer's special tokens, a
  * message list (JSON text) rendered by the chat template with a generation prompt. */
 mt_status mt_prompt_encode(const mt_tokenizer *tok, const char *prompt, bool conversational, const char *where,

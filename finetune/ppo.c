@@ -179,20 +179,11 @@ static mt_status ppo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *s
         for (int k = run->rank, lb = 0; k < ga; k += run->n_ranks, lb++) {
             int r0 = lb * B;
             size_t o = (size_t)r0 * T, BT = (size_t)B * T;
-            mt_rl_fill_rows(run, e, ro, r0, B, e->moe);
-            mt_batch batch = mt_batch_buf_view(&e->buf);
-            mt_forward_opts fo = mt_run_forward_opts(run, ep * ga + k);
-            fo.temperature = e->sample.temperature;
-            if (e->moe) {
-                fo.route_in = e->route_in;
-                fo.route_out = e->route_out;
-            }
             mt_forward_result fr;
-            MT_TRY(mt_model_forward(run->model, run->ws, &batch, &fo, &fr, err));
-            if (e->moe && ep == 0) mt_rl_count_mismatch(run, e, B, &mm_tokens, &mm_differ);
+            MT_TRY(mt_rl_train_forward(run, e, ro, r0, ep * ga + k, ep == 0, q->logp, &fr, &mm_tokens, &mm_differ,
+                                       err));
             const float *xf = mt_workspace_hidden(run->ws, mt_model_config(run->model)->n_layers);
             for (size_t i = 0; i < BT; i++) {
-                q->logp[i] = e->mask[i] ? -fr.token_loss[i] : 0.0f;
                 double v = 0;
                 for (int j = 0; e->mask[i] && j < H; j++) v += (double)q->w[j] * xf[i * H + j];
                 q->values[i] = (float)v;
@@ -242,18 +233,7 @@ static mt_status ppo_step(mt_run *run, const int64_t *idx, int n, mt_step_out *s
         mt_ppo_metrics_list(&obj, &pacc, pl_sum / n_mb, &vacc, vl_sum / n_mb, l);
         for (int i = 0; i < MT_PPO_N_METRICS; i++) mt_obj_metric(&so->metrics, l[i].name, l[i].value);
         mt_obj_metric(&so->metrics, "policy/ratio_mean", pacc.ratio_mean);
-        for (int i = 0; i < rollout_m.n; i++) mt_obj_metric(&so->metrics, rollout_m.m[i].name, rollout_m.m[i].value);
-        if (e->moe) {
-            double mm[2] = {(double)mm_differ, (double)mm_tokens};
-            MT_TRY(mt_run_dist_sum(run, mm, 2, err));
-            mt_rl_metric_global(run, &so->metrics, "routing/mismatch", mm[1] ? mm[0] / mm[1] : 0.0);
-        }
-        so->aux = aux_sum / n_mb;
-        int64_t toks = 0;
-        for (int i = 0; i < N; i++) toks += ro->P[i] + ro->C[i];
-        so->n_tokens = toks;
-        so->loss = loss_sum;
-        mt_run_update(run, so->loss, so);
+        MT_TRY(mt_rl_last_update(run, e, ro, &rollout_m, mm_tokens, mm_differ, loss_sum, aux_sum / n_mb, so, err));
         so->skipped |= skipped;
     }
     return MT_OK;

@@ -115,20 +115,7 @@ static void row_logps(pref *p, const mt_forward_result *fr, const uint8_t *cmask
 /* Fills the batch with pairs pidx[0..n) of set s: rows 0..B-1 chosen, B..2B-1 rejected
  * (missing pairs are padding), and the matching completion mask into cm. */
 static void fill_pairs(pref *p, const mt_pair_set *s, const int64_t *pidx, int n, int B, uint8_t *cm, int T) {
-    for (int b = 0; b < B; b++) {
-        p->rowidx[b] = b < n ? 2 * pidx[b] : -1;
-        p->rowidx[B + b] = b < n ? 2 * pidx[b] + 1 : -1;
-    }
-    /* fill takes the present rows first; place chosen and rejected halves separately */
-    mt_batch_buf half = p->buf;
-    half.B = B;
-    mt_batch_buf_fill(&half, &s->rows, p->rowidx, n);
-    size_t o = (size_t)B * T;
-    half.tokens += o;
-    half.targets += o;
-    half.pos += o;
-    half.kv_start += o;
-    mt_batch_buf_fill(&half, &s->rows, p->rowidx + B, n);
+    mt_pairs_fill_batch(&p->buf, s, pidx, n, B, p->rowidx);
     for (int b = 0; b < 2 * B; b++) {
         int64_t row = p->rowidx[b];
         if (row >= 0)

@@ -84,19 +84,7 @@ static mt_status rwd_open_model(mt_run *run, mt_error *err) {
 
 /* Rows 0..B-1 the chosen sequences of pairs pidx[0..n), B..2B-1 the rejected ones. */
 static void fill(rwd *p, const mt_pair_set *s, const int64_t *pidx, int n, int B, int T) {
-    mt_batch_buf half = p->buf;
-    half.B = B;
-    for (int b = 0; b < n; b++) {
-        p->rowidx[b] = 2 * pidx[b];
-        p->rowidx[B + b] = 2 * pidx[b] + 1;
-    }
-    mt_batch_buf_fill(&half, &s->rows, p->rowidx, n);
-    size_t o = (size_t)B * T;
-    half.tokens += o;
-    half.targets += o;
-    half.pos += o;
-    half.kv_start += o;
-    mt_batch_buf_fill(&half, &s->rows, p->rowidx + B, n);
+    mt_pairs_fill_batch(&p->buf, s, pidx, n, B, p->rowidx);
     for (int b = 0; b < 2 * B; b++) p->last[b] = b % B < n ? pool_position(s, p->rowidx[b], T) : -1;
 }
 

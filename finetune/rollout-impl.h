@@ -86,6 +86,19 @@ void mt_rl_fill_rows(const mt_run *run, mt_rl_env *e, const mt_rollout *ro, int 
  * state at the same positions (0 off the mask). */
 mt_status mt_rl_logps(mt_run *run, mt_rl_env *e, const mt_rollout *ro, const mt_adapter *adapter, bool replay,
                       const float *head, float *logp, float *values, mt_error *err);
+/* The training pass over this rank's rollout rows r0 .. r0 + B (B = the env's rows): the policy
+ * with gradient at the sampling temperature, through the rollout's routes; `pass` numbers it in
+ * the step (its dropout and noise seed). logp [B·T] gets the completion tokens' log-probs (0
+ * off the mask). With count, its completion tokens and those routed otherwise than in the
+ * rollout are added to *tokens and *differ (routing/mismatch). */
+mt_status mt_rl_train_forward(mt_run *run, mt_rl_env *e, const mt_rollout *ro, int r0, int pass, bool count,
+                              float *logp, mt_forward_result *fr, int64_t *tokens, int64_t *differ, mt_error *err);
+/* The last update of a step, which carries its record: the rollout's metrics, routing/mismatch
+ * over ranks, the rollout's tokens, loss and aux, then mt_run_update (so holds the objective's
+ * own metrics already). */
+mt_status mt_rl_last_update(mt_run *run, const mt_rl_env *e, const mt_rollout *ro, const mt_obj_metrics *rollout_m,
+                            int64_t mm_tokens, int64_t mm_differ, double loss, double aux, mt_step_out *so,
+                            mt_error *err);
 /* Completion tokens (of the env's last filled batch, `rows` rows) and how many of them the
  * last pass routed to other experts than the rollout did, in any MoE layer. */
 void mt_rl_count_mismatch(const mt_run *run, const mt_rl_env *e, int rows, int64_t *tokens, int64_t *differ);

@@ -578,6 +578,43 @@ void mt_rl_close(mt_rl_env *g) {
     memset(g, 0, sizeof *g);
 }
 
+/* ---- the training side of a step ---- */
+
+mt_status mt_rl_train_forward(mt_run *run, mt_rl_env *e, const mt_rollout *ro, int r0, int pass, bool count,
+                              float *logp, mt_forward_result *fr, int64_t *tokens, int64_t *differ, mt_error *err) {
+    int B = e->buf.B;
+    mt_rl_fill_rows(run, e, ro, r0, B, e->moe);
+    mt_batch batch = mt_batch_buf_view(&e->buf);
+    mt_forward_opts fo = mt_run_forward_opts(run, pass);
+    fo.temperature = e->sample.temperature;
+    if (e->moe) {
+        fo.route_in = e->route_in;
+        fo.route_out = e->route_out;
+    }
+    MT_TRY(mt_model_forward(run->model, run->ws, &batch, &fo, fr, err));
+    if (e->moe && count) mt_rl_count_mismatch(run, e, B, tokens, differ);
+    for (size_t i = 0; i < (size_t)B * e->T; i++) logp[i] = e->mask[i] ? -fr->token_loss[i] : 0.0f;
+    return MT_OK;
+}
+
+mt_status mt_rl_last_update(mt_run *run, const mt_rl_env *e, const mt_rollout *ro, const mt_obj_metrics *rollout_m,
+                            int64_t mm_tokens, int64_t mm_differ, double loss, double aux, mt_step_out *so,
+                            mt_error *err) {
+    for (int i = 0; i < rollout_m->n; i++) mt_obj_metric(&so->metrics, rollout_m->m[i].name, rollout_m->m[i].value);
+    if (e->moe) {
+        double mm[2] = {(double)mm_differ, (double)mm_tokens};
+        MT_TRY(mt_run_dist_sum(run, mm, 2, err));
+        mt_rl_metric_global(run, &so->metrics, "routing/mismatch", mm[1] ? mm[0] / mm[1] : 0.0);
+    }
+    so->aux = aux;
+    int64_t toks = 0;
+    for (int i = 0; i < ro->n; i++) toks += ro->P[i] + ro->C[i];
+    so->n_tokens = toks;
+    so->loss = loss;
+    mt_run_update(run, so->loss, so);
+    return MT_OK;
+}
+
 /* ---- measures ---- */
 
 /* Share of completion tokens whose set of experts differs, in any MoE layer, between the
