@@ -182,6 +182,16 @@ static void for_each_run(const mt_model *m, const mt_linear *L, const mt_lin_ctx
     }
 }
 
+void mt_lin_delta_forward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, int n,
+                          uint64_t row0, float *y) {
+    if (n > 0) for_each_run(m, L, c, x, n, row0, y, NULL, NULL);
+}
+
+void mt_lin_delta_backward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, const float *dy,
+                           int n, uint64_t row0, float *dx) {
+    if (n > 0) for_each_run(m, L, c, x, n, row0, NULL, dy, dx);
+}
+
 void mt_lin_forward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, int n, uint64_t row0,
                     float *y) {
     if (n <= 0) return;

@@ -353,6 +353,13 @@ void mt_lin_backward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c,
                      int n, uint64_t row0, float *dx);
 int mt_linear_index(const mt_model *m, const mt_linear *L);
 /* The delta of slot `slot` on linear L, or NULL. */
+/* The adapters' part alone of mt_lin_forward / mt_lin_backward (the base product done elsewhere,
+ * e.g. all experts of a layer in one grouped GEMM): y += each run's delta; dx += its gradient
+ * and its dA/dB. */
+void mt_lin_delta_forward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, int n,
+                          uint64_t row0, float *y);
+void mt_lin_delta_backward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, const float *x, const float *dy,
+                           int n, uint64_t row0, float *dx);
 const mt_lowrank *mt_lin_delta(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, int slot);
 /* Checks an adapter against the model and a scratch rank limit; `what` names it in messages. */
 mt_status mt_adapter_check(const mt_model *m, const mt_adapter *a, int max_rank, const char *what, mt_error *err);
