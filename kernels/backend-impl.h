@@ -53,6 +53,10 @@ typedef struct mt_backend_iface {
     void (*lowp_matmul)(mt_backend *be, const mt_lowp_weight *W, int n, const float *x, int ldx, float *y, int ldy);
     void (*lowp_matmul_dx)(mt_backend *be, const mt_lowp_weight *W, int n, const float *dy, int lddy, float *dx,
                            int lddx);
+    void (*grouped_matmul)(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, int n_proj,
+                           const mt_grouped_proj *p);
+    void (*grouped_matmul_backward)(mt_backend *be, int G, const int32_t *offsets, int in, const float *x,
+                                    float *dx, int n_proj, const mt_grouped_proj *p);
     void (*paged_attention_forward)(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o);
     void (*swiglu_forward)(mt_backend *be, const float *g, const float *u, float *h, size_t n);
     void (*swiglu_backward)(mt_backend *be, const float *dh, const float *g, const float *u, float *dg, float *du,

@@ -26,6 +26,7 @@ static const char *const op_names[MT_OP_COUNT] = {
     [MT_OP_PAGED_ATTENTION] = "paged_attention",
     [MT_OP_LOWRANK] = "lowrank",
     [MT_OP_LOWP_MATMUL] = "lowp_matmul",
+    [MT_OP_GROUPED_MATMUL] = "grouped_matmul",
 };
 
 const char *mt_op_name(mt_op op) {
@@ -194,6 +195,18 @@ void mt_lowp_matmul_dx(mt_backend *be, const mt_lowp_weight *W, int n, const flo
                        int lddx) {
     REQUIRE(MT_OP_LOWP_MATMUL);
     be->iface->lowp_matmul_dx(be, W, n, dy, lddy, dx, lddx);
+}
+
+void mt_grouped_matmul(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, int n_proj,
+                       const mt_grouped_proj *p) {
+    REQUIRE(MT_OP_GROUPED_MATMUL);
+    be->iface->grouped_matmul(be, G, offsets, in, x, n_proj, p);
+}
+
+void mt_grouped_matmul_backward(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, float *dx,
+                                int n_proj, const mt_grouped_proj *p) {
+    REQUIRE(MT_OP_GROUPED_MATMUL);
+    be->iface->grouped_matmul_backward(be, G, offsets, in, x, dx, n_proj, p);
 }
 
 void mt_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o) {

@@ -48,6 +48,7 @@ typedef enum mt_op {
     MT_OP_PAGED_ATTENTION,
     MT_OP_LOWRANK,
     MT_OP_LOWP_MATMUL,
+    MT_OP_GROUPED_MATMUL,
     MT_OP_COUNT
 } mt_op;
 
@@ -134,6 +135,36 @@ void mt_lowp_matmul_dx(mt_backend *be, const mt_lowp_weight *W, int n, const flo
 /* Row o's elements i0 .. i0+cnt−1 of W as fp32 into dst (dequantised: q·s for Q8); W and dst in
  * host memory (the CPU backend's). Loading, hashing and saving use it too. */
 void mt_lowp_row_to_f32(const mt_lowp_weight *W, int o, int i0, int cnt, float *dst);
+
+/* ---- grouped GEMM: every expert of a layer in one call ---- */
+
+/* G groups of rows of X [rows, in]: group g is rows offsets[g] .. offsets[g+1]−1 (offsets [G+1],
+ * host memory, non-decreasing; empty groups allowed), each multiplied by its own weight W_g
+ * [out, in] as a linear layer does (y = x·W_gᵀ). A projection is one such weight per group, with
+ * its output or its gradients; several projections of the same X (an expert's gate and up) go in
+ * one call. W_g is f32[g] when f32 and f32[g] are not NULL, else lowp[g] (bf16/f16/int8, its out
+ * and in equal to the projection's). Matrices are dense: row strides in, out. */
+typedef struct mt_grouped_proj {
+    int out;
+    const float *const *f32;    /* [G] fp32 W_g [out, in], or NULL */
+    const mt_lowp_weight *lowp; /* [G], or NULL when every W_g is fp32 */
+    float *y;                   /* forward: Y [rows, out], overwritten on the groups' rows */
+    const float *dy;            /* backward: dY [rows, out] */
+    float *const *dw;           /* backward: [G] dW_g [out, in] (+= dY_gᵀ·X_g); NULL, or a NULL
+                                   entry: not needed (frozen) */
+} mt_grouped_proj;
+
+/* Y_p[g's rows] = X[g's rows]·W_{p,g}ᵀ for each of the n_proj projections. The work is cut into
+ * (projection, group, row chunk, column tile) items split over the backend's threads by FLOPs,
+ * each computed on one thread: sgemm for groups of many rows, a register-blocked AVX2 kernel
+ * (no packing) for groups of a few. The cut depends on the shapes alone, so the result does not
+ * depend on the thread count. */
+void mt_grouped_matmul(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, int n_proj,
+                       const mt_grouped_proj *p);
+/* dX[g's rows] += Σ_p dY_p[g's rows]·W_{p,g} (when dx is not NULL; projections added in order)
+ * and dW_{p,g} += dY_p[g's rows]ᵀ·X[g's rows] (where p[].dw[g] is given), in one call. */
+void mt_grouped_matmul_backward(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, float *dx,
+                                int n_proj, const mt_grouped_proj *p);
 
 /* y[i] += alpha · x[i] */
 void mt_add(mt_backend *be, float *y, const float *x, float alpha, size_t n);

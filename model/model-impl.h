@@ -405,6 +405,9 @@ void mt_ffn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const
                      mt_scratch *s, mt_grads *g, int N, const float *dout, const float *dsc, const float *drl_extra,
                      float *dxn);
 void mt_route_args_fill(const mt_model *m, const mt_layer *ly, int n_tok, mt_route_args *ra);
+/* Tests: the routed experts through one mt_lin_forward/backward per expert (the reference)
+ * instead of the grouped GEMM, process-wide. */
+void mt_moe_set_expert_loop(bool on);
 /* Router jitter factor for (layer, element): U(1−ε, 1+ε) from a counter-based hash. */
 float mt_jitter(uint64_t seed, int layer, uint64_t i, float eps);
 

@@ -58,6 +58,170 @@ static void expert_ctx(const mt_lin_ctx *c, mt_acts *a, int NK, mt_lin_ctx *ce) 
     ce->row_slot = a->perm_slot;
 }
 
+/* ---- the routed experts' GEMMs ----
+ * Rows are (token, slot) pairs grouped by expert (a->xp); expert e owns rows off[e] ..
+ * off[e+1]−1, and the row index in this permuted space keys dropout and adapter slots. */
+
+static bool g_expert_loop;
+
+void mt_moe_set_expert_loop(bool on) { g_expert_loop = on; }
+
+static bool grouped_on(const mt_backend *be) {
+    return !g_expert_loop && mt_backend_supports(be, MT_OP_GROUPED_MATMUL);
+}
+
+/* The reference: one mt_lin_forward / mt_lin_backward per expert and projection (also the path
+ * of a backend without the grouped op). */
+static void experts_forward_loop(mt_model *m, const mt_layer *ly, const mt_lin_ctx *ce, mt_acts *a, mt_scratch *s,
+                                 const mt_dims *d, const int32_t *off, int NK) {
+    for (int e = 0; e < d->E; e++) {
+        int r0 = off[e], n = off[e + 1] - off[e];
+        if (n <= 0) continue;
+        mt_lin_forward(m, ly->exp_gate[e], ce, a->xp + (size_t)r0 * d->H, n, (uint64_t)r0, a->gp + (size_t)r0 * d->Im);
+        mt_lin_forward(m, ly->exp_up[e], ce, a->xp + (size_t)r0 * d->H, n, (uint64_t)r0, a->up + (size_t)r0 * d->Im);
+    }
+    mt_swiglu_forward(ce->be, a->gp, a->up, s->h, (size_t)NK * d->Im);
+    for (int e = 0; e < d->E; e++) {
+        int r0 = off[e], n = off[e + 1] - off[e];
+        if (n <= 0) continue;
+        mt_lin_forward(m, ly->exp_down[e], ce, s->h + (size_t)r0 * d->Im, n, (uint64_t)r0, a->yp + (size_t)r0 * d->H);
+    }
+}
+
+static void experts_backward_loop(mt_model *m, const mt_layer *ly, const mt_lin_ctx *ce, mt_acts *a, mt_scratch *s,
+                                  mt_grads *g, const mt_dims *d, const int32_t *off, int NK) {
+    mt_backend *be = ce->be;
+    size_t nh = (size_t)NK * d->Im;
+    for (int e = 0; e < d->E; e++) {
+        int r0 = off[e], n = off[e + 1] - off[e];
+        if (n <= 0) continue;
+        mt_lin_backward(m, ly->exp_down[e], ce, s->h + (size_t)r0 * d->Im, g->dyp + (size_t)r0 * d->H, n,
+                        (uint64_t)r0, g->dh + (size_t)r0 * d->Im);
+    }
+    zero(be, g->dg, nh * sizeof(float));
+    zero(be, g->du, nh * sizeof(float));
+    mt_swiglu_backward(be, g->dh, a->gp, a->up, g->dg, g->du, nh);
+    zero(be, g->dxp, (size_t)NK * d->H * sizeof(float));
+    for (int e = 0; e < d->E; e++) {
+        int r0 = off[e], n = off[e + 1] - off[e];
+        if (n <= 0) continue;
+        const float *xp = a->xp + (size_t)r0 * d->H;
+        float *dxp = g->dxp + (size_t)r0 * d->H;
+        mt_lin_backward(m, ly->exp_gate[e], ce, xp, g->dg + (size_t)r0 * d->Im, n, (uint64_t)r0, dxp);
+        mt_lin_backward(m, ly->exp_up[e], ce, xp, g->du + (size_t)r0 * d->Im, n, (uint64_t)r0, dxp);
+    }
+}
+
+/* Experts per grouped call: the weight tables live on the stack (the model keeps no per-layer
+ * arrays of them), so a layer of more experts (DeepSeek-V3's 256) takes a few calls. */
+#define GROUP_CHUNK 128
+
+/* The weights of experts e0 .. e0+n−1 of one projection, as the grouped op takes them. */
+typedef struct expert_weights {
+    const float *f32[GROUP_CHUNK];
+    mt_lowp_weight lowp[GROUP_CHUNK];
+    float *dw[GROUP_CHUNK];
+    bool any_dw;
+} expert_weights;
+
+static void expert_weights_fill(mt_linear *const *L, int e0, int n, expert_weights *w, mt_grouped_proj *p) {
+    w->any_dw = false;
+    for (int i = 0; i < n; i++) {
+        const mt_param *wt = L[e0 + i]->weight;
+        w->f32[i] = wt->dtype == MT_DTYPE_F32 ? wt->data : NULL;
+        if (!w->f32[i]) mt_param_lowp(wt, &w->lowp[i]);
+        w->dw[i] = wt->grad;
+        w->any_dw |= wt->grad != NULL;
+    }
+    *p = (mt_grouped_proj){.out = L[e0]->out, .f32 = w->f32, .lowp = w->lowp, .dw = w->any_dw ? w->dw : NULL};
+}
+
+/* What mt_lin_forward adds after its base GEMM, for each expert's rows: the bias, the adapters'
+ * deltas (one run per adapter slot) and the profiler's count of the base GEMM. */
+static void experts_after_forward(mt_model *m, mt_linear *const *L, const mt_lin_ctx *ce, const float *x, float *y,
+                                  int E, const int32_t *off) {
+    for (int e = 0; e < E; e++) {
+        int r0 = off[e], n = off[e + 1] - off[e];
+        if (n <= 0) continue;
+        if (m->prof) mt_prof_linear_(m->prof, L[e], n);
+        float *ye = y + (size_t)r0 * L[e]->out;
+        if (L[e]->bias) mt_add_bias(ce->be, ye, L[e]->bias->data, n, L[e]->out);
+        mt_lin_delta_forward(m, L[e], ce, x + (size_t)r0 * L[e]->in, n, (uint64_t)r0, ye);
+    }
+}
+
+static void experts_after_backward(mt_model *m, mt_linear *const *L, const mt_lin_ctx *ce, const float *x,
+                                   const float *dy, float *dx, int E, const int32_t *off) {
+    for (int e = 0; e < E; e++) {
+        int r0 = off[e], n = off[e + 1] - off[e];
+        if (n <= 0) continue;
+        const float *dye = dy + (size_t)r0 * L[e]->out;
+        if (L[e]->bias && L[e]->bias->grad) mt_add_bias_backward(ce->be, dye, n, L[e]->out, L[e]->bias->grad);
+        mt_lin_delta_backward(m, L[e], ce, x + (size_t)r0 * L[e]->in, dye, n, (uint64_t)r0,
+                              dx + (size_t)r0 * L[e]->in);
+    }
+}
+
+/* All experts' gate and up in one grouped call, then down in another; each expert's bias and
+ * adapter deltas on its rows after the base products. */
+static void experts_forward_grouped(mt_model *m, const mt_layer *ly, const mt_lin_ctx *ce, mt_acts *a, mt_scratch *s,
+                                    const mt_dims *d, const int32_t *off, int NK) {
+    mt_backend *be = ce->be;
+    expert_weights wg, wu;
+    for (int e0 = 0; e0 < d->E; e0 += GROUP_CHUNK) {
+        int n = d->E - e0 < GROUP_CHUNK ? d->E - e0 : GROUP_CHUNK;
+        mt_grouped_proj p[2];
+        expert_weights_fill(ly->exp_gate, e0, n, &wg, &p[0]);
+        expert_weights_fill(ly->exp_up, e0, n, &wu, &p[1]);
+        p[0].y = a->gp;
+        p[1].y = a->up;
+        mt_grouped_matmul(be, n, off + e0, d->H, a->xp, 2, p);
+    }
+    experts_after_forward(m, ly->exp_gate, ce, a->xp, a->gp, d->E, off);
+    experts_after_forward(m, ly->exp_up, ce, a->xp, a->up, d->E, off);
+    mt_swiglu_forward(be, a->gp, a->up, s->h, (size_t)NK * d->Im);
+    for (int e0 = 0; e0 < d->E; e0 += GROUP_CHUNK) {
+        int n = d->E - e0 < GROUP_CHUNK ? d->E - e0 : GROUP_CHUNK;
+        mt_grouped_proj p;
+        expert_weights_fill(ly->exp_down, e0, n, &wg, &p);
+        p.y = a->yp;
+        mt_grouped_matmul(be, n, off + e0, d->Im, s->h, 1, &p);
+    }
+    experts_after_forward(m, ly->exp_down, ce, s->h, a->yp, d->E, off);
+}
+
+/* down's input gradient and weight gradients in one grouped call, then gate's and up's
+ * together (their input gradients summed into dxp in one pass); adapters after each. */
+static void experts_backward_grouped(mt_model *m, const mt_layer *ly, const mt_lin_ctx *ce, mt_acts *a,
+                                     mt_scratch *s, mt_grads *g, const mt_dims *d, const int32_t *off, int NK) {
+    mt_backend *be = ce->be;
+    size_t nh = (size_t)NK * d->Im;
+    expert_weights wg, wu;
+    for (int e0 = 0; e0 < d->E; e0 += GROUP_CHUNK) {
+        int n = d->E - e0 < GROUP_CHUNK ? d->E - e0 : GROUP_CHUNK;
+        mt_grouped_proj p;
+        expert_weights_fill(ly->exp_down, e0, n, &wg, &p);
+        p.dy = g->dyp;
+        mt_grouped_matmul_backward(be, n, off + e0, d->Im, s->h, g->dh, 1, &p);
+    }
+    experts_after_backward(m, ly->exp_down, ce, s->h, g->dyp, g->dh, d->E, off);
+    zero(be, g->dg, nh * sizeof(float));
+    zero(be, g->du, nh * sizeof(float));
+    mt_swiglu_backward(be, g->dh, a->gp, a->up, g->dg, g->du, nh);
+    zero(be, g->dxp, (size_t)NK * d->H * sizeof(float));
+    for (int e0 = 0; e0 < d->E; e0 += GROUP_CHUNK) {
+        int n = d->E - e0 < GROUP_CHUNK ? d->E - e0 : GROUP_CHUNK;
+        mt_grouped_proj p[2];
+        expert_weights_fill(ly->exp_gate, e0, n, &wg, &p[0]);
+        expert_weights_fill(ly->exp_up, e0, n, &wu, &p[1]);
+        p[0].dy = g->dg;
+        p[1].dy = g->du;
+        mt_grouped_matmul_backward(be, n, off + e0, d->H, a->xp, g->dxp, 2, p);
+    }
+    experts_after_backward(m, ly->exp_gate, ce, a->xp, g->dg, g->dxp, d->E, off);
+    experts_after_backward(m, ly->exp_up, ce, a->xp, g->du, g->dxp, d->E, off);
+}
+
 /* SwiGLU MLP on rows x [n, in]: h = silu(gate(x)) ⊙ up(x); out = down(h). */
 static void mlp_forward(mt_model *m, const mt_linear *gate, const mt_linear *up, const mt_linear *down,
                         const mt_lin_ctx *c, const float *x, int n, float *g, float *u, float *h, float *out) {
@@ -153,19 +317,10 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
     const int32_t *off = a->offsets_host;
     mt_lin_ctx ce;
     expert_ctx(c, a, NK, &ce);
-    /* one GEMM per expert over its rows; the row index in the permuted space keys dropout */
-    for (int e = 0; e < d.E; e++) {
-        int r0 = off[e], n = off[e + 1] - off[e];
-        if (n <= 0) continue;
-        mt_lin_forward(m, ly->exp_gate[e], &ce, a->xp + (size_t)r0 * d.H, n, (uint64_t)r0, a->gp + (size_t)r0 * d.Im);
-        mt_lin_forward(m, ly->exp_up[e], &ce, a->xp + (size_t)r0 * d.H, n, (uint64_t)r0, a->up + (size_t)r0 * d.Im);
-    }
-    mt_swiglu_forward(be, a->gp, a->up, s->h, (size_t)NK * d.Im);
-    for (int e = 0; e < d.E; e++) {
-        int r0 = off[e], n = off[e + 1] - off[e];
-        if (n <= 0) continue;
-        mt_lin_forward(m, ly->exp_down[e], &ce, s->h + (size_t)r0 * d.Im, n, (uint64_t)r0, a->yp + (size_t)r0 * d.H);
-    }
+    if (grouped_on(be))
+        experts_forward_grouped(m, ly, &ce, a, s, &d, off, NK);
+    else
+        experts_forward_loop(m, ly, &ce, a, s, &d, off, NK);
     zero(be, out, (size_t)N * d.H * sizeof(float));
     mt_moe_unpermute(be, a->yp, a->src_tok, a->src_slot, a->w, NK, d.H, out);
     if (m->prof) {
@@ -226,24 +381,10 @@ void mt_ffn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const
     zero(be, g->dh, nh * sizeof(float));
     mt_lin_ctx ce;
     expert_ctx(c, a, NK, &ce);
-    for (int e = 0; e < d.E; e++) {
-        int r0 = off[e], n = off[e + 1] - off[e];
-        if (n <= 0) continue;
-        mt_lin_backward(m, ly->exp_down[e], &ce, s->h + (size_t)r0 * d.Im, g->dyp + (size_t)r0 * d.H, n, (uint64_t)r0,
-                        g->dh + (size_t)r0 * d.Im);
-    }
-    zero(be, g->dg, nh * sizeof(float));
-    zero(be, g->du, nh * sizeof(float));
-    mt_swiglu_backward(be, g->dh, a->gp, a->up, g->dg, g->du, nh);
-    zero(be, g->dxp, (size_t)NK * d.H * sizeof(float));
-    for (int e = 0; e < d.E; e++) {
-        int r0 = off[e], n = off[e + 1] - off[e];
-        if (n <= 0) continue;
-        const float *xp = a->xp + (size_t)r0 * d.H;
-        float *dxp = g->dxp + (size_t)r0 * d.H;
-        mt_lin_backward(m, ly->exp_gate[e], &ce, xp, g->dg + (size_t)r0 * d.Im, n, (uint64_t)r0, dxp);
-        mt_lin_backward(m, ly->exp_up[e], &ce, xp, g->du + (size_t)r0 * d.Im, n, (uint64_t)r0, dxp);
-    }
+    if (grouped_on(be))
+        experts_backward_grouped(m, ly, &ce, a, s, g, &d, off, NK);
+    else
+        experts_backward_loop(m, ly, &ce, a, s, g, &d, off, NK);
     mt_gather_rows_backward(be, g->dxp, a->src_tok, NK, d.H, dx);
 
     zero(be, g->drl, (size_t)N * d.E * sizeof(float));

@@ -1,0 +1,353 @@
+/* grouped_matmul.c — every routed expert of a layer in one call on the CPU: the groups' row
+ * ranges times their own weights (fp32, or bf16/f16/int8 converted a tile at a time with
+ * mt_lowp_row_to_f32), forward, input gradient and weight gradient. One parallel region per
+ * call: the work is cut into items by the shapes alone and the items are dealt to threads in
+ * contiguous runs of equal FLOPs, each item on one thread (single-threaded sgemm, or for a
+ * group of a few rows a register-blocked AVX2 kernel that reads the weight once, unpacked). */
+#include "cpu/cpu-impl.h"
+
+#include <cblas.h>
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+
+/* Groups of at most this many rows skip sgemm: OpenBLAS packs the whole weight tile for each
+ * call, which for a few rows costs more than the product (measured in docs/performance.md). */
+#define SMALL_ROWS 8
+/* Rows of X per item: a group with many rows is cut so the items stay comparable. */
+#define ROW_CHUNK 256
+/* Forward: columns of Y (rows of W) per item, fp32 (a 128 x in tile for sgemm's packing) and
+ * low precision (converted TILE_O x TILE_K at a time into per-thread scratch, 128 KiB). */
+#define FWD_COLS 128
+#define TILE_O 64
+#define TILE_K 512
+/* Input gradient: columns of dX per item. */
+#define DX_COLS 256
+/* Weight gradient: rows of dW per item (the item sums over all the group's rows). */
+#define DW_ROWS 64
+/* A fixed cost per item, in multiply-adds, so many tiny items do not all land on one thread. */
+#define ITEM_OVERHEAD 4096.0
+
+static inline int imin(int a, int b) { return a < b ? a : b; }
+
+static inline bool is_f32(const mt_grouped_proj *p, int g) { return p->f32 && p->f32[g]; }
+
+/* The items run one per OpenMP thread, so OpenBLAS must not fan each sgemm out to its own
+ * pool; mt_cpu_matmul sets the backend's count back before its next call. */
+static void single_threaded_blas(void) {
+    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+}
+
+/* ---- the few-rows kernels ---- */
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* y[t·ldy + o] = ⟨x_t, w_o⟩ for nr ≤ 4 rows and nw ≤ 2 weight rows. Every element has one
+ * accumulator, added 8 lanes at a time, then a fixed horizontal sum and a scalar tail, so its
+ * value does not depend on which rows or weight rows are computed beside it. */
+static void dot_block(const float *const *xs, int nr, const float *const *ws, int nw, int n, float *const *ys,
+                      int o) {
+    if (nr == 4 && nw == 2) {
+        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
+               a31 = a00;
+        const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3], *w0 = ws[0], *w1 = ws[1];
+        int i = 0;
+        for (; i + 8 <= n; i += 8) {
+            __m256 v0 = _mm256_loadu_ps(w0 + i), v1 = _mm256_loadu_ps(w1 + i), u;
+            u = _mm256_loadu_ps(x0 + i);
+            a00 = _mm256_fmadd_ps(u, v0, a00);
+            a01 = _mm256_fmadd_ps(u, v1, a01);
+            u = _mm256_loadu_ps(x1 + i);
+            a10 = _mm256_fmadd_ps(u, v0, a10);
+            a11 = _mm256_fmadd_ps(u, v1, a11);
+            u = _mm256_loadu_ps(x2 + i);
+            a20 = _mm256_fmadd_ps(u, v0, a20);
+            a21 = _mm256_fmadd_ps(u, v1, a21);
+            u = _mm256_loadu_ps(x3 + i);
+            a30 = _mm256_fmadd_ps(u, v0, a30);
+            a31 = _mm256_fmadd_ps(u, v1, a31);
+        }
+        __m256 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+        for (int t = 0; t < 4; t++)
+            for (int k = 0; k < 2; k++) {
+                float r = hsum8(acc[t][k]);
+                for (int j = i; j < n; j++) r += xs[t][j] * ws[k][j];
+                ys[t][o + k] = r;
+            }
+        return;
+    }
+    for (int t = 0; t < nr; t++)
+        for (int k = 0; k < nw; k++) {
+            __m256 a = _mm256_setzero_ps();
+            int i = 0;
+            for (; i + 8 <= n; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(xs[t] + i), _mm256_loadu_ps(ws[k] + i), a);
+            float r = hsum8(a);
+            for (; i < n; i++) r += xs[t][i] * ws[k][i];
+            ys[t][o + k] = r;
+        }
+}
+
+/* d[i] += a·s[i] */
+static inline void axpy(float *d, float a, const float *s, int n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(s + i), _mm256_loadu_ps(d + i)));
+    for (; i < n; i++) d[i] = fmaf(a, s[i], d[i]);
+}
+
+/* ---- items ---- */
+
+typedef enum item_kind { ITEM_FWD = 0, ITEM_DX, ITEM_DW } item_kind;
+
+/* One call's work: what every thread walks to find its items. */
+typedef struct plan {
+    mt_backend *be;
+    int G, in, n_proj;
+    const int32_t *off;
+    const mt_grouped_proj *p;
+    const float *x;
+    float *dx;
+    bool fwd, bwd;
+    float *scratch;
+    size_t stride;
+} plan;
+
+typedef struct item {
+    item_kind kind;
+    int p, g, r0, nr, c0, nc;
+} item;
+
+static void run_fwd(const plan *pl, const item *it, float *tmp) {
+    const mt_grouped_proj *p = &pl->p[it->p];
+    const int in = pl->in, out = p->out;
+    const float *x = pl->x + (size_t)it->r0 * in;
+    float *y = p->y + (size_t)it->r0 * out;
+    if (is_f32(p, it->g)) {
+        const float *w = p->f32[it->g] + (size_t)it->c0 * in;
+        if (it->nr > SMALL_ROWS) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, it->nr, it->nc, in, 1.0f, x, in, w, in, 0.0f,
+                        y + it->c0, out);
+            return;
+        }
+        for (int t0 = 0; t0 < it->nr; t0 += 4) {
+            const int nr = imin(4, it->nr - t0);
+            const float *xs[4];
+            float *ys[4];
+            for (int t = 0; t < nr; t++) {
+                xs[t] = x + (size_t)(t0 + t) * in;
+                ys[t] = y + (size_t)(t0 + t) * out;
+            }
+            for (int o = 0; o < it->nc; o += 2) {
+                const int nw = imin(2, it->nc - o);
+                const float *ws[2] = {w + (size_t)o * in, w + (size_t)(o + nw - 1) * in};
+                dot_block(xs, nr, ws, nw, in, ys, it->c0 + o);
+            }
+        }
+        return;
+    }
+    const mt_lowp_weight *W = &p->lowp[it->g];
+    MT_ASSERT(W->out == out && W->in == in);
+    if (it->nr <= SMALL_ROWS) {
+        /* two converted weight rows in scratch (L1), dotted with every row */
+        for (int o = 0; o < it->nc; o += 2) {
+            const int nw = imin(2, it->nc - o);
+            for (int k = 0; k < nw; k++) mt_lowp_row_to_f32(W, it->c0 + o + k, 0, in, tmp + (size_t)k * in);
+            const float *ws[2] = {tmp, tmp + (size_t)(nw - 1) * in};
+            for (int t0 = 0; t0 < it->nr; t0 += 4) {
+                const int nr = imin(4, it->nr - t0);
+                const float *xs[4];
+                float *ys[4];
+                for (int t = 0; t < nr; t++) {
+                    xs[t] = x + (size_t)(t0 + t) * in;
+                    ys[t] = y + (size_t)(t0 + t) * out;
+                }
+                dot_block(xs, nr, ws, nw, in, ys, it->c0 + o);
+            }
+        }
+        return;
+    }
+    for (int o0 = it->c0; o0 < it->c0 + it->nc; o0 += TILE_O) {
+        const int no = imin(TILE_O, it->c0 + it->nc - o0);
+        for (int k0 = 0; k0 < in; k0 += TILE_K) {
+            const int kk = imin(TILE_K, in - k0);
+            for (int o = 0; o < no; o++) mt_lowp_row_to_f32(W, o0 + o, k0, kk, tmp + (size_t)o * kk);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, it->nr, no, kk, 1.0f, x + k0, in, tmp, kk,
+                        k0 ? 1.0f : 0.0f, y + o0, out);
+        }
+    }
+}
+
+/* dX rows of the item, columns c0 .. c0+nc−1, += Σ_p dY_p·W_p (projections in order). */
+static void run_dx(const plan *pl, const item *it, float *tmp) {
+    const int in = pl->in, c0 = it->c0, nc = it->nc, nr = it->nr;
+    float *dx = pl->dx + (size_t)it->r0 * in + c0;
+    for (int pi = 0; pi < pl->n_proj; pi++) {
+        const mt_grouped_proj *p = &pl->p[pi];
+        const int out = p->out;
+        const float *dy = p->dy + (size_t)it->r0 * out;
+        if (is_f32(p, it->g)) {
+            const float *w = p->f32[it->g] + c0;
+            if (nr > SMALL_ROWS) {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, nc, out, 1.0f, dy, out, w, in, 1.0f, dx,
+                            in);
+                continue;
+            }
+            for (int o = 0; o < out; o++)
+                for (int t = 0; t < nr; t++) axpy(dx + (size_t)t * in, dy[(size_t)t * out + o], w + (size_t)o * in, nc);
+            continue;
+        }
+        const mt_lowp_weight *W = &p->lowp[it->g];
+        MT_ASSERT(W->out == out && W->in == in);
+        if (nr <= SMALL_ROWS) {
+            for (int o = 0; o < out; o++) {
+                mt_lowp_row_to_f32(W, o, c0, nc, tmp);
+                for (int t = 0; t < nr; t++) axpy(dx + (size_t)t * in, dy[(size_t)t * out + o], tmp, nc);
+            }
+            continue;
+        }
+        for (int o0 = 0; o0 < out; o0 += TILE_O) {
+            const int oo = imin(TILE_O, out - o0);
+            for (int o = 0; o < oo; o++) mt_lowp_row_to_f32(W, o0 + o, c0, nc, tmp + (size_t)o * nc);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, nc, oo, 1.0f, dy + o0, out, tmp, nc, 1.0f, dx,
+                        in);
+        }
+    }
+}
+
+/* dW_g rows c0 .. c0+nc−1 += dY_gᵀ·X_g over all the group's rows (in row order). */
+static void run_dw(const plan *pl, const item *it) {
+    const mt_grouped_proj *p = &pl->p[it->p];
+    const int in = pl->in, out = p->out;
+    const float *dy = p->dy + (size_t)it->r0 * out + it->c0;
+    const float *x = pl->x + (size_t)it->r0 * in;
+    float *dw = p->dw[it->g] + (size_t)it->c0 * in;
+    if (it->nr > SMALL_ROWS) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, it->nc, in, it->nr, 1.0f, dy, out, x, in, 1.0f, dw, in);
+        return;
+    }
+    for (int o = 0; o < it->nc; o++)
+        for (int t = 0; t < it->nr; t++) axpy(dw + (size_t)o * in, dy[(size_t)t * out + o], x + (size_t)t * in, in);
+}
+
+static void run_item(const plan *pl, const item *it, float *tmp) {
+    switch (it->kind) {
+    case ITEM_FWD:
+        run_fwd(pl, it, tmp);
+        return;
+    case ITEM_DX:
+        run_dx(pl, it, tmp);
+        return;
+    case ITEM_DW:
+        run_dw(pl, it);
+        return;
+    }
+}
+
+/* Walks the call's items in a fixed order. With total < 0 it only sums their cost into *sum;
+ * otherwise it runs the items of thread t of nt: those whose cost midpoint falls in the t-th of
+ * nt equal shares of total. */
+static void walk(const plan *pl, double total, int t, int nt, double *sum, float *tmp) {
+    double cum = 0;
+    item it;
+#define VISIT(cost)                                                                                                  \
+    do {                                                                                                             \
+        double c_ = (cost) + ITEM_OVERHEAD;                                                                          \
+        if (total >= 0) {                                                                                            \
+            int owner = (int)((cum + 0.5 * c_) / total * nt);                                                        \
+            if (owner >= nt) owner = nt - 1;                                                                         \
+            if (owner == t) run_item(pl, &it, tmp);                                                                  \
+        }                                                                                                            \
+        cum += c_;                                                                                                   \
+    } while (0)
+    const int in = pl->in;
+    for (int g = 0; g < pl->G; g++) {
+        const int r_begin = pl->off[g], n = pl->off[g + 1] - r_begin;
+        if (n <= 0) continue;
+        if (pl->fwd)
+            for (int pi = 0; pi < pl->n_proj; pi++) {
+                const int out = pl->p[pi].out, cols = is_f32(&pl->p[pi], g) ? FWD_COLS : TILE_O;
+                for (int r = 0; r < n; r += ROW_CHUNK)
+                    for (int c = 0; c < out; c += cols) {
+                        it = (item){ITEM_FWD, pi, g, r_begin + r, imin(ROW_CHUNK, n - r), c, imin(cols, out - c)};
+                        VISIT((double)it.nr * it.nc * in);
+                    }
+            }
+        if (pl->bwd && pl->dx) {
+            int outs = 0;
+            bool lowp = false;
+            for (int pi = 0; pi < pl->n_proj; pi++) {
+                outs += pl->p[pi].out;
+                lowp |= !is_f32(&pl->p[pi], g);
+            }
+            const int cols = lowp ? TILE_K : DX_COLS;
+            for (int r = 0; r < n; r += ROW_CHUNK)
+                for (int c = 0; c < in; c += cols) {
+                    it = (item){ITEM_DX, 0, g, r_begin + r, imin(ROW_CHUNK, n - r), c, imin(cols, in - c)};
+                    VISIT((double)it.nr * it.nc * outs);
+                }
+        }
+        if (pl->bwd)
+            for (int pi = 0; pi < pl->n_proj; pi++) {
+                if (!pl->p[pi].dw || !pl->p[pi].dw[g]) continue;
+                const int out = pl->p[pi].out;
+                for (int c = 0; c < out; c += DW_ROWS) {
+                    it = (item){ITEM_DW, pi, g, r_begin, n, c, imin(DW_ROWS, out - c)};
+                    VISIT((double)n * it.nc * in);
+                }
+            }
+    }
+#undef VISIT
+    if (sum) *sum = cum;
+}
+
+static void check_call(int G, const int32_t *offsets, int in, const float *x, int n_proj, const mt_grouped_proj *p) {
+    MT_ASSERT(G >= 0 && in > 0 && n_proj >= 0 && (G == 0 || offsets));
+    for (int g = 0; g < G; g++) MT_ASSERT(offsets[g] >= 0 && offsets[g + 1] >= offsets[g]);
+    MT_ASSERT(G == 0 || offsets[G] == offsets[0] || x);
+    for (int pi = 0; pi < n_proj; pi++) {
+        MT_ASSERT(p[pi].out > 0);
+        for (int g = 0; g < G; g++)
+            if (offsets[g + 1] > offsets[g]) MT_ASSERT(is_f32(&p[pi], g) || p[pi].lowp);
+    }
+}
+
+static void execute(plan *pl) {
+    double total = 0;
+    walk(pl, -1, 0, 1, &total, NULL);
+    if (total <= 0) return;
+    mt_backend *be = pl->be;
+    const int nt = mt_cpu_nthreads(be);
+    /* the low-precision paths' converted tiles; a few-rows forward holds two whole rows */
+    size_t need = (size_t)TILE_O * TILE_K;
+    if ((size_t)2 * pl->in > need) need = (size_t)2 * pl->in;
+    pl->scratch = mt_cpu_scratch(be, need);
+    pl->stride = mt_cpu_ctx_of(be)->scratch_per_thread;
+    single_threaded_blas();
+    const bool par = nt > 1 && total >= 2.0 * MT_CPU_PAR_MIN;
+#pragma omp parallel num_threads(nt) if (par)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        walk(pl, total, t, T, NULL, pl->scratch + (size_t)t * pl->stride);
+    }
+}
+
+void mt_cpu_grouped_matmul(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, int n_proj,
+                           const mt_grouped_proj *p) {
+    check_call(G, offsets, in, x, n_proj, p);
+    for (int pi = 0; pi < n_proj; pi++) MT_ASSERT(p[pi].y || G == 0 || offsets[G] == offsets[0]);
+    plan pl = {.be = be, .G = G, .in = in, .n_proj = n_proj, .off = offsets, .p = p, .x = x, .fwd = true};
+    execute(&pl);
+}
+
+void mt_cpu_grouped_matmul_backward(mt_backend *be, int G, const int32_t *offsets, int in, const float *x,
+                                    float *dx, int n_proj, const mt_grouped_proj *p) {
+    check_call(G, offsets, in, x, n_proj, p);
+    for (int pi = 0; pi < n_proj; pi++) MT_ASSERT(p[pi].dy || G == 0 || offsets[G] == offsets[0]);
+    plan pl = {.be = be, .G = G, .in = in, .n_proj = n_proj, .off = offsets, .p = p, .x = x, .dx = dx, .bwd = true};
+    execute(&pl);
+}
