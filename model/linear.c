@@ -3,10 +3,15 @@
  * each run of rows' adapter delta (rows that share an adapter slot are one run, so a batch of
  * many adapters costs one base GEMM plus small low-rank GEMMs), forward and backward, with
  * inverted dropout on the delta's input during training. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "model-impl.h"
 
-/* Rows of dropout(x) staged at a time for the delta's GEMM. */
-#define DROP_ROWS 32
+/* Rows of dropout(x) staged at a time for the delta's GEMMs: enough that the dA update
+ * (K = rows) is not a thin GEMM. */
+#define DROP_ROWS 128
 
 int mt_loop_threads(const mt_backend *be, size_t work) {
     int t = mt_backend_threads(be);
@@ -44,20 +49,58 @@ const mt_lowrank *mt_lin_delta(const mt_model *m, const mt_linear *L, const mt_l
     return a ? a->lin[mt_linear_index(m, L)] : NULL;
 }
 
+struct mt_lowrank_tape {
+    size_t cap_h, cap_bits; /* floats of h, words of bits allocated */
+    float *h;               /* [n, r] */
+    uint64_t *bits;         /* [n, words]: bit c of row t = element c kept */
+    /* the forward that filled it */
+    bool valid;
+    uint64_t key, row0;
+    int n, r, in;
+    float p;
+    const float *x;
+};
+
+mt_lowrank_tape *mt_lowrank_tape_new(void) { return calloc(1, sizeof(mt_lowrank_tape)); }
+
+void mt_lowrank_tape_free(mt_lowrank_tape *t) {
+    if (!t) return;
+    free(t->h);
+    free(t->bits);
+    free(t);
+}
+
+static int mask_words(int in) { return (in + 63) / 64; }
+
 /* Inverted dropout as torch.nn.Dropout: keep with probability 1−p and scale by 1/(1−p). The
- * mask of (row, column) comes from a hash of the call's key and that element's counter, so the
- * backward pass regenerates the forward's mask without storing it. One 64-bit hash serves four
- * consecutive counters (16 bits each: p is resolved to 1/65536): hashing every element cost
- * 10% of a LoRA step with dropout on the tiny base (perf, bench train).
- * dst[i] (+)= src[i] · keep(base + i) for i < n. */
-static void apply_mask(uint64_t key, uint64_t base, int n, float p, float inv, const float *src, float *dst,
-                       bool accumulate) {
+ * mask of (row, column) comes from a hash of the call's key and that element's counter, so a
+ * backward without a tape regenerates the forward's mask without storing it. One 64-bit hash
+ * serves four consecutive counters (16 bits each: p is resolved to 1/65536, u = v/65536 ≥ p
+ * exactly when v ≥ ⌈65536·p⌉): hashing every element cost 10% of a LoRA step with dropout on
+ * the tiny base (perf, bench train).
+ * dst[i] (+)= src[i] · keep(base + i) · inv for i < n; with bits, also bit i = keep(base + i). */
+static void apply_mask(uint64_t key, uint64_t base, int n, uint32_t thr, float inv, const float *src, float *dst,
+                       bool accumulate, uint64_t *bits) {
+    if (bits) memset(bits, 0, (size_t)mask_words(n) * sizeof(uint64_t));
     for (int i = 0; i < n;) {
         uint64_t ctr = base + (uint64_t)i;
         uint64_t h = mt_hash_u64(key, ctr >> 2);
         for (int lane = (int)(ctr & 3); lane < 4 && i < n; lane++, i++) {
-            float u = (float)((h >> (16 * lane)) & 0xffff) * (1.0f / 65536.0f);
-            float v = u >= p ? src[i] * inv : 0.0f;
+            bool keep = ((h >> (16 * lane)) & 0xffff) >= thr;
+            float v = keep ? src[i] * inv : 0.0f;
+            dst[i] = accumulate ? dst[i] + v : v;
+            if (bits) bits[i >> 6] |= (uint64_t)keep << (i & 63);
+        }
+    }
+}
+
+/* dst[i] (+)= src[i] · bit i · inv: the stored mask, no hashing */
+static void apply_bits(const uint64_t *bits, int n, float inv, const float *src, float *dst, bool accumulate) {
+    for (int w = 0; w < mask_words(n); w++) {
+        uint64_t m = bits[w];
+        int i0 = w * 64, i1 = i0 + 64 < n ? i0 + 64 : n;
+        for (int i = i0; i < i1; i++) {
+            float v = (m >> (i - i0)) & 1 ? src[i] * inv : 0.0f;
             dst[i] = accumulate ? dst[i] + v : v;
         }
     }
@@ -67,56 +110,133 @@ static void apply_mask(uint64_t key, uint64_t base, int n, float p, float inv, c
 typedef struct run {
     const mt_lowrank *d;
     float p;           /* dropout probability, 0 = off */
+    uint32_t thr;      /* keep an element when its 16 hash bits are ≥ thr */
+    float inv;         /* 1/(1−p) */
     uint64_t key;      /* dropout stream of (step, linear) */
     uint64_t row0;     /* the run's first row in the call's row space */
     int in, out, n;
     float *h, *dh;     /* [n, r] each, in scratch */
     float *drop;       /* [DROP_ROWS, in] in scratch */
+    mt_lowrank_tape *tape; /* kept from the forward, or NULL */
+    int nt;            /* threads for the row loops */
 } run;
 
-/* buf [rows, in] = dropout(x) for rows t0 .. t0+rows−1 of the run */
-static void stage_dropout(const run *r, const float *x, int t0, int rows, float *buf) {
-    float inv = 1.0f / (1.0f - r->p);
+/* buf [rows, in] = dropout(x) for rows t0 .. t0+rows−1 of the run (from the tape's bits when
+ * it has them; writing them when `record`) */
+static void stage_dropout(const run *r, const float *x, int t0, int rows, float *buf, bool record) {
+    int words = mask_words(r->in);
+    const mt_lowrank_tape *tp = r->tape;
+#pragma omp parallel for schedule(static) num_threads(r->nt)
     for (int t = 0; t < rows; t++) {
-        uint64_t base = (r->row0 + (uint64_t)(t0 + t)) * (uint64_t)r->in;
-        apply_mask(r->key, base, r->in, r->p, inv, x + (size_t)(t0 + t) * r->in, buf + (size_t)t * r->in, false);
+        const float *src = x + (size_t)(t0 + t) * r->in;
+        float *dst = buf + (size_t)t * r->in;
+        uint64_t *bits = tp ? tp->bits + (size_t)(t0 + t) * words : NULL;
+        if (bits && !record) {
+            apply_bits(bits, r->in, r->inv, src, dst, false);
+        } else {
+            uint64_t base = (r->row0 + (uint64_t)(t0 + t)) * (uint64_t)r->in;
+            apply_mask(r->key, base, r->in, r->thr, r->inv, src, dst, false, record ? bits : NULL);
+        }
     }
 }
 
-/* h [n, r] = dropout(x)·Aᵀ */
-static void project(mt_backend *be, const run *r, const float *x) {
+/* dx rows t0 .. += mask ⊙ buf · inv */
+static void unstage_dropout(const run *r, const float *buf, int t0, int rows, float *dx) {
+    int words = mask_words(r->in);
+    const mt_lowrank_tape *tp = r->tape;
+#pragma omp parallel for schedule(static) num_threads(r->nt)
+    for (int t = 0; t < rows; t++) {
+        const float *src = buf + (size_t)t * r->in;
+        float *dst = dx + (size_t)(t0 + t) * r->in;
+        if (tp) {
+            apply_bits(tp->bits + (size_t)(t0 + t) * words, r->in, r->inv, src, dst, true);
+        } else {
+            uint64_t base = (r->row0 + (uint64_t)(t0 + t)) * (uint64_t)r->in;
+            apply_mask(r->key, base, r->in, r->thr, r->inv, src, dst, true, NULL);
+        }
+    }
+}
+
+/* h [n, r] = dropout(x)·Aᵀ (recording the mask in the tape when `record`) */
+static void project(mt_backend *be, const run *r, const float *x, float *h, bool record) {
     int in = r->in, rk = r->d->r;
     if (r->p <= 0.0f) {
-        mt_matmul(be, false, true, r->n, rk, in, 1.0f, x, in, r->d->A, in, 0.0f, r->h, rk);
+        mt_matmul(be, false, true, r->n, rk, in, 1.0f, x, in, r->d->A, in, 0.0f, h, rk);
         return;
     }
     for (int t0 = 0; t0 < r->n; t0 += DROP_ROWS) {
         int rows = r->n - t0 < DROP_ROWS ? r->n - t0 : DROP_ROWS;
-        stage_dropout(r, x, t0, rows, r->drop);
-        mt_matmul(be, false, true, rows, rk, in, 1.0f, r->drop, in, r->d->A, in, 0.0f, r->h + (size_t)t0 * rk, rk);
+        stage_dropout(r, x, t0, rows, r->drop, record);
+        mt_matmul(be, false, true, rows, rk, in, 1.0f, r->drop, in, r->d->A, in, 0.0f, h + (size_t)t0 * rk, rk);
     }
 }
 
-static void run_forward(mt_backend *be, const run *r, const float *x, float *y) {
+/* Makes the tape hold a run of r's size; false (tape unused) when memory runs out. */
+static bool tape_reserve(mt_lowrank_tape *t, const run *r) {
+    size_t nh = (size_t)r->n * (size_t)r->d->r;
+    size_t nb = r->p > 0.0f ? (size_t)r->n * (size_t)mask_words(r->in) : 0;
+    t->valid = false;
+    if (nh > t->cap_h) {
+        float *h = realloc(t->h, nh * sizeof(float));
+        if (!h) return false;
+        t->h = h;
+        t->cap_h = nh;
+    }
+    if (nb > t->cap_bits) {
+        uint64_t *b = realloc(t->bits, nb * sizeof(uint64_t));
+        if (!b) return false;
+        t->bits = b;
+        t->cap_bits = nb;
+    }
+    return true;
+}
+
+/* the tape was filled by this run's forward */
+static bool tape_matches(const mt_lowrank_tape *t, const run *r, const float *x) {
+    return t && t->valid && t->x == x && t->key == r->key && t->row0 == r->row0 && t->n == r->n &&
+           t->r == r->d->r && t->in == r->in && t->p == r->p;
+}
+
+static void run_forward(mt_backend *be, run *r, const float *x, float *y) {
+    mt_lowrank_tape *t = r->tape;
+    if (t && tape_reserve(t, r)) {
+        /* the same arithmetic as without a tape, so a training forward equals an evaluation one */
+        if (r->p <= 0.0f) {
+            mt_lowrank_forward(be, r->n, r->in, r->out, r->d->r, r->d->scale, x, r->in, r->d->A, false, r->d->B, false,
+                               t->h, y, r->out);
+        } else {
+            project(be, r, x, t->h, true);
+            mt_matmul(be, false, true, r->n, r->out, r->d->r, r->d->scale, t->h, r->d->r, r->d->B, r->d->r, 1.0f, y,
+                      r->out);
+        }
+        *t = (mt_lowrank_tape){.cap_h = t->cap_h, .cap_bits = t->cap_bits, .h = t->h, .bits = t->bits,
+                               .valid = true, .key = r->key, .row0 = r->row0, .n = r->n, .r = r->d->r,
+                               .in = r->in, .p = r->p, .x = x};
+        return;
+    }
+    r->tape = NULL;
     if (r->p <= 0.0f) {
         mt_lowrank_forward(be, r->n, r->in, r->out, r->d->r, r->d->scale, x, r->in, r->d->A, false, r->d->B, false, r->h,
                            y, r->out);
         return;
     }
-    project(be, r, x);
+    project(be, r, x, r->h, false);
     mt_matmul(be, false, true, r->n, r->out, r->d->r, r->d->scale, r->h, r->d->r, r->d->B, r->d->r, 1.0f, y, r->out);
 }
 
 /* With u = dropout(x), h = u·Aᵀ, y += s·h·Bᵀ:
  *   dB += s·dyᵀ·h,  dh = s·dy·B,  dA += dhᵀ·u,  dx += mask ⊙ (dh·A)/(1−p).
- * A frozen delta (dA, dB NULL) still sends its gradient to x. */
-static void run_backward(mt_backend *be, const run *r, const float *x, const float *dy, float *dx) {
+ * h and the mask come from the tape when the forward kept them. A frozen delta (dA, dB NULL)
+ * still sends its gradient to x. */
+static void run_backward(mt_backend *be, run *r, const float *x, const float *dy, float *dx) {
     const mt_lowrank *d = r->d;
     int in = r->in, out = r->out, rk = d->r, n = r->n;
     float s = d->scale;
+    if (!tape_matches(r->tape, r, x)) r->tape = NULL;
     if (d->dB) {
-        project(be, r, x);
-        mt_matmul(be, true, false, out, rk, n, s, dy, out, r->h, rk, 1.0f, d->dB, rk);
+        const float *h = r->tape ? r->tape->h : r->h;
+        if (!r->tape) project(be, r, x, r->h, false);
+        mt_matmul(be, true, false, out, rk, n, s, dy, out, h, rk, 1.0f, d->dB, rk);
     }
     if (!d->dA && !dx) return;
     mt_matmul(be, false, false, n, rk, out, s, dy, out, d->B, rk, 0.0f, r->dh, rk);
@@ -125,20 +245,16 @@ static void run_backward(mt_backend *be, const run *r, const float *x, const flo
         if (dx) mt_matmul(be, false, false, n, in, rk, 1.0f, r->dh, rk, d->A, in, 1.0f, dx, in);
         return;
     }
-    float inv = 1.0f / (1.0f - r->p);
     for (int t0 = 0; t0 < n; t0 += DROP_ROWS) {
         int rows = n - t0 < DROP_ROWS ? n - t0 : DROP_ROWS;
         const float *dhc = r->dh + (size_t)t0 * rk;
         if (d->dA) {
-            stage_dropout(r, x, t0, rows, r->drop);
+            stage_dropout(r, x, t0, rows, r->drop, false);
             mt_matmul(be, true, false, rk, in, rows, 1.0f, dhc, rk, r->drop, in, 1.0f, d->dA, in);
         }
         if (!dx) continue;
         mt_matmul(be, false, false, rows, in, rk, 1.0f, dhc, rk, d->A, in, 0.0f, r->drop, in);
-        for (int t = 0; t < rows; t++) {
-            uint64_t base = (r->row0 + (uint64_t)(t0 + t)) * (uint64_t)in;
-            apply_mask(r->key, base, in, r->p, inv, r->drop + (size_t)t * in, dx + (size_t)(t0 + t) * in, true);
-        }
+        unstage_dropout(r, r->drop, t0, rows, dx);
     }
 }
 
@@ -157,8 +273,13 @@ static void for_each_run(const mt_model *m, const mt_linear *L, const mt_lin_ctx
         if (d) {
             int rows = j - i;
             MT_ASSERT((size_t)rows * (size_t)d->r * 2 + (size_t)DROP_ROWS * (size_t)L->in <= c->scratch_cap);
+            float p = c->train ? a->dropout : 0.0f;
             run r = {.d = d,
-                     .p = c->train ? a->dropout : 0.0f,
+                     .p = p,
+                     .thr = (uint32_t)ceilf(p * 65536.0f),
+                     .inv = 1.0f / (1.0f - p),
+                     .tape = c->train && (d->dA || d->dB) ? d->tape : NULL,
+                     .nt = mt_loop_threads(c->be, (size_t)rows * (size_t)L->in),
                      /* one dropout stream per (step, linear), so masks regenerate in backward */
                      .key = mt_hash_u64(c->seed, (uint64_t)idx),
                      .row0 = row0 + (uint64_t)i,

@@ -237,6 +237,14 @@ typedef enum mt_linear_kind {
  * adapted rows decode in one step, and one model serves many adapters at once. peft/ builds
  * these tables (LoRA, PEFT folders, the registry); model/ only applies them. */
 
+/* What a training forward keeps of one trainable delta for its backward: h = dropout(x)·Aᵀ and
+ * the dropout mask as bits (32× smaller than the dropped-out input PEFT keeps), so the backward
+ * neither recomputes the projection nor hashes the mask again. Grown on first use; a backward
+ * that does not follow its forward's rows (another pass in between) recomputes instead. */
+typedef struct mt_lowrank_tape mt_lowrank_tape;
+mt_lowrank_tape *mt_lowrank_tape_new(void);
+void mt_lowrank_tape_free(mt_lowrank_tape *t);
+
 /* One linear's delta in one adapter: y += scale·(dropout(x)·Aᵀ)·Bᵀ. */
 typedef struct mt_lowrank {
     int r;
@@ -244,6 +252,7 @@ typedef struct mt_lowrank {
     const float *A;      /* [r, in] */
     const float *B;      /* [out, r] */
     float *dA, *dB;      /* gradients, accumulated by backward; NULL for a frozen adapter */
+    mt_lowrank_tape *tape; /* NULL: the backward recomputes h and the mask */
 } mt_lowrank;
 
 typedef struct mt_adapter {

@@ -122,6 +122,7 @@ void mt_lora_free(mt_lora *l) {
     if (l->merged) mt_lora_unmerge(l, NULL);
     mt_backend_release(l->be, l->block);
     if (l->grads) mt_backend_release(l->be, l->grads);
+    for (int i = 0; i < l->n_mods; i++) mt_lowrank_tape_free(l->deltas[i].tape);
     free(l->deltas);
     free(l->by_linear);
     for (int i = 0; i < l->n_rank; i++) free(l->rank_keys[i]);
@@ -166,6 +167,7 @@ mt_status mt_lora_alloc_grads(mt_lora *l, mt_error *err) {
         l->tensors[2 * i + 1].grad = md->dB;
         l->deltas[i].dA = md->dA;
         l->deltas[i].dB = md->dB;
+        l->deltas[i].tape = mt_lowrank_tape_new();
     }
     return MT_OK;
 }

@@ -117,12 +117,8 @@ void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float
                         if (s[c] > bmax) bmax = s[c];
                     }
                     const float mnew = m[r] > bmax ? m[r] : bmax;
-                    const float f = expf(m[r] - mnew); /* 0 on the first visible block */
-                    float sum = 0.0f;
-                    for (int c = cl; c <= ch; c++) {
-                        s[c] = expf(s[c] - mnew);
-                        sum += s[c];
-                    }
+                    const float f = mt_cpu_expf(m[r] - mnew); /* 0 on the first visible block */
+                    const float sum = (float)mt_cpu_exp_affine(s + cl, s + cl, ch - cl + 1, 1.0f, -mnew);
                     l[r] = l[r] * f + sum;
                     m[r] = mnew;
                     float *ar = acc + (size_t)r * dv;
@@ -193,7 +189,7 @@ void mt_cpu_attention_backward(mt_backend *be, const mt_attn_args *a, const floa
                         const float *gr = O_AT(a, dout, b, i0 + r, h);
                         const float lr = lse_h[i0 + r];
                         scores_row(qr, kt, dqk, p);
-                        for (int c = cl; c <= ch; c++) p[c] = expf(p[c] * scale - lr);
+                        mt_cpu_exp_affine(p + cl, p + cl, ch - cl + 1, scale, -lr);
                         scores_row(gr, vt, dvw, ds); /* dP = dO·Vᵀ */
                         for (int c = cl; c <= ch; c++) ds[c] = p[c] * (ds[c] - D[r]) * scale;
                         for (int c = cl; c <= ch; c++) {

@@ -48,6 +48,88 @@ static inline float mt_cpu_dot3(const float *a, const float *b, const float *c, 
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+/* exp(x) in float to about 1 ulp (Cephes' expf: n = round(x·log2 e), r = x − n·ln 2 in two
+ * parts, a degree-6 polynomial, times 2^n), 0 below −87.3 and +inf above 88.7, NaN kept. The
+ * scalar and the eight-lane version run the same operations (explicit FMAs, nothing left for
+ * the compiler to contract), so an element's value never depends on whether it fell in a
+ * vector or in a loop's tail: results stay independent of block and tile sizes. libm's expf is
+ * a call per element; this is what the softmaxes spend most of their time in. */
+#define MT_EXP_LO (-87.3f)
+#define MT_EXP_HI 88.7f
+static inline float mt_cpu_expf(float x) {
+    if (x != x) return x;
+    if (x < MT_EXP_LO) return 0.0f;
+    if (x > MT_EXP_HI) return __builtin_inff();
+    float n = __builtin_rintf(x * 1.44269504088896341f);
+    float r = __builtin_fmaf(n, -0.693359375f, x);
+    r = __builtin_fmaf(n, 2.12194440e-4f, r);
+    float z = r * r;
+    float p = 1.9875691500e-4f;
+    p = __builtin_fmaf(p, r, 1.3981999507e-3f);
+    p = __builtin_fmaf(p, r, 8.3334519073e-3f);
+    p = __builtin_fmaf(p, r, 4.1665795894e-2f);
+    p = __builtin_fmaf(p, r, 1.6666665459e-1f);
+    p = __builtin_fmaf(p, r, 5.0000001201e-1f);
+    p = __builtin_fmaf(p, z, r);
+    p = p + 1.0f;
+    int32_t bits;
+    __builtin_memcpy(&bits, &p, sizeof bits);
+    bits += (int32_t)n * (1 << 23);
+    __builtin_memcpy(&p, &bits, sizeof p);
+    return p;
+}
+
+#ifdef __AVX2__
+#include <immintrin.h>
+static inline __m256 mt_cpu_exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(MT_EXP_LO), hi = _mm256_set1_ps(MT_EXP_HI);
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), xc);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 z = _mm256_mul_ps(r, r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, z, r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+    p = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+    p = _mm256_blendv_ps(p, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    p = _mm256_blendv_ps(p, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    return _mm256_blendv_ps(p, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+#endif
+
+/* dst[i] = exp(src[i]·a + b) (one FMA, then mt_cpu_expf); returns Σ dst[i] summed in double
+ * in a fixed order that depends on n alone. dst may be src. */
+static inline double mt_cpu_exp_affine(const float *src, float *dst, int n, float a, float b) {
+    int i = 0;
+    double sum = 0.0;
+#ifdef __AVX2__
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = mt_cpu_exp8(_mm256_fmadd_ps(_mm256_loadu_ps(src + i), va, vb));
+        _mm256_storeu_ps(dst + i, e);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+    sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+#endif
+    for (; i < n; i++) {
+        dst[i] = mt_cpu_expf(__builtin_fmaf(src[i], a, b));
+        sum += dst[i];
+    }
+    return sum;
+}
+
 /* Scatter-adds and column sums (dtable[tok] += ..., db += Σ rows) are parallelised over
  * column chunks of this width: each element is then summed by one thread, in row order,
  * whatever the thread count. 64 floats = four cache lines. */

@@ -13,6 +13,9 @@ void mt_cpu_cross_entropy(mt_backend *be, float *logits, const int32_t *targets,
         MT_ASSERT(y == MT_IGNORE_INDEX || (y >= 0 && y < V));
     }
     int nt = mt_cpu_nthreads(be);
+    /* without a gradient the logits stay as they are, so the exponentials go to scratch */
+    float *scratch = grad_scale == 0.0f ? mt_cpu_scratch(be, (size_t)V) : NULL;
+    size_t stride = mt_cpu_ctx_of(be)->scratch_per_thread;
 #pragma omp parallel for num_threads(nt) if ((size_t)n * (size_t)V >= MT_CPU_PAR_MIN) schedule(static)
     for (int t = 0; t < n; t++) {
         float *z = logits + (size_t)t * V;
@@ -25,13 +28,14 @@ void mt_cpu_cross_entropy(mt_backend *be, float *logits, const int32_t *targets,
         }
         float mx = z[0];
         for (int i = 1; i < V; i++) mx = z[i] > mx ? z[i] : mx;
-        double sum = 0.0;
-        for (int i = 0; i < V; i++) sum += (double)expf(z[i] - mx);
-        const double lse = (double)mx + log(sum);
-        losses[t] = (float)(lse - (double)z[y]);
+        const float zy = z[y];
+        float *e = scratch ? scratch + (size_t)omp_get_thread_num() * stride : z;
+        const double sum = mt_cpu_exp_affine(z, e, V, 1.0f, -mx);
+        losses[t] = (float)((double)mx + log(sum) - (double)zy);
         if (grad_scale != 0.0f) {
-            const float lsef = (float)lse;
-            for (int i = 0; i < V; i++) z[i] = grad_scale * expf(z[i] - lsef);
+            /* softmax·g = exp(z − max)·g/Σ */
+            const float f = (float)((double)grad_scale / sum);
+            for (int i = 0; i < V; i++) z[i] *= f;
             z[y] -= grad_scale;
         }
     }

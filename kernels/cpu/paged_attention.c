@@ -59,12 +59,8 @@ void mt_cpu_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a,
                 for (int c = cl; c <= ch; c++)
                     if (sh[c] > bmax) bmax = sh[c];
                 const float mnew = m[hh] > bmax ? m[hh] : bmax;
-                const float f = expf(m[hh] - mnew); /* 0 on the first tile */
-                float sum = 0.0f;
-                for (int c = cl; c <= ch; c++) {
-                    sh[c] = expf(sh[c] - mnew);
-                    sum += sh[c];
-                }
+                const float f = mt_cpu_expf(m[hh] - mnew); /* 0 on the first tile */
+                const float sum = (float)mt_cpu_exp_affine(sh + cl, sh + cl, ch - cl + 1, 1.0f, -mnew);
                 l[hh] = l[hh] * f + sum;
                 m[hh] = mnew;
                 float *ah = acc + (size_t)hh * dv;
