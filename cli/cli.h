@@ -36,6 +36,7 @@ int mt_cmd_export(int argc, char **argv);
 int mt_cmd_init(int argc, char **argv);
 int mt_cmd_generate(int argc, char **argv);
 int mt_cmd_serve(int argc, char **argv);
+int mt_cmd_ui(int argc, char **argv);
 int mt_cmd_bench(int argc, char **argv);
 int mt_cmd_bench_train(int argc, char **argv);
 int mt_cmd_bench_serve(int argc, char **argv);

@@ -33,7 +33,8 @@ static void usage(FILE *f) {
             "  --port P                 port (default 8000; 0 = any free port, printed)\n"
             "  --api-key KEY            require \"Authorization: Bearer KEY\" on the /v1 routes\n"
             "                           (default: $MOETUNE_API_KEY when set)\n"
-            "  --store FILE             record every request in this SQLite store (table served)\n"
+            "  --store FILE             record every request in this SQLite store (table served); the\n"
+            "                           workbench at http://HOST:PORT/ shows it (docs/workbench.md)\n"
             "  --max-seqs N             sequences decoded together (default 64)\n"
             "  --max-batch-tokens N     rows per step: decode tokens plus prefill chunks (default 256)\n"
             "  --kv-blocks N            KV cache blocks (default: max-seqs x 1024 positions)\n"
@@ -186,7 +187,8 @@ int mt_cmd_serve(int argc, char **argv) {
     mt_server *srv = NULL;
     mt_status st = mt_engine_init(&e, be, &eo, &err);
     if (!st) {
-        mt_server_opts so = {.host = host, .port = (int)port, .api_key = api_key, .max_body_bytes = (size_t)body};
+        mt_server_opts so = {.host = host, .port = (int)port, .api_key = api_key, .max_body_bytes = (size_t)body,
+                             .ui_store = store};
         st = mt_server_start(&srv, e, &so, &err);
     }
     int rc = 0;

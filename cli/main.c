@@ -11,6 +11,7 @@ static const mt_cli_command commands[] = {
     {"init", "write a randomly initialised model in Hugging Face layout", mt_cmd_init},
     {"generate", "generate text from a prompt", mt_cmd_generate},
     {"serve", "serve the model and its adapters over HTTP (OpenAI and vLLM APIs)", mt_cmd_serve},
+    {"ui", "the workbench web page for a store, without a model (runs, adapters, pairs)", mt_cmd_ui},
     {"tokenizer", "train or apply a BPE tokenizer", mt_cmd_tokenizer},
     {"train", "train a LoRA adapter or every weight from a recipe", mt_cmd_train},
     {"eval", "held-out perplexity of a base model, with and without an adapter", mt_cmd_eval},

@@ -385,6 +385,10 @@ int mt_eng_send_error(mt_server *s, struct MHD_Connection *c, mt_eng_endpoint ep
 int mt_eng_handle_generate(mt_server *s, struct MHD_Connection *c, mt_eng_endpoint ep, const char *body, size_t len);
 /* /v1/feedback (feedback.c). */
 int mt_eng_handle_feedback(mt_server *s, struct MHD_Connection *c, const char *body, size_t len);
+/* GET / and /ui/...: the workbench page and its JSON (ui.c); s->e may be NULL. */
+int mt_eng_handle_ui(mt_server *s, struct MHD_Connection *c, const char *url);
+/* POST /ui/api/pairs/ID/swap|drop (ui.c). */
+int mt_eng_handle_ui_post(mt_server *s, struct MHD_Connection *c, const char *url, const char *body, size_t len);
 
 /* metrics text (metrics.c) */
 char *mt_eng_metrics_text(mt_engine *e);

@@ -74,8 +74,10 @@ typedef struct mt_server_opts {
     const char *api_key;       /* required as "Authorization: Bearer KEY" on the /v1 routes; NULL = none */
     size_t max_body_bytes;     /* larger request bodies get 413; 0 = 4 MiB */
     int max_connections;       /* open connections; 0 = 512 */
+    const char *ui_store;      /* the SQLite store the workbench at / shows (and its pair edits change); NULL = none */
 } mt_server_opts;
 
+/* e may be NULL (`moetune ui`): then only /health and the workbench answer, the rest 503. */
 mt_status mt_server_start(mt_server **out, mt_engine *e, const mt_server_opts *o, mt_error *err);
 int mt_server_port(const mt_server *s);
 /* Closes the listening socket, ends streams in flight, waits for the connection threads. */

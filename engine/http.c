@@ -45,7 +45,7 @@ int mt_eng_send(mt_server *s, struct MHD_Connection *c, mt_eng_endpoint ep, cons
     MHD_add_response_header(r, "Content-Type", content_type);
     enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
-    mt_metrics_count_request(&s->e->metrics, ep, model ? model : "", status);
+    if (s->e) mt_metrics_count_request(&s->e->metrics, ep, model ? model : "", status);
     return ok;
 }
 
@@ -77,6 +77,7 @@ typedef struct route {
     mt_eng_endpoint ep;
     bool needs_key;     /* the API key guards the /v1 routes, as vLLM does; /health and /metrics stay open */
     handler_fn fn;
+    bool no_engine;     /* answers without a model (`moetune ui`): /health and the workbench */
 } route;
 
 struct conn_state {
@@ -246,22 +247,32 @@ static int h_feedback(mt_server *s, struct MHD_Connection *c, conn_state *cs) {
     return mt_eng_handle_feedback(s, c, cs->body, cs->len);
 }
 
+/* The workbench (ui.c): the page itself is open, so that it can ask for the key; its JSON is not. */
+static int h_ui(mt_server *s, struct MHD_Connection *c, conn_state *cs) { return mt_eng_handle_ui(s, c, cs->url); }
+static int h_ui_post(mt_server *s, struct MHD_Connection *c, conn_state *cs) {
+    return mt_eng_handle_ui_post(s, c, cs->url, cs->body, cs->len);
+}
+
 static const route routes[] = {
-    {"POST", "/v1/completions", MT_EP_COMPLETIONS, true, h_completions},
-    {"POST", "/v1/chat/completions", MT_EP_CHAT, true, h_chat},
-    {"GET", "/v1/models", MT_EP_MODELS, true, h_models},
-    {"GET", "/v1/models/", MT_EP_MODELS, true, h_model},
-    {"POST", "/v1/load_lora_adapter", MT_EP_LOAD_LORA, true, h_load},
-    {"POST", "/v1/unload_lora_adapter", MT_EP_UNLOAD_LORA, true, h_unload},
-    {"POST", "/v1/feedback", MT_EP_FEEDBACK, true, h_feedback},
-    {"GET", "/health", MT_EP_HEALTH, false, h_health},
-    {"GET", "/metrics", MT_EP_METRICS, false, h_metrics},
+    {"POST", "/v1/completions", MT_EP_COMPLETIONS, true, h_completions, false},
+    {"POST", "/v1/chat/completions", MT_EP_CHAT, true, h_chat, false},
+    {"GET", "/v1/models", MT_EP_MODELS, true, h_models, false},
+    {"GET", "/v1/models/", MT_EP_MODELS, true, h_model, false},
+    {"POST", "/v1/load_lora_adapter", MT_EP_LOAD_LORA, true, h_load, false},
+    {"POST", "/v1/unload_lora_adapter", MT_EP_UNLOAD_LORA, true, h_unload, false},
+    {"POST", "/v1/feedback", MT_EP_FEEDBACK, true, h_feedback, false},
+    {"GET", "/health", MT_EP_HEALTH, false, h_health, true},
+    {"GET", "/", MT_EP_OTHER, false, h_ui, true},
+    {"GET", "/ui/api/", MT_EP_OTHER, true, h_ui, true},
+    {"POST", "/ui/api/", MT_EP_OTHER, true, h_ui_post, true},
+    {"GET", "/ui/", MT_EP_OTHER, false, h_ui, true},
+    {"GET", "/metrics", MT_EP_METRICS, false, h_metrics, false},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
 static bool path_matches(const route *r, const char *url) {
     size_t n = strlen(r->path);
-    if (r->path[n - 1] == '/') return !strncmp(url, r->path, n) && url[n];
+    if (n > 1 && r->path[n - 1] == '/') return !strncmp(url, r->path, n) && url[n];
     return !strcmp(url, r->path);
 }
 
@@ -278,6 +289,19 @@ static bool key_ok(const mt_server *s, struct MHD_Connection *c) {
     return diff == 0;
 }
 
+/* CSRF: a page of another site can make a browser POST here (a form, a no-cors fetch) with the
+ * user's network position, though not read the answer. Browsers say where a request comes from
+ * (Sec-Fetch-Site; Origin on every POST); clients that are not browsers send neither and pass. */
+static bool cross_origin(struct MHD_Connection *c) {
+    const char *site = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Sec-Fetch-Site");
+    if (site && strcmp(site, "same-origin") && strcmp(site, "none")) return true;
+    const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    if (!origin) return false;
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host");
+    const char *o = strstr(origin, "://");
+    return !host || !o || strcmp(o + 3, host) != 0; /* "null" (a sandboxed frame, file://) is foreign too */
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls) {
     mt_server *s = cls;
@@ -289,10 +313,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *con_cls = cs;
         cs->url = url;
         const route *path_hit = NULL;
+        /* the first match: /ui/api/ comes before the /ui/ it lies in */
         for (size_t i = 0; i < N_ROUTES; i++)
             if (path_matches(&routes[i], url)) {
-                path_hit = &routes[i];
-                if (!strcmp(method, routes[i].method)) cs->rt = &routes[i];
+                if (!path_hit) path_hit = &routes[i];
+                if (!cs->rt && !strcmp(method, routes[i].method)) cs->rt = &routes[i];
             }
         if (!cs->rt && path_hit) {
             mt_eng_herr(&h, 405, "invalid_request_error", NULL, "method_not_allowed", "%s %s: use %s", method,
@@ -303,9 +328,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             mt_eng_herr(&h, 404, "invalid_request_error", NULL, "not_found", "no route for %s %.200s", method, url);
             return (enum MHD_Result)mt_eng_send_error(s, c, MT_EP_OTHER, "", &h);
         }
+        if (strcmp(method, "GET") && strcmp(method, "HEAD") && cross_origin(c)) {
+            mt_eng_herr(&h, 403, "invalid_request_error", NULL, "cross_origin",
+                        "%s %s from another origin refused: state-changing requests come from this server's own "
+                        "pages or from clients that are not browsers", method, cs->rt->path);
+            return (enum MHD_Result)mt_eng_send_error(s, c, cs->rt->ep, "", &h);
+        }
         if (cs->rt->needs_key && s->api_key && !key_ok(s, c)) {
             mt_eng_herr(&h, 401, "invalid_request_error", NULL, "invalid_api_key",
                         "a valid API key is required (Authorization: Bearer KEY)");
+            return (enum MHD_Result)mt_eng_send_error(s, c, cs->rt->ep, "", &h);
+        }
+        if (!s->e && !cs->rt->no_engine) {
+            mt_eng_herr(&h, 503, "server_error", NULL, "no_model",
+                        "no model is loaded here (moetune ui): start moetune serve --model DIR for %s", cs->rt->path);
             return (enum MHD_Result)mt_eng_send_error(s, c, cs->rt->ep, "", &h);
         }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
@@ -356,6 +392,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 
 static void on_log(void *cls, const char *fmt, va_list ap) {
     mt_server *s = cls;
+    if (!s->e) return;
     char line[1024];
     vsnprintf(line, sizeof line, fmt, ap);
     size_t n = strlen(line);

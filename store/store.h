@@ -391,6 +391,21 @@ typedef struct mt_pairs_stats {
 mt_status mt_store_pairs_stats(mt_store *s, const char *dataset, mt_pairs_stats *out, mt_error *err);
 void mt_pairs_stats_free(mt_pairs_stats *st);
 
+/* ------------------------- a person's corrections to a pair (pairs_edit.c) ------------------------- */
+
+typedef enum mt_pair_edit {
+    MT_PAIR_SWAP = 0, /* chosen and rejected change places: the label was the wrong way round */
+    MT_PAIR_DROP,     /* the pair leaves the dataset */
+} mt_pair_edit;
+
+/* One edit of pair `pair_id` of the named dataset, in ONE transaction with the dataset's digest
+ * and count. A swap recomputes the pair's content hash, sets "relabelled": "swapped" in its
+ * label_json and, when annotator is not NULL, its annotator; its split is kept. MT_ERR_NOT_FOUND
+ * for no such dataset or no such pair in it; MT_ERR_INVALID when the swapped pair is already in
+ * the dataset (nothing written). */
+mt_status mt_store_pair_edit(mt_store *s, const char *dataset, int64_t pair_id, mt_pair_edit op,
+                             const char *annotator, mt_error *err);
+
 /* ------------------------ cached reference log-probs per pair (pairs.c) ------------------------ */
 
 /* What a reference log-prob depends on. A DPO run asks for its batch's pairs by content hash
