@@ -67,9 +67,53 @@ static inline void scores_row(const float *x, const float *t, int d, float *s) {
     for (int c = 0; c < ATTN_BK; c++) s[c] = acc[c];
 }
 
-/* y[i] += a·x[i] with one rounding per element */
-static inline void axpy(float *y, float a, const float *x, int n) {
-    for (int i = 0; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
+/* dst[i .. i+W) += Σ_{c = cl..ch} coef[c]·src[c·stride + i ..], c ascending, one fused
+ * rounding per term (the sequence an axpy per c gives), with the W sums in registers. */
+#define ROW_CHUNK(W)                                                                  \
+    for (; i + (W) <= w; i += (W)) {                                                  \
+        float acc[W];                                                                 \
+        for (int l = 0; l < (W); l++) acc[l] = dst[i + l];                            \
+        for (int c = cl; c <= ch; c++) {                                              \
+            const float k = coef[c];                                                  \
+            const float *x = src + (size_t)c * stride + i;                            \
+            for (int l = 0; l < (W); l++) acc[l] = fmaf(k, x[l], acc[l]);             \
+        }                                                                             \
+        for (int l = 0; l < (W); l++) dst[i + l] = acc[l];                            \
+    }
+
+/* dst[0..w) += Σ_{c = cl..ch} coef[c]·src[c·stride + ·]: a row of P·V or dS·K. */
+static inline void row_update(float *dst, int w, const float *coef, int cl, int ch, const float *src, size_t stride) {
+    int i = 0;
+    ROW_CHUNK(32)
+    ROW_CHUNK(8)
+    ROW_CHUNK(1)
+}
+
+/* The same over the rows r < nq of a tile that see key column c (rcl[r] ≤ c ≤ rch[r]), r
+ * ascending, coefficients from column c of the tile's P or dS: a row of Pᵀ·dO or dSᵀ·Q. */
+#define COL_CHUNK(W)                                                                  \
+    for (; i + (W) <= w; i += (W)) {                                                  \
+        float acc[W];                                                                 \
+        for (int l = 0; l < (W); l++) acc[l] = dst[i + l];                            \
+        for (int r = r0; r <= r1; r++) {                                              \
+            if (c < rcl[r] || c > rch[r]) continue;                                   \
+            const float k = coef[(size_t)r * ATTN_BK + c];                            \
+            const float *x = src + (size_t)r * stride + i;                            \
+            for (int l = 0; l < (W); l++) acc[l] = fmaf(k, x[l], acc[l]);             \
+        }                                                                             \
+        for (int l = 0; l < (W); l++) dst[i + l] = acc[l];                            \
+    }
+
+static inline void col_update(float *dst, int w, const float *coef, int c, const int *rcl, const int *rch, int nq,
+                              const float *src, size_t stride) {
+    int r0 = 0, r1 = nq - 1;
+    while (r0 <= r1 && (c < rcl[r0] || c > rch[r0])) r0++;
+    while (r1 >= r0 && (c < rcl[r1] || c > rch[r1])) r1--;
+    if (r0 > r1) return;
+    int i = 0;
+    COL_CHUNK(32)
+    COL_CHUNK(8)
+    COL_CHUNK(1)
 }
 
 void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float *q, const float *k,
@@ -124,7 +168,7 @@ void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float
                     float *ar = acc + (size_t)r * dv;
                     if (f != 1.0f)
                         for (int i = 0; i < dv; i++) ar[i] *= f;
-                    for (int c = cl; c <= ch; c++) axpy(ar, s[c], V_AT(a, v, b, j0 + c, g), dv);
+                    row_update(ar, dv, s, cl, ch, V_AT(a, v, b, j0, g), (size_t)a->v_row);
                 }
             }
             for (int r = 0; r < nq; r++) {
@@ -139,14 +183,17 @@ void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float
 
 /* One task per (sequence, KV head): it runs every query head that reads this KV head, so the
  * dK/dV rows it accumulates have a single owner (no races, no atomics) and are summed over the
- * group's heads in a fixed order. */
+ * group's heads in a fixed order. Per (query tile, key block) the tile's P and dS are formed
+ * first, then dV and dK take them a key column at a time and dQ a query row at a time, each
+ * element summed in the order (head, tile, row) that does not depend on the thread count. */
 void mt_cpu_attention_backward(mt_backend *be, const mt_attn_args *a, const float *q, const float *k,
                                const float *v, const float *o, const float *lse, const float *dout, float *dq,
                                float *dk, float *dv) {
     check_args(a);
     if (!dq && !dk && !dv) return;
     const int dqk = a->dqk, dvw = a->dv, group = a->n_head / a->n_kv_head;
-    const size_t per = (size_t)dqk * ATTN_BK + (size_t)dvw * ATTN_BK + 2 * ATTN_BK + (size_t)ATTN_BQ * dqk + ATTN_BQ;
+    const size_t per = (size_t)dqk * ATTN_BK + (size_t)dvw * ATTN_BK + 2 * (size_t)ATTN_BQ * ATTN_BK +
+                       (size_t)ATTN_BQ * dqk + ATTN_BQ;
     float *scratch = mt_cpu_scratch(be, per);
     const size_t stride = mt_cpu_ctx_of(be)->scratch_per_thread;
     const int tasks = a->B * a->n_kv_head, nt = mt_cpu_nthreads(be);
@@ -157,10 +204,11 @@ void mt_cpu_attention_backward(mt_backend *be, const mt_attn_args *a, const floa
         const int b = task / a->n_kv_head, g = task % a->n_kv_head;
         float *kt = scratch + (size_t)omp_get_thread_num() * stride; /* [dqk, BK] */
         float *vt = kt + (size_t)dqk * ATTN_BK;                      /* [dv, BK] */
-        float *p = vt + (size_t)dvw * ATTN_BK;                       /* [BK] probabilities */
-        float *ds = p + ATTN_BK;                                     /* [BK] dP, then dS */
-        float *dqacc = ds + ATTN_BK;                                 /* [BQ, dqk] */
+        float *P = vt + (size_t)dvw * ATTN_BK;                       /* [BQ, BK] probabilities */
+        float *DS = P + (size_t)ATTN_BQ * ATTN_BK;                   /* [BQ, BK] dP, then dS */
+        float *dqacc = DS + (size_t)ATTN_BQ * ATTN_BK;               /* [BQ, dqk] */
         float *D = dqacc + (size_t)ATTN_BQ * dqk;                    /* [BQ] rowsum(dO⊙O) */
+        int rcl[ATTN_BQ], rch[ATTN_BQ];                              /* visible columns of the block */
 
         for (int hh = 0; hh < group; hh++) {
             const int h = g * group + hh;
@@ -176,6 +224,7 @@ void mt_cpu_attention_backward(mt_backend *be, const mt_attn_args *a, const floa
                     D[r] = mt_cpu_dot(O_AT(a, dout, b, i0 + r, h), O_AT(a, o, b, i0 + r, h), dvw);
                     for (int i = 0; i < dqk; i++) dqacc[(size_t)r * dqk + i] = 0.0f;
                 }
+                const float *q0 = Q_AT(a, q, b, i0, h), *g0 = O_AT(a, dout, b, i0, h);
                 for (int j0 = jlo / ATTN_BK * ATTN_BK; j0 <= jhi; j0 += ATTN_BK) {
                     const int nk = jhi + 1 - j0 < ATTN_BK ? jhi + 1 - j0 : ATTN_BK;
                     transpose_block(K_AT(a, k, b, j0, g), (size_t)a->k_row, nk, dqk, kt);
@@ -184,21 +233,24 @@ void mt_cpu_attention_backward(mt_backend *be, const mt_attn_args *a, const floa
                         int lo, hi;
                         key_range(a, b, i0 + r, &lo, &hi);
                         const int cl = (lo > j0 ? lo : j0) - j0, ch = (hi < j0 + nk - 1 ? hi : j0 + nk - 1) - j0;
+                        rcl[r] = cl;
+                        rch[r] = ch;
                         if (cl > ch) continue;
-                        const float *qr = Q_AT(a, q, b, i0 + r, h);
-                        const float *gr = O_AT(a, dout, b, i0 + r, h);
-                        const float lr = lse_h[i0 + r];
-                        scores_row(qr, kt, dqk, p);
-                        mt_cpu_exp_affine(p + cl, p + cl, ch - cl + 1, scale, -lr);
-                        scores_row(gr, vt, dvw, ds); /* dP = dO·Vᵀ */
+                        float *p = P + (size_t)r * ATTN_BK, *ds = DS + (size_t)r * ATTN_BK;
+                        scores_row(q0 + (size_t)r * a->q_row, kt, dqk, p);
+                        mt_cpu_exp_affine(p + cl, p + cl, ch - cl + 1, scale, -lse_h[i0 + r]);
+                        scores_row(g0 + (size_t)r * a->o_row, vt, dvw, ds); /* dP = dO·Vᵀ */
                         for (int c = cl; c <= ch; c++) ds[c] = p[c] * (ds[c] - D[r]) * scale;
-                        for (int c = cl; c <= ch; c++) {
-                            const int j = j0 + c;
-                            if (dv) axpy(V_AT(a, dv, b, j, g), p[c], gr, dvw);
-                            if (dq) axpy(dqacc + (size_t)r * dqk, ds[c], K_AT(a, k, b, j, g), dqk);
-                            if (dk) axpy(K_AT(a, dk, b, j, g), ds[c], qr, dqk);
-                        }
                     }
+                    for (int c = 0; c < nk; c++) {
+                        if (dv) col_update(V_AT(a, dv, b, j0 + c, g), dvw, P, c, rcl, rch, nq, g0, (size_t)a->o_row);
+                        if (dk) col_update(K_AT(a, dk, b, j0 + c, g), dqk, DS, c, rcl, rch, nq, q0, (size_t)a->q_row);
+                    }
+                    if (dq)
+                        for (int r = 0; r < nq; r++)
+                            if (rcl[r] <= rch[r])
+                                row_update(dqacc + (size_t)r * dqk, dqk, DS + (size_t)r * ATTN_BK, rcl[r], rch[r],
+                                           K_AT(a, k, b, j0, g), (size_t)a->k_row);
                 }
                 if (dq)
                     for (int r = 0; r < nq; r++) {
