@@ -6,6 +6,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #include "model-impl.h"
 
@@ -82,7 +85,31 @@ static int mask_words(int in) { return (in + 63) / 64; }
 static void apply_mask(uint64_t key, uint64_t base, int n, uint32_t thr, float inv, const float *src, float *dst,
                        bool accumulate, uint64_t *bits) {
     if (bits) memset(bits, 0, (size_t)mask_words(n) * sizeof(uint64_t));
-    for (int i = 0; i < n;) {
+    int i = 0;
+#ifdef __AVX2__
+    /* eight elements (two hashes) at a time once the counter is at a hash boundary: the 16-bit
+     * draws compared unsigned against thr, the select done as an AND (the same values as the
+     * scalar loop below, element for element) */
+    if (((base + (uint64_t)i) & 3) == 0) {
+        const __m128i vthr = _mm_set1_epi16((short)(uint16_t)(thr > 0xffff ? 0xffff : thr));
+        const bool all_drop = thr > 0xffff;
+        const __m256 vinv = _mm256_set1_ps(inv);
+        for (; i + 8 <= n; i += 8) {
+            uint64_t ctr = (base + (uint64_t)i) >> 2;
+            __m128i v = _mm_set_epi64x((long long)mt_hash_u64(key, ctr + 1), (long long)mt_hash_u64(key, ctr));
+            __m128i keep16 = all_drop ? _mm_setzero_si128() : _mm_cmpeq_epi16(_mm_max_epu16(v, vthr), v);
+            __m256 keep = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(keep16));
+            __m256 val = _mm256_and_ps(keep, _mm256_mul_ps(_mm256_loadu_ps(src + i), vinv));
+            if (accumulate) val = _mm256_add_ps(_mm256_loadu_ps(dst + i), val);
+            _mm256_storeu_ps(dst + i, val);
+            if (bits) {
+                uint64_t m8 = (uint64_t)(unsigned)_mm_movemask_epi8(_mm_packs_epi16(keep16, _mm_setzero_si128())) & 0xff;
+                bits[i >> 6] |= m8 << (i & 63);
+            }
+        }
+    }
+#endif
+    while (i < n) {
         uint64_t ctr = base + (uint64_t)i;
         uint64_t h = mt_hash_u64(key, ctr >> 2);
         for (int lane = (int)(ctr & 3); lane < 4 && i < n; lane++, i++) {
@@ -96,13 +123,22 @@ static void apply_mask(uint64_t key, uint64_t base, int n, uint32_t thr, float i
 
 /* dst[i] (+)= src[i] · bit i · inv: the stored mask, no hashing */
 static void apply_bits(const uint64_t *bits, int n, float inv, const float *src, float *dst, bool accumulate) {
-    for (int w = 0; w < mask_words(n); w++) {
-        uint64_t m = bits[w];
-        int i0 = w * 64, i1 = i0 + 64 < n ? i0 + 64 : n;
-        for (int i = i0; i < i1; i++) {
-            float v = (m >> (i - i0)) & 1 ? src[i] * inv : 0.0f;
-            dst[i] = accumulate ? dst[i] + v : v;
-        }
+    int i = 0;
+#ifdef __AVX2__
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (; i + 8 <= n; i += 8) {
+        int byte = (int)((bits[i >> 6] >> (i & 63)) & 0xff);
+        __m256i b = _mm256_and_si256(_mm256_set1_epi32(byte), lane_bit);
+        __m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, lane_bit));
+        __m256 val = _mm256_and_ps(keep, _mm256_mul_ps(_mm256_loadu_ps(src + i), vinv));
+        if (accumulate) val = _mm256_add_ps(_mm256_loadu_ps(dst + i), val);
+        _mm256_storeu_ps(dst + i, val);
+    }
+#endif
+    for (; i < n; i++) {
+        float v = (bits[i >> 6] >> (i & 63)) & 1 ? src[i] * inv : 0.0f;
+        dst[i] = accumulate ? dst[i] + v : v;
     }
 }
 
