@@ -12,9 +12,18 @@
 
 #include "model-impl.h"
 
-/* Rows of dropout(x) staged at a time for the delta's GEMMs: enough that the dA update
- * (K = rows) is not a thin GEMM. */
+/* Rows of dropout(x) staged at a time for the delta's GEMMs: at least DROP_ROWS (so the dA
+ * update, K = rows, is not a thin GEMM), and as many as fit in DROP_FLOATS, so that a training
+ * pass's run is usually one GEMM per product rather than one per chunk (every GEMM call wakes
+ * and joins the BLAS threads). */
 #define DROP_ROWS 128
+#define DROP_FLOATS ((size_t)1 << 21)
+
+static int drop_rows(int rows, int in) {
+    size_t fit = DROP_FLOATS / (size_t)(in > 0 ? in : 1);
+    int k = fit < (size_t)DROP_ROWS ? DROP_ROWS : (int)(fit > (size_t)rows ? (size_t)rows : fit);
+    return k < DROP_ROWS ? DROP_ROWS : k;
+}
 
 int mt_loop_threads(const mt_backend *be, size_t work) {
     int t = mt_backend_threads(be);
@@ -29,7 +38,8 @@ static int max_linear_in(const mt_model *m) {
 }
 
 size_t mt_adapter_scratch_floats(const mt_model *m, int rows, int max_rank) {
-    return (size_t)rows * (size_t)max_rank * 2 + (size_t)DROP_ROWS * (size_t)max_linear_in(m);
+    int in = max_linear_in(m);
+    return (size_t)rows * (size_t)max_rank * 2 + (size_t)drop_rows(rows, in) * (size_t)in;
 }
 
 mt_status mt_adapter_check(const mt_model *m, const mt_adapter *a, int max_rank, const char *what, mt_error *err) {
@@ -152,7 +162,8 @@ typedef struct run {
     uint64_t row0;     /* the run's first row in the call's row space */
     int in, out, n;
     float *h, *dh;     /* [n, r] each, in scratch */
-    float *drop;       /* [DROP_ROWS, in] in scratch */
+    float *drop;       /* [chunk, in] in scratch */
+    int chunk;         /* rows of dropout(x) staged at a time */
     mt_lowrank_tape *tape; /* kept from the forward, or NULL */
     int nt;            /* threads for the row loops */
 } run;
@@ -200,8 +211,8 @@ static void project(mt_backend *be, const run *r, const float *x, float *h, bool
         mt_matmul(be, false, true, r->n, rk, in, 1.0f, x, in, r->d->A, in, 0.0f, h, rk);
         return;
     }
-    for (int t0 = 0; t0 < r->n; t0 += DROP_ROWS) {
-        int rows = r->n - t0 < DROP_ROWS ? r->n - t0 : DROP_ROWS;
+    for (int t0 = 0; t0 < r->n; t0 += r->chunk) {
+        int rows = r->n - t0 < r->chunk ? r->n - t0 : r->chunk;
         stage_dropout(r, x, t0, rows, r->drop, record);
         mt_matmul(be, false, true, rows, rk, in, 1.0f, r->drop, in, r->d->A, in, 0.0f, h + (size_t)t0 * rk, rk);
     }
@@ -281,8 +292,8 @@ static void run_backward(mt_backend *be, run *r, const float *x, const float *dy
         if (dx) mt_matmul(be, false, false, n, in, rk, 1.0f, r->dh, rk, d->A, in, 1.0f, dx, in);
         return;
     }
-    for (int t0 = 0; t0 < n; t0 += DROP_ROWS) {
-        int rows = n - t0 < DROP_ROWS ? n - t0 : DROP_ROWS;
+    for (int t0 = 0; t0 < n; t0 += r->chunk) {
+        int rows = n - t0 < r->chunk ? n - t0 : r->chunk;
         const float *dhc = r->dh + (size_t)t0 * rk;
         if (d->dA) {
             stage_dropout(r, x, t0, rows, r->drop, false);
@@ -308,7 +319,10 @@ static void for_each_run(const mt_model *m, const mt_linear *L, const mt_lin_ctx
         const mt_lowrank *d = a ? a->lin[idx] : NULL;
         if (d) {
             int rows = j - i;
-            MT_ASSERT((size_t)rows * (size_t)d->r * 2 + (size_t)DROP_ROWS * (size_t)L->in <= c->scratch_cap);
+            size_t used = (size_t)rows * (size_t)d->r * 2;
+            MT_ASSERT(used + (size_t)DROP_ROWS * (size_t)L->in <= c->scratch_cap);
+            size_t fit = (c->scratch_cap - used) / (size_t)L->in;
+            int chunk = fit > (size_t)rows ? rows : (int)fit;
             float p = c->train ? a->dropout : 0.0f;
             run r = {.d = d,
                      .p = p,
@@ -324,7 +338,8 @@ static void for_each_run(const mt_model *m, const mt_linear *L, const mt_lin_ctx
                      .n = rows,
                      .h = c->scratch,
                      .dh = c->scratch + (size_t)rows * d->r,
-                     .drop = c->scratch + (size_t)rows * d->r * 2};
+                     .drop = c->scratch + (size_t)rows * d->r * 2,
+                     .chunk = chunk};
             const float *xr = x + (size_t)i * L->in;
             if (y && m->prof) {
                 double t0 = mt_now_seconds();
