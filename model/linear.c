@@ -19,6 +19,9 @@
 #define DROP_ROWS 128
 #define DROP_FLOATS ((size_t)1 << 21)
 
+/* Rows up to which a fp32 linear's forward skips sgemm (its packing) for the unpacked kernel. */
+#define FEW_ROWS 8
+
 static int drop_rows(int rows, int in) {
     size_t fit = DROP_FLOATS / (size_t)(in > 0 ? in : 1);
     int k = fit < (size_t)DROP_ROWS ? DROP_ROWS : (int)(fit > (size_t)rows ? (size_t)rows : fit);
@@ -373,6 +376,13 @@ void mt_lin_forward(const mt_model *m, const mt_linear *L, const mt_lin_ctx *c, 
         mt_lowp_weight w;
         mt_param_lowp(L->weight, &w);
         mt_lowp_matmul(c->be, &w, n, x, L->in, y, L->out);
+    } else if (n <= FEW_ROWS && mt_backend_supports(c->be, MT_OP_GROUPED_MATMUL)) {
+        /* a decode step's few rows: sgemm would pack the whole weight for each call (most of a
+         * single-stream step's time); the grouped op's few-rows kernel streams it once, unpacked */
+        const float *w = L->weight->data;
+        int32_t off[2] = {0, n};
+        mt_grouped_proj p = {.out = L->out, .f32 = &w, .y = y};
+        mt_grouped_matmul(c->be, 1, off, L->in, x, 1, &p);
     } else {
         mt_matmul(c->be, false, true, n, L->out, L->in, 1.0f, x, L->in, L->weight->data, L->in, 0.0f, y, L->out);
     }
