@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "engine/engine.h"
+#include "store/store.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -57,15 +58,13 @@ int mt_cmd_ui(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    FILE *f = fopen(store, "rb");
-    if (!f) {
-        fprintf(stderr, "moetune ui: %s: cannot open the store\n", store);
-        return 1;
-    }
-    fclose(f);
+    /* a missing file or one that is not a store fails here, not on the page's first request */
+    mt_error err = {0};
+    mt_store *st = NULL;
+    if (mt_store_open(&st, store, false, &err) != MT_OK) return mt_cli_fail("ui", &err);
+    mt_store_close(st);
     mt_server_opts so = {.host = host, .port = (int)port, .api_key = api_key, .ui_store = store};
     mt_server *srv = NULL;
-    mt_error err = {0};
     if (mt_server_start(&srv, NULL, &so, &err) != MT_OK) return mt_cli_fail("ui", &err);
     bool v6 = strchr(host, ':') != NULL;
     fprintf(stderr, "moetune ui: listening on http://%s%s%s:%d (store %s%s)\n", v6 ? "[" : "", host, v6 ? "]" : "",

@@ -95,7 +95,8 @@ static double best_eval_loss(mt_store *st, int64_t run_id) {
     return best;
 }
 
-static cJSON *run_json(mt_store *st, const mt_store_run *r, bool full) {
+/* with_best: look up the best eval loss (a pass over the run's metrics; the stream leaves it out). */
+static cJSON *run_json(mt_store *st, const mt_store_run *r, bool full, bool with_best) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "id", (double)r->id);
     add_str(o, "name", r->name);
@@ -109,7 +110,7 @@ static cJSON *run_json(mt_store *st, const mt_store_run *r, bool full) {
     add_num(o, "duration", r->duration);
     cJSON_AddNumberToObject(o, "last_step", (double)r->last_step);
     add_num(o, "last_loss", r->has_loss ? r->last_loss : NAN);
-    add_num(o, "best_eval_loss", best_eval_loss(st, r->id));
+    if (with_best) add_num(o, "best_eval_loss", best_eval_loss(st, r->id));
     if (full) {
         add_str(o, "recipe_text", r->recipe_text);
         add_str(o, "recipe_sha256", r->recipe_sha256);
@@ -135,7 +136,7 @@ static int h_runs(mt_server *s, struct MHD_Connection *c) {
     }
     cJSON *o = cJSON_CreateObject();
     cJSON *a = cJSON_AddArrayToObject(o, "runs");
-    for (size_t i = 0; i < l.n; i++) cJSON_AddItemToArray(a, run_json(st, &l.items[i], false));
+    for (size_t i = 0; i < l.n; i++) cJSON_AddItemToArray(a, run_json(st, &l.items[i], false, true));
     mt_store_run_list_free(&l);
     mt_store_close(st);
     return send_json(s, c, o);
@@ -172,38 +173,25 @@ static cJSON *adapter_json(const mt_store_adapter *ad) {
     return o;
 }
 
-/* Every metric of a run as {name: [[step, value|null], ...]}, points after `after` only (the
- * stream sends what is new); `after` may be NULL (everything). Series come in step order. */
-static mt_status series_json(mt_store *st, int64_t run_id, cJSON *after, cJSON **out, size_t *n_points,
-                             mt_error *err) {
+static cJSON *point_json(int64_t step, double v) {
+    cJSON *p = cJSON_CreateArray();
+    cJSON_AddItemToArray(p, cJSON_CreateNumber((double)step));
+    cJSON_AddItemToArray(p, isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull());
+    return p;
+}
+
+/* Every metric of a run as {name: [[step, value|null], ...]} in step order. */
+static mt_status series_json(mt_store *st, int64_t run_id, cJSON **out, mt_error *err) {
     mt_store_metric_list ml = {0};
     mt_status rc = mt_store_metric_names(st, run_id, &ml, err);
     if (rc != MT_OK) return rc;
     cJSON *o = cJSON_CreateObject();
-    *n_points = 0;
     for (size_t i = 0; i < ml.n && rc == MT_OK; i++) {
-        const char *name = ml.items[i].name;
-        cJSON *last = after ? cJSON_GetObjectItemCaseSensitive(after, name) : NULL;
-        int64_t from = last ? (int64_t)last->valuedouble : INT64_MIN;
-        if (after && last && ml.items[i].last_step <= from) continue;
         mt_store_series sr = {0};
-        if ((rc = mt_store_metric_series(st, run_id, name, &sr, err)) != MT_OK) break;
-        cJSON *pts = cJSON_CreateArray();
-        for (size_t k = 0; k < sr.n; k++) {
-            if (sr.steps[k] <= from) continue;
-            cJSON *p = cJSON_CreateArray();
-            cJSON_AddItemToArray(p, cJSON_CreateNumber((double)sr.steps[k]));
-            cJSON_AddItemToArray(p, isfinite(sr.values[k]) ? cJSON_CreateNumber(sr.values[k]) : cJSON_CreateNull());
-            cJSON_AddItemToArray(pts, p);
-            (*n_points)++;
-        }
-        if (sr.n && after) {
-            if (last) cJSON_SetNumberValue(last, (double)sr.steps[sr.n - 1]);
-            else cJSON_AddNumberToObject(after, name, (double)sr.steps[sr.n - 1]);
-        }
+        if ((rc = mt_store_metric_series(st, run_id, ml.items[i].name, &sr, err)) != MT_OK) break;
+        cJSON *pts = cJSON_AddArrayToObject(o, ml.items[i].name);
+        for (size_t k = 0; k < sr.n; k++) cJSON_AddItemToArray(pts, point_json(sr.steps[k], sr.values[k]));
         mt_store_series_free(&sr);
-        if (cJSON_GetArraySize(pts)) cJSON_AddItemToObject(o, name, pts);
-        else cJSON_Delete(pts);
     }
     mt_store_metric_list_free(&ml);
     if (rc != MT_OK) {
@@ -224,16 +212,15 @@ static int h_run(mt_server *s, struct MHD_Connection *c, int64_t id) {
         mt_store_close(st);
         return send_store_err(s, c, rc, &err);
     }
-    cJSON *o = run_json(st, &r, true);
+    cJSON *o = run_json(st, &r, true, true);
     mt_store_run_free(&r);
     mt_store_event_list ev = {0};
     mt_store_adapter_list al = {0};
     mt_store_dataset_list dl = {0};
     cJSON *series = NULL;
-    size_t n_points = 0;
     if ((rc = mt_store_events(st, id, &ev, &err)) == MT_OK &&
         (rc = mt_store_adapters(st, id, &al, &err)) == MT_OK && (rc = mt_store_datasets(st, id, &dl, &err)) == MT_OK)
-        rc = series_json(st, id, NULL, &series, &n_points, &err);
+        rc = series_json(st, id, &series, &err);
     if (rc == MT_OK) {
         cJSON_AddItemToObject(o, "events", events_json(&ev, 0));
         cJSON *a = cJSON_AddArrayToObject(o, "adapters");
@@ -269,6 +256,7 @@ typedef struct run_stream {
     mt_store *st;
     int64_t id;
     cJSON *sent;         /* {metric: last step sent} */
+    int64_t from_step;   /* the highest step sent: each poll reads from there (its later rows too) */
     size_t events_sent;
     char status[32];     /* last status sent */
     bool ended;
@@ -279,6 +267,32 @@ typedef struct run_stream {
 
 #define MT_UI_POLL_NS (250 * 1000 * 1000)
 
+/* The points logged since the last poll, as {name: [[step, value], ...]}: rows at the highest
+ * step sent are read again (that step's eval metrics may come in a later transaction than its
+ * train metrics) and dropped when already sent. */
+static mt_status new_points(run_stream *rs, cJSON **out, size_t *n, mt_error *err) {
+    mt_store_point_list l = {0};
+    mt_status rc = mt_store_metrics_since(rs->st, rs->id, rs->from_step, &l, err);
+    if (rc != MT_OK) return rc;
+    cJSON *o = cJSON_CreateObject();
+    *n = 0;
+    for (size_t i = 0; i < l.n; i++) {
+        const mt_store_point *p = &l.items[i];
+        cJSON *last = cJSON_GetObjectItemCaseSensitive(rs->sent, p->name);
+        if (last && p->step <= (int64_t)last->valuedouble) continue;
+        if (last) cJSON_SetNumberValue(last, (double)p->step);
+        else cJSON_AddNumberToObject(rs->sent, p->name, (double)p->step);
+        cJSON *pts = cJSON_GetObjectItemCaseSensitive(o, p->name);
+        if (!pts) pts = cJSON_AddArrayToObject(o, p->name);
+        cJSON_AddItemToArray(pts, point_json(p->step, p->value));
+        if (p->step > rs->from_step) rs->from_step = p->step;
+        (*n)++;
+    }
+    mt_store_point_list_free(&l);
+    *out = o;
+    return MT_OK;
+}
+
 /* What changed since the last event: new points, new events, a new status. Returns false on a
  * store error (the stream then ends). */
 static bool stream_poll(run_stream *rs) {
@@ -288,11 +302,10 @@ static bool stream_poll(run_stream *rs) {
     cJSON *pts = NULL;
     size_t n_points = 0;
     mt_store_event_list ev = {0};
-    bool ok = series_json(rs->st, rs->id, rs->sent, &pts, &n_points, &err) == MT_OK &&
-              mt_store_events(rs->st, rs->id, &ev, &err) == MT_OK;
+    bool ok = new_points(rs, &pts, &n_points, &err) == MT_OK && mt_store_events(rs->st, rs->id, &ev, &err) == MT_OK;
     const char *status = mt_run_status_name(r.status);
     if (ok && (n_points || ev.n > rs->events_sent || strcmp(status, rs->status))) {
-        cJSON *o = run_json(rs->st, &r, false);
+        cJSON *o = run_json(rs->st, &r, false, false);
         cJSON_AddItemToObject(o, "metrics", pts);
         pts = NULL;
         cJSON_AddItemToObject(o, "events", events_json(&ev, rs->events_sent));
@@ -404,7 +417,7 @@ static int h_compare(mt_server *s, struct MHD_Connection *c) {
     for (int i = 0; i < n && rc == MT_OK; i++) {
         mt_store_run r = {0};
         if ((rc = mt_store_run_get(st, id[i], &r, &err)) != MT_OK) break;
-        cJSON_AddItemToArray(runs, run_json(st, &r, false));
+        cJSON_AddItemToArray(runs, run_json(st, &r, false, true));
         mt_store_run_free(&r);
         if (i == 0) continue;
         mt_store_diff_list dl = {0};

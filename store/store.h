@@ -125,6 +125,24 @@ mt_status mt_store_metric_series(mt_store *s, int64_t run_id, const char *name, 
                                  mt_error *err);
 void mt_store_series_free(mt_store_series *sr);
 
+/* One logged value; a list of them in (step, name) order. */
+typedef struct mt_store_point {
+    int64_t step;
+    char *name;
+    double value; /* NaN where a NaN was logged */
+} mt_store_point;
+
+typedef struct mt_store_point_list {
+    mt_store_point *items; /* [n] */
+    size_t n;
+} mt_store_point_list;
+
+/* Every metric of a run logged at a step >= from_step: what a live view asks for on each poll
+ * (the workbench's stream), at the cost of what is new rather than of the whole run. */
+mt_status mt_store_metrics_since(mt_store *s, int64_t run_id, int64_t from_step, mt_store_point_list *out,
+                                 mt_error *err);
+void mt_store_point_list_free(mt_store_point_list *l);
+
 /* One metric of a run, summarised: its name and where it ended and peaked. min/max ignore NaN
  * (and are NaN when every value is). */
 typedef struct mt_store_metric_summary {

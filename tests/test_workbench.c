@@ -1,7 +1,8 @@
 /* test_workbench.c — the workbench's JSON (/ui/api/...) and its safety rules, black-box over
  * loopback with libcurl, on a store this test fills through store.h (so every expected value
  * is one it wrote): runs with their best eval loss and every series (NaN as null), events, a
- * run's live stream growing as the test logs a step and ending when the run completes, recipe
+ * run's live stream growing as the test logs a step (and that step's eval apart) and ending when
+ * the run completes, recipe
  * differences, pairs whose text is an HTML/JS payload coming back byte for byte, TRL export,
  * a pair swapped and dropped (hash, digest and count refreshed);
  * unknown runs and bad arguments as 4xx JSON; the page's JSON behind the API key while the page
@@ -302,8 +303,9 @@ typedef struct sse {
     char *buf;
     size_t len;
     int events;       /* "data:" blocks seen */
-    int phase;        /* 0: waiting for the first; 1: logged step 2, waiting; 2: completed, waiting for the end */
-    bool saw_step2, saw_end;
+    int phase;        /* 0: waiting for the first; 1: logged step 2; 2: logged step 2's eval apart;
+                       * 3: completed, waiting for the end */
+    bool saw_step2, saw_eval2, saw_end;
     char status[32];
 } sse;
 
@@ -314,6 +316,10 @@ static void log_or_finish(int phase) {
     if (phase == 0) {
         mt_metric m[2] = {{"loss", 0.75}, {"rewards/margins", 0.5}};
         must(mt_store_log_metrics(s, g_run_b, 2, m, 2, &err), &err);
+    } else if (phase == 1) {
+        /* the same step in a later transaction (as an eval after its train step) still arrives */
+        mt_metric m = {"eval_loss", 0.5};
+        must(mt_store_log_metrics(s, g_run_b, 2, &m, 1, &err), &err);
     } else {
         must(mt_store_run_set_status(s, g_run_b, MT_RUN_COMPLETED, NULL, &err), &err);
     }
@@ -340,6 +346,12 @@ static size_t on_sse(char *p, size_t size, size_t n, void *user) {
             if (x->events == 1) {
                 /* the first event has everything so far */
                 assert_int_equal(cJSON_GetArraySize(loss), 1);
+            } else if (!loss && cJSON_GetObjectItem(item(o, "metrics"), "eval_loss")) {
+                const cJSON *ev = cJSON_GetObjectItem(item(o, "metrics"), "eval_loss");
+                assert_int_equal(cJSON_GetArraySize(ev), 1);
+                assert_int_equal((int)cJSON_GetArrayItem(cJSON_GetArrayItem(ev, 0), 0)->valuedouble, 2);
+                assert_true(x->saw_step2);
+                x->saw_eval2 = true;
             } else if (loss) {
                 /* later ones only what is new: step 2 alone, with its value */
                 assert_int_equal(cJSON_GetArraySize(loss), 1);
@@ -356,6 +368,7 @@ static size_t on_sse(char *p, size_t size, size_t n, void *user) {
         x->len -= used;
         if (x->phase == 0 && x->events >= 1) log_or_finish(x->phase++);
         else if (x->phase == 1 && x->saw_step2) log_or_finish(x->phase++);
+        else if (x->phase == 2 && x->saw_eval2) log_or_finish(x->phase++);
     }
     return k;
 }
@@ -380,6 +393,7 @@ static void stream(void **state) {
     if (rc != CURLE_OK) fail_msg("stream: %s", curl_easy_strerror(rc));
     assert_int_equal(status, 200);
     assert_true(x.saw_step2);
+    assert_true(x.saw_eval2);
     assert_true(x.saw_end);
     assert_string_equal(x.status, "completed");
     free(x.buf);

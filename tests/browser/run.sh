@@ -27,4 +27,4 @@ fi
 
 args=("$@")
 [[ " $* " == *" --moetune "* ]] || args=(--moetune build/moetune "${args[@]}")
-timeout 300 "$venv/bin/python" tests/browser/test_workbench.py "${args[@]}"
+timeout 900 "$venv/bin/python" tests/browser/test_workbench.py "${args[@]}"

@@ -6,7 +6,7 @@ on a free port with an API key, then, in the browser: finds the run in the runs 
 second run's loss curve grow while it trains (no reload); compares the two runs; loads the second
 run's adapter from the adapters page and sees it served; asks base and adapter the same prompt
 side by side, clicks "Right is better" and finds the pair in the store (sqlite3) with its
-provenance, swaps its chosen and rejected from the Pairs page, then drops it; shows a pair whose
+provenance (and "Tie" on a second ask: two equal ratings, no pair), swaps its chosen and rejected from the Pairs page, then drops it; shows a pair whose
 text is an HTML/JS payload and checks that nothing ran and the text is shown literally; and checks that a cross-origin POST is refused (403 JSON) and that one
 made by another site's page in the browser changed nothing. Writes a screenshot of each page
 to --shots (docs/workbench/ by default).
@@ -210,13 +210,16 @@ def main():
         check(cells[3] == "sft" and cells[5] == "completed" and cells[6] == "40", "its row: method, status, steps %s" % cells[3:7])
 
         # 2. a second run trains; its page's curve grows while it does
-        trainer = subprocess.Popen([mt, "train", recipe(tmp, "wb-second", 500, 2e-2, 2, tmp + "/adapters/wb-second")],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # its output to a file: a pipe nobody reads until the end fills up and stops the trainer
+        train_log = open(tmp + "/wb-second.log", "w+")
+        trainer = subprocess.Popen([mt, "train", recipe(tmp, "wb-second", 600, 2e-2, 2, tmp + "/adapters/wb-second")],
+                                   stdout=train_log, stderr=subprocess.STDOUT)
+        trainer_out = lambda: open(tmp + "/wb-second.log").read()[-2000:]
 
         def second_running():
             if trainer.poll() is not None:
                 sys.exit("FAIL: the second training ended before it was seen running (rc %d): %s"
-                         % (trainer.returncode, trainer.stderr.read()[-2000:]))
+                         % (trainer.returncode, trainer_out()))
             st, body = api(port, "GET", "/ui/api/runs")
             runs = [r for r in json.loads(body)["runs"] if r["name"] == "wb-second"]
             return runs[0]["id"] if runs and runs[0]["status"] == "running" and runs[0]["last_step"] >= 1 else None
@@ -225,17 +228,19 @@ def main():
         wait.until(EC.presence_of_element_located((By.XPATH, "//table[@id='runs']//a[text()='wb-second']"))).click()
         wait.until(EC.presence_of_element_located((By.ID, "live")))
         driver.execute_script("window.__same_page = 42")
-        loss = lambda: int(driver.find_element(By.CSS_SELECTOR, ".chart[data-metric='loss']").get_attribute("data-points"))
+        # read in one script: the chart is redrawn on every event, a found element can go stale
+        loss = lambda: int(driver.execute_script(
+            "const c = document.querySelector(\".chart[data-metric='loss']\"); return c ? c.dataset.points : 0") or 0)
         n0 = wait_for("the loss chart", lambda: loss() or None, timeout=20)
         n1 = wait_for("the loss curve to grow", lambda: loss() > n0 + 5 and loss(), timeout=30)
         check(driver.execute_script("return window.__same_page") == 42,
               "the loss curve grew from %d to %d points while the run trained, without a reload" % (n0, n1))
         shot("run")
-        if trainer.wait(timeout=120) != 0:
-            sys.exit("FAIL: the second training failed: " + trainer.stderr.read())
+        if trainer.wait(timeout=400) != 0:
+            sys.exit("FAIL: the second training failed: " + trainer_out())
         wait.until(EC.text_to_be_present_in_element((By.ID, "run-status"), "completed"))
         n2 = loss()
-        check(n2 >= 500, "the stream delivered every step (%d points) and the status turned completed" % n2)
+        check(n2 >= 600, "the stream delivered every step (%d points) and the status turned completed" % n2)
 
         # 3. compare the two runs
         driver.get(base + "/#/runs")
@@ -287,9 +292,21 @@ def main():
         check(right in chosen and left in rejected and "wb-second" in json.dumps(lab),
               "the right (adapter's) answer is chosen, the base's rejected, the adapter named in its label")
         shot("playground")
+        # a tie: the same prompt again, both answers rated 0 in the dataset, no pair made
+        driver.find_element(By.ID, "sbs-ask").click()
+        wait.until(EC.element_to_be_clickable((By.ID, "tie"))).click()
+        done = wait.until(EC.presence_of_element_located((By.ID, "verdict-done")))
+        db = sqlite3.connect(tmp + "/store.db")
+        ratings = db.execute("SELECT r.rating, r.annotator FROM served_ratings r JOIN datasets d ON d.id = r.dataset_id"
+                             " WHERE d.name = 'workbench'").fetchall()
+        n_pairs = db.execute("SELECT count(*) FROM pairs p JOIN datasets d ON d.id = p.dataset_id"
+                             " WHERE d.name = 'workbench'").fetchone()[0]
+        db.close()
+        check(ratings == [(0.0, "labelled in the workbench")] * 2 and n_pairs == 1 and "0 pair(s)" in done.text,
+              "Tie: both answers rated 0, no new pair")
         driver.get(base + "/#/adapters")
         req = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#served tr[data-adapter='wb-second'] td.requests")))
-        check(req.text == "1", "the adapters page counts the request wb-second served")
+        check(req.text == "2", "the adapters page counts the 2 requests wb-second served")
         shot("adapters")
 
         # 6. a pair whose text is an HTML/JS payload is shown as text, and runs nothing
