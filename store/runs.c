@@ -346,6 +346,33 @@ void mt_store_series_free(mt_store_series *sr) {
     memset(sr, 0, sizeof *sr);
 }
 
+static void point_row(sqlite3_stmt *st, void *ctx) {
+    mt_store_point_list *out = ctx;
+    mt_store_point *p = mt_st_grow(&out->items, out->n++, sizeof *out->items);
+    p->step = sqlite3_column_int64(st, 0);
+    p->name = mt_st_col_text(st, 1);
+    p->value = mt_st_col_real(st, 2);
+}
+
+mt_status mt_store_metrics_since(mt_store *s, int64_t run_id, int64_t from_step, mt_store_point_list *out,
+                                 mt_error *err) {
+    memset(out, 0, sizeof *out);
+    /* the primary key (run_id, step, name) makes this a range scan: a poll costs what is new */
+    mt_status rs = mt_st_query(s, "reading recent metrics", point_row, out, NULL, err,
+                               "SELECT step, name, value FROM metrics WHERE run_id = ?1 AND step >= ?2"
+                               " ORDER BY step, name",
+                               "ii", run_id, from_step);
+    if (rs != MT_OK) mt_store_point_list_free(out);
+    return rs;
+}
+
+void mt_store_point_list_free(mt_store_point_list *l) {
+    if (!l) return;
+    for (size_t i = 0; i < l->n; i++) free(l->items[i].name);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
 static int by_name(const void *a, const void *b) {
     return strcmp(((const mt_store_metric_summary *)a)->name, ((const mt_store_metric_summary *)b)->name);
 }
