@@ -1,6 +1,8 @@
-/* cmd_init.c — `moetune init --preset tiny|small OUT_DIR`: a randomly initialised model of a
- * family in the Hugging Face layout (config.json, generation_config.json, model.safetensors)
- * with a tokenizer: a copy of a given one, or a byte-level BPE with no merges. */
+/* cmd_init.c — `moetune init --preset P OUT_DIR`: a randomly initialised model in the Hugging
+ * Face layout (config.json, generation_config.json, model.safetensors) with a tokenizer: a copy
+ * of a given one, or a byte-level BPE with no merges. tiny and small take any family; the
+ * published shapes (olmoe-1b-7b, deepseek-v2-lite) are 7-16 B parameters, so the weights are
+ * streamed to disk (never held in memory) and drawn with the cheap generator. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,19 +13,26 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: moetune init --preset tiny|small [--family F] [--seed N] [--dtype f32|bf16]\n"
+            "usage: moetune init --preset P [--family F] [--seed N] [--dtype f32|bf16]\n"
             "                    [--tokenizer PATH] [--threads N] OUT_DIR\n"
             "\n"
             "Writes a randomly initialised model (normal(0, initializer_range) weights, norms 1) that\n"
             "transformers loads with AutoModelForCausalLM: config.json, generation_config.json,\n"
             "model.safetensors, tokenizer.json and tokenizer_config.json.\n"
-            "  --preset P      tiny (about 2 M active parameters) or small (about 10x tiny)\n"
-            "  --family F      deepseek_v3 (default), deepseek_v2, qwen3_moe, qwen2_moe, mixtral, olmoe\n"
+            "  --preset P      tiny (about 2 M active parameters) or small (about 10x tiny), of any\n"
+            "                  family; or the published configuration of a real model, random weights:\n"
+            "                  olmoe-1b-7b (allenai/OLMoE-1B-7B-0924: 6.92 B parameters, 1.28 B active)\n"
+            "                  deepseek-v2-lite (deepseek-ai/DeepSeek-V2-Lite: 15.71 B, 2.66 B active)\n"
+            "  --family F      deepseek_v3 (default), deepseek_v2, qwen3_moe, qwen2_moe, mixtral, olmoe;\n"
+            "                  a published preset has its own (olmoe, deepseek_v2)\n"
             "  --seed N        weights are a function of the seed (default 0)\n"
-            "  --dtype D       f32 (default) or bf16 on disk\n"
+            "  --dtype D       f32 or bf16 on disk (default: f32; bf16 for a published preset)\n"
             "  --tokenizer P   copy this tokenizer.json (or a folder with tokenizer.json and\n"
-            "                  tokenizer_config.json); vocab_size, bos and eos come from it. Without it,\n"
-            "                  a byte-level BPE with the 256 byte tokens, no merges, <|bos|> and <|eos|>\n");
+            "                  tokenizer_config.json); vocab_size, bos and eos come from it (a published\n"
+            "                  preset keeps its vocab_size: a smaller tokenizer leaves padding rows).\n"
+            "                  Without it, a byte-level BPE with the 256 byte tokens, no merges, <|bos|>\n"
+            "                  and <|eos|>\n"
+            "  --threads N     threads (the published presets' weights are drawn in parallel)\n");
 }
 
 static bool parse_u64(const char *s, uint64_t *out) {
@@ -36,7 +45,7 @@ static bool parse_u64(const char *s, uint64_t *out) {
 }
 
 int mt_cmd_init(int argc, char **argv) {
-    const char *preset = NULL, *family_name = "deepseek_v3", *dtype_name = "f32", *tok_path = NULL, *out = NULL;
+    const char *preset = NULL, *family_name = NULL, *dtype_name = NULL, *tok_path = NULL, *out = NULL;
     uint64_t seed = 0, threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -76,6 +85,10 @@ int mt_cmd_init(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    mt_family own_family;
+    bool published = mt_config_preset_family(preset, &own_family);
+    if (!family_name) family_name = published ? mt_family_name(own_family) : "deepseek_v3";
+    if (!dtype_name) dtype_name = published ? "bf16" : "f32";
     mt_dtype dtype;
     if (!strcmp(dtype_name, "f32"))
         dtype = MT_DTYPE_F32;
@@ -119,26 +132,29 @@ int mt_cmd_init(int argc, char **argv) {
     }
     mt_backend *be = mt_cli_backend("init", NULL, (int)threads);
     if (!be) return 1;
-    mt_model *m = NULL;
-    st = mt_model_init_random(&m, &cfg, seed, be, &err);
-    if (!st) st = mt_model_save(m, out, dtype, 0, &err);
+    st = mt_model_write_random(&cfg, seed, dtype, published, mt_backend_threads(be), out, &err);
     if (st) {
-        mt_model_free(m);
         mt_backend_free(be);
         return mt_cli_fail("init", &err);
     }
     int64_t active = 0, total = mt_config_param_count(&cfg, &active);
+    printf("wrote %s: %s %s, %.2f M parameters (%.2f M active), vocab %d (tokenizer %d), %s weights\n", out,
+           family_name, preset, total / 1e6, active / 1e6, cfg.vocab_size, vocab, dtype_name);
+    if (published) {
+        /* hashing reads every weight back: 14-31 GB through the page cache, for a figure that
+         * training computes anyway when it records its base */
+        printf("content hash not computed for a published preset (train and export hash the base they load)\n");
+        mt_backend_free(be);
+        return 0;
+    }
     /* the hash of what was written, as every later load will see it (bf16 rounds the values) */
-    mt_model_free(m);
-    m = NULL;
+    mt_model *m = NULL;
     if (mt_model_load(&m, out, be, &err) != MT_OK) {
         mt_backend_free(be);
         return mt_cli_fail("init", &err);
     }
     char hash[65];
     mt_model_content_hash(m, hash);
-    printf("wrote %s: %s %s, %.2f M parameters (%.2f M active), vocab %d, %s weights\n", out, family_name, preset,
-           total / 1e6, active / 1e6, vocab, dtype_name);
     printf("content hash %s\n", hash);
     mt_model_free(m);
     mt_backend_free(be);

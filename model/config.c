@@ -1049,14 +1049,142 @@ static void preset_common(mt_config *c, mt_family f, bool small, int vocab) {
     strcpy(c->torch_dtype, "float32");
 }
 
+/* The published configurations, so that speed and memory can be measured at the real shapes
+ * (no real weights can be downloaded where moetune is benchmarked). Every value is the
+ * checkpoint's config.json; keys a family reads with a default equal to the published value
+ * are set anyway, so the preset does not depend on those defaults. */
+
+/* allenai/OLMoE-1B-7B-0924, config.json (huggingface.co/allenai/OLMoE-1B-7B-0924): OlmoeForCausalLM,
+ * hidden_size 2048, intermediate_size 1024 (the expert width: OLMoE has no dense MLP),
+ * num_hidden_layers 16, num_attention_heads 16, num_key_value_heads 16, num_experts 64,
+ * num_experts_per_tok 8, norm_topk_prob false, rms_norm_eps 1e-05, rope_theta 10000.0,
+ * rope_scaling null, max_position_embeddings 4096, vocab_size 50304, tie_word_embeddings false,
+ * attention_bias false, clip_qkv null, router_aux_loss_coef 0.01, initializer_range 0.02,
+ * eos_token_id 50279, pad_token_id 1, torch_dtype bfloat16. QK-norm over the whole q and k
+ * projections is OLMoE's modeling code (OlmoeAttention.q_norm/k_norm), not a config key. */
+static void preset_olmoe_1b_7b(mt_config *c) {
+    c->family = MT_FAMILY_OLMOE;
+    c->vocab_size = 50304;
+    c->hidden_size = 2048;
+    c->n_layers = 16;
+    c->n_heads = c->n_kv_heads = 16;
+    c->head_dim = 128;
+    c->intermediate_size = c->moe_intermediate_size = 1024;
+    c->n_experts = 64;
+    c->top_k = 8;
+    c->norm_topk_prob = false;
+    c->rms_norm_eps = 1e-5f;
+    c->rope_theta = 10000.0;
+    c->max_position_embeddings = c->rope_original_max_pos = 4096;
+    c->router_aux_loss_coef = 0.01f;
+    c->qk_norm = MT_QK_NORM_PROJ;
+}
+
+/* deepseek-ai/DeepSeek-V2-Lite, config.json (huggingface.co/deepseek-ai/DeepSeek-V2-Lite):
+ * DeepseekV2ForCausalLM, hidden_size 2048, intermediate_size 10944, num_hidden_layers 27,
+ * num_attention_heads 16, num_key_value_heads 16, first_k_dense_replace 1, moe_layer_freq 1,
+ * n_routed_experts 64, num_experts_per_tok 6, n_shared_experts 2, moe_intermediate_size 1408,
+ * topk_method greedy, n_group 1, topk_group 1, scoring_func softmax, norm_topk_prob false,
+ * routed_scaling_factor 1.0, aux_loss_alpha 0.001, seq_aux true, q_lora_rank null,
+ * kv_lora_rank 512, qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128,
+ * rms_norm_eps 1e-06, rope_theta 10000, max_position_embeddings 163840, rope_scaling
+ * {type yarn, factor 40, original_max_position_embeddings 4096, beta_fast 32, beta_slow 1,
+ * mscale 0.707, mscale_all_dim 0.707}, vocab_size 102400, tie_word_embeddings false,
+ * attention_bias false, initializer_range 0.02, bos_token_id 100000, eos_token_id 100001,
+ * torch_dtype bfloat16. */
+static void preset_deepseek_v2_lite(mt_config *c) {
+    c->family = MT_FAMILY_DEEPSEEK_V2;
+    c->vocab_size = 102400;
+    c->hidden_size = 2048;
+    c->intermediate_size = 10944;
+    c->n_layers = 27;
+    c->n_heads = c->n_kv_heads = 16;
+    c->first_k_dense_replace = 1;
+    c->moe_layer_freq = 1;
+    c->n_experts = 64;
+    c->top_k = 6;
+    c->n_shared_experts = 2;
+    c->moe_intermediate_size = 1408;
+    c->route_method = MT_ROUTE_METHOD_GREEDY;
+    c->n_group = c->topk_group = 1;
+    c->norm_topk_prob = false;
+    c->routed_scaling_factor = 1.0f;
+    c->router_aux_loss_coef = 0.001f;
+    c->seq_aux = true;
+    c->mla = true;
+    c->q_lora_rank = 0;
+    c->kv_lora_rank = 512;
+    c->qk_nope_head_dim = 128;
+    c->qk_rope_head_dim = 64;
+    c->v_head_dim = 128;
+    c->head_dim = c->qk_rope_head_dim; /* as the loader sets it for MLA */
+    c->rope_style = MT_ROPE_STYLE_INTERLEAVED;
+    c->rms_norm_eps = 1e-6f;
+    c->rope_theta = 10000.0;
+    c->max_position_embeddings = 163840;
+    c->rope_scaling = MT_ROPE_SCALING_YARN;
+    c->rope_factor = 40;
+    c->rope_original_max_pos = 4096;
+    c->yarn_beta_fast = 32;
+    c->yarn_beta_slow = 1;
+    c->yarn_mscale = 0.707;
+    c->yarn_mscale_all_dim = 0.707;
+}
+
+static const struct {
+    const char *name;
+    mt_family family;
+    void (*fill)(mt_config *c);
+} published_presets[] = {
+    {"olmoe-1b-7b", MT_FAMILY_OLMOE, preset_olmoe_1b_7b},
+    {"deepseek-v2-lite", MT_FAMILY_DEEPSEEK_V2, preset_deepseek_v2_lite},
+};
+
+bool mt_config_preset_family(const char *preset, mt_family *family) {
+    for (size_t i = 0; i < sizeof published_presets / sizeof published_presets[0]; i++)
+        if (strcmp(preset, published_presets[i].name) == 0) {
+            if (family) *family = published_presets[i].family;
+            return true;
+        }
+    return false;
+}
+
+static mt_status config_published(mt_config *cfg, mt_family family, const char *preset, int vocab_size,
+                                  mt_error *err) {
+    size_t i = 0;
+    while (strcmp(preset, published_presets[i].name) != 0) i++;
+    if (family != published_presets[i].family)
+        return mt_error_set(err, MT_ERR_INVALID, "preset \"%s\" has the family %s, not %s", preset,
+                            mt_family_name(published_presets[i].family),
+                            (unsigned)family < MT_FAMILY_COUNT ? mt_family_name(family) : "an unknown family");
+    mt_config c;
+    preset_common(&c, family, false, 1);
+    c.initializer_range = 0.02f;
+    c.router_jitter_noise = 0;
+    published_presets[i].fill(&c);
+    /* a tokenizer smaller than the table leaves padding rows, as OLMoE's own does (50280
+     * tokens in 50304 rows); a larger one has ids the model cannot embed */
+    if (vocab_size <= 0 || vocab_size > c.vocab_size)
+        return mt_error_set(err, MT_ERR_INVALID, "preset \"%s\": the tokenizer's %d tokens must fit its vocab_size %d",
+                            preset, vocab_size, c.vocab_size);
+    strcpy(c.torch_dtype, "bfloat16");
+    resolve_routing(&c);
+    resolve_moe_layers(&c, NULL);
+    mt_status s = mt_config_validate(&c, preset, err);
+    if (s == MT_OK) *cfg = c;
+    return s;
+}
+
 mt_status mt_config_preset(mt_config *cfg, mt_family family, const char *preset, int vocab_size, mt_error *err) {
     bool small;
+    if (mt_config_preset_family(preset, NULL)) return config_published(cfg, family, preset, vocab_size, err);
     if (strcmp(preset, "tiny") == 0)
         small = false;
     else if (strcmp(preset, "small") == 0)
         small = true;
     else
-        return mt_error_set(err, MT_ERR_INVALID, "unknown preset \"%s\" (tiny, small)", preset);
+        return mt_error_set(err, MT_ERR_INVALID, "unknown preset \"%s\" (tiny, small, olmoe-1b-7b, deepseek-v2-lite)",
+                            preset);
     if ((unsigned)family >= MT_FAMILY_COUNT) return mt_error_set(err, MT_ERR_INVALID, "unknown family %d", (int)family);
     if (vocab_size <= 0) return mt_error_set(err, MT_ERR_INVALID, "vocab_size %d must be positive", vocab_size);
     mt_config c;

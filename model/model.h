@@ -109,8 +109,12 @@ mt_status mt_family_from_name(const char *model_type, mt_family *out, mt_error *
 mt_status mt_config_load(mt_config *cfg, const char *path, mt_error *err);
 /* Serialises to a config.json that transformers loads for this family. Caller frees *json. */
 mt_status mt_config_to_json(const mt_config *cfg, char **json, mt_error *err);
-/* Presets for `moetune init`: "tiny" and "small". vocab_size is set by the caller's tokenizer. */
+/* Presets for `moetune init`: "tiny" and "small" (any family; vocab_size is the caller's
+ * tokenizer's), and the published shapes "olmoe-1b-7b" and "deepseek-v2-lite" (their own
+ * family and vocab_size; the tokenizer's vocab_size must not exceed it). */
 mt_status mt_config_preset(mt_config *cfg, mt_family family, const char *preset, int vocab_size, mt_error *err);
+/* True for a preset that fixes its family (the published shapes), which it stores in *family. */
+bool mt_config_preset_family(const char *preset, mt_family *family);
 /* Checks internal consistency (head counts divide, k ≤ experts, ...). */
 mt_status mt_config_validate(const mt_config *cfg, const char *origin, mt_error *err);
 /* Attention widths: q/k head width and v head width (differ under MLA). */
@@ -288,6 +292,14 @@ void mt_model_free(mt_model *m);
 /* Writes config.json, generation_config.json and model.safetensors (sharded above
  * max_shard_bytes; 0 = never) in `dir`, weights stored as `dtype`. */
 mt_status mt_model_save(const mt_model *m, const char *dir, mt_dtype dtype, size_t max_shard_bytes, mt_error *err);
+/* mt_model_init_random followed by mt_model_save (one model.safetensors), streamed: the
+ * weights are generated and written a chunk at a time, so memory stays at a few MB per thread
+ * whatever the model's size. fast = false gives the very bytes init + save would;
+ * fast = true draws each 64 Ki-value chunk from its own stream (so threads share a tensor)
+ * as a sum of four uniforms (Irwin–Hall: mean 0, standard deviation initializer_range, cut
+ * off at ±3.46σ) — about 20x cheaper than Box–Muller, for models of billions of values. */
+mt_status mt_model_write_random(const mt_config *cfg, uint64_t seed, mt_dtype dtype, bool fast, int threads,
+                                const char *dir, mt_error *err);
 
 const mt_config *mt_model_config(const mt_model *m);
 mt_backend *mt_model_backend(const mt_model *m);

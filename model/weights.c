@@ -4,6 +4,7 @@
  * quantisation, random initialisation, saving in the Hugging Face layout, gradient buffers and
  * the content hash. */
 #define _GNU_SOURCE /* madvise */
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -917,12 +918,13 @@ static mt_status write_generation_config(const mt_config *cfg, const char *dir, 
     return st;
 }
 
-mt_status mt_model_save(const mt_model *m, const char *dir, mt_dtype dtype, size_t max_shard_bytes, mt_error *err) {
+/* config.json (torch_dtype naming the weights' dtype) and generation_config.json. */
+static mt_status write_config_files(const mt_config *model_cfg, const char *dir, mt_dtype dtype, mt_error *err) {
     if (dtype != MT_DTYPE_F32 && dtype != MT_DTYPE_BF16 && dtype != MT_DTYPE_F16)
         return mt_error_set(err, MT_ERR_INVALID, "model save: dtype must be F32, BF16 or F16, not %s", mt_dtype_name(dtype));
     mt_status st = mt_mkdirs(dir, err);
     if (st) return st;
-    mt_config cfg = m->cfg;
+    mt_config cfg = *model_cfg;
     snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "%s", torch_dtype_of(dtype));
     char *json = NULL;
     st = mt_config_to_json(&cfg, &json, err);
@@ -935,8 +937,18 @@ mt_status mt_model_save(const mt_model *m, const char *dir, mt_dtype dtype, size
     st = mt_write_file_atomic(path, json, strlen(json), err);
     free(json);
     if (st) return st;
-    st = write_generation_config(&cfg, dir, err);
+    return write_generation_config(&cfg, dir, err);
+}
+
+/* transformers keeps the routing bias in fp32 whatever the model dtype */
+static mt_dtype stored_dtype(const mt_param *p, mt_dtype dtype) {
+    return strstr(p->name, "e_score_correction_bias") ? MT_DTYPE_F32 : dtype;
+}
+
+mt_status mt_model_save(const mt_model *m, const char *dir, mt_dtype dtype, size_t max_shard_bytes, mt_error *err) {
+    mt_status st = write_config_files(&m->cfg, dir, dtype, err);
     if (st) return st;
+    char path[4096];
 
     bool host = mt_backend_is_host(m->be);
     float **copies = host ? NULL : mt_xcalloc((size_t)m->n_params, sizeof(float *));
@@ -953,9 +965,7 @@ mt_status mt_model_save(const mt_model *m, const char *dir, mt_dtype dtype, size
             mt_model_param_to_f32(m, p, copies[i]);
             data = copies[i];
         }
-        /* transformers keeps the routing bias in fp32 whatever the model dtype */
-        mt_dtype dt = strstr(p->name, "e_score_correction_bias") ? MT_DTYPE_F32 : dtype;
-        mt_st_writer_add(w, p->name, dt, p->ndim, p->shape, data);
+        mt_st_writer_add(w, p->name, stored_dtype(p, dtype), p->ndim, p->shape, data);
     }
     mt_st_writer_set_metadata(w, "format", "pt");
     if (max_shard_bytes > 0) {
@@ -971,6 +981,128 @@ mt_status mt_model_save(const mt_model *m, const char *dir, mt_dtype dtype, size
         free(copies);
     }
     return st;
+}
+
+/* ---- streamed random initialisation ---- */
+
+enum { STREAM_CHUNK = 1 << 16, STREAM_BATCH = 64 }; /* values per chunk; chunks per write */
+
+/* One chunk of the fast initialisation: a stream of its own keyed by (seed, parameter,
+ * chunk), each value a sum of four 16-bit uniforms scaled to unit variance: the discrete
+ * uniform on 0..65535 has variance (65536² − 1)/12, four of them (65536² − 1)/3. */
+static void fast_normal_chunk(uint64_t seed, int param, int64_t chunk, float std, float *dst, size_t n) {
+    mt_rng r;
+    mt_rng_seed(&r, mt_hash_u64(mt_hash_u64(seed, (uint64_t)param), (uint64_t)chunk));
+    const double mean = 4 * 32767.5, scale = std / sqrt((65536.0 * 65536.0 - 1) / 3);
+    for (size_t j = 0; j < n; j++) {
+        uint64_t u = mt_rng_u64(&r);
+        double sum = (double)(u & 0xffff) + (double)((u >> 16) & 0xffff) + (double)((u >> 32) & 0xffff) + (double)(u >> 48);
+        dst[j] = (float)((sum - mean) * scale);
+    }
+}
+
+static void put_stored(float x, mt_dtype dt, uint8_t *out) {
+    if (dt == MT_DTYPE_F32) {
+        uint32_t u;
+        memcpy(&u, &x, sizeof u);
+        for (int b = 0; b < 4; b++) out[b] = (uint8_t)(u >> (8 * b));
+    } else {
+        uint16_t u = dt == MT_DTYPE_F16 ? mt_f32_to_f16(x) : mt_f32_to_bf16(x);
+        out[0] = (uint8_t)u;
+        out[1] = (uint8_t)(u >> 8);
+    }
+}
+
+/* The safetensors header mt_st_writer_save writes for these tensors in this order: the same
+ * bytes, so the streamed file equals the one init + save make. Parameter names are the
+ * tables' (letters, digits, '.', '_'): nothing to escape. */
+static char *stream_header(const mt_model *m, mt_dtype dtype, size_t *len) {
+    size_t cap = 4096 + (size_t)m->n_params * 192, n = 0;
+    char *h = mt_xmalloc(cap);
+    n += (size_t)snprintf(h + n, cap - n, "{\"__metadata__\":{\"format\":\"pt\"}");
+    uint64_t off = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const mt_param *p = &m->params[i];
+        mt_dtype dt = stored_dtype(p, dtype);
+        uint64_t bytes = (uint64_t)p->numel * mt_dtype_size(dt);
+        if (cap - n < strlen(p->name) + 160) {
+            cap = 2 * cap + strlen(p->name) + 160;
+            h = mt_xrealloc(h, cap);
+        }
+        n += (size_t)snprintf(h + n, cap - n, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", p->name, mt_dtype_name(dt));
+        for (int d = 0; d < p->ndim; d++) n += (size_t)snprintf(h + n, cap - n, "%s%" PRId64, d ? "," : "", p->shape[d]);
+        n += (size_t)snprintf(h + n, cap - n, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off, off + bytes);
+        off += bytes;
+    }
+    n += (size_t)snprintf(h + n, cap - n, "}");
+    while (n % 8) h[n++] = ' ';
+    h[n] = '\0';
+    *len = n;
+    return h;
+}
+
+mt_status mt_model_write_random(const mt_config *cfg, uint64_t seed, mt_dtype dtype, bool fast, int threads,
+                                const char *dir, mt_error *err) {
+    mt_status st = mt_config_validate(cfg, "config", err);
+    if (st) return st;
+    mt_model *m = NULL;
+    st = mt_model_build(&m, cfg, NULL, err); /* names, shapes and init kinds; no memory for weights */
+    if (st) return st;
+    st = write_config_files(cfg, dir, dtype, err);
+    char path[4096];
+    if (!st && !mt_path_join(path, sizeof path, dir, "model.safetensors"))
+        st = mt_error_set(err, MT_ERR_INVALID, "%s: path too long", dir);
+    mt_atomic_file *f = NULL;
+    if (!st) st = mt_atomic_file_open(&f, path, err);
+    size_t hlen = 0;
+    char *header = st ? NULL : stream_header(m, dtype, &hlen);
+    if (!st) {
+        uint8_t len8[8];
+        for (int b = 0; b < 8; b++) len8[b] = (uint8_t)((uint64_t)hlen >> (8 * b));
+        st = mt_atomic_file_write(f, len8, 8, err);
+        if (!st) st = mt_atomic_file_write(f, header, hlen, err);
+    }
+    free(header);
+    float std = cfg->initializer_range > 0 ? cfg->initializer_range : 0.02f;
+    int nt = threads > 0 ? threads : 1;
+    float *vals = mt_xmalloc((size_t)STREAM_BATCH * STREAM_CHUNK * sizeof(float));
+    uint8_t *bytes = mt_xmalloc((size_t)STREAM_BATCH * STREAM_CHUNK * sizeof(float));
+    for (int i = 0; i < m->n_params && !st; i++) {
+        const mt_param *p = &m->params[i];
+        mt_dtype dt = stored_dtype(p, dtype);
+        size_t es = mt_dtype_size(dt);
+        int64_t n_chunks = (p->numel + STREAM_CHUNK - 1) / STREAM_CHUNK;
+        /* init_random's stream for this parameter, continued across batches when exact */
+        mt_rng exact;
+        mt_rng_seed(&exact, mt_hash_u64(seed, (uint64_t)i));
+        for (int64_t c0 = 0; c0 < n_chunks && !st; c0 += STREAM_BATCH) {
+            int64_t c1 = c0 + STREAM_BATCH < n_chunks ? c0 + STREAM_BATCH : n_chunks;
+            int64_t first = c0 * STREAM_CHUNK, count = (c1 * STREAM_CHUNK < p->numel ? c1 * STREAM_CHUNK : p->numel) - first;
+            if (m->init[i] != MT_PARAM_INIT_NORMAL) {
+                float v = m->init[i] == MT_PARAM_INIT_ONE ? 1.0f : 0.0f;
+                for (int64_t j = 0; j < count; j++) vals[j] = v;
+            } else if (!fast) {
+                for (int64_t j = 0; j < count; j++) vals[j] = std * mt_rng_normal(&exact);
+            }
+            int nthr = fast && m->init[i] == MT_PARAM_INIT_NORMAL ? nt : 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr)
+            for (int64_t c = c0; c < c1; c++) {
+                int64_t lo = (c - c0) * STREAM_CHUNK, hi = lo + STREAM_CHUNK < count ? lo + STREAM_CHUNK : count;
+                if (fast && m->init[i] == MT_PARAM_INIT_NORMAL) fast_normal_chunk(seed, i, c, std, vals + lo, (size_t)(hi - lo));
+                for (int64_t j = lo; j < hi; j++) put_stored(vals[j], dt, bytes + (size_t)j * es);
+            }
+            st = mt_atomic_file_write(f, bytes, (size_t)count * es, err);
+        }
+    }
+    free(vals);
+    free(bytes);
+    mt_model_free(m);
+    if (!f) return st;
+    if (st) {
+        mt_atomic_file_abort(f);
+        return st;
+    }
+    return mt_atomic_file_commit(f, err);
 }
 
 /* ---- accessors ---- */
