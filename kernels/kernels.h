@@ -155,10 +155,11 @@ typedef struct mt_grouped_proj {
 } mt_grouped_proj;
 
 /* Y_p[g's rows] = X[g's rows]·W_{p,g}ᵀ for each of the n_proj projections. The work is cut into
- * (projection, group, row chunk, column tile) items split over the backend's threads by FLOPs,
- * each computed on one thread: sgemm for groups of many rows, a register-blocked AVX2 kernel
- * (no packing) for groups of a few. The cut depends on the shapes alone, so the result does not
- * depend on the thread count. */
+ * items, dealt to the backend's threads in runs of equal FLOPs and each computed on one thread:
+ * for an fp32 weight one single-threaded sgemm per (projection, group), the call mt_matmul makes
+ * for that expert alone, so on one thread the bits equal a per-expert loop's; for a low-precision
+ * weight mt_lowp_matmul's tiles (a register-blocked AVX2 kernel for groups of a few rows). The cut
+ * depends on the shapes alone, so the result does not depend on the thread count. */
 void mt_grouped_matmul(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, int n_proj,
                        const mt_grouped_proj *p);
 /* dX[g's rows] += Σ_p dY_p[g's rows]·W_{p,g} (when dx is not NULL; projections added in order)

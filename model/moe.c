@@ -190,17 +190,18 @@ static void experts_forward_grouped(mt_model *m, const mt_layer *ly, const mt_li
     experts_after_forward(m, ly->exp_down, ce, s->h, a->yp, d->E, off);
 }
 
-/* down's input gradient and weight gradients in one grouped call, then gate's and up's
- * together (their input gradients summed into dxp in one pass); adapters after each. */
+/* down's input and weight gradients in one grouped call, then gate's, then up's; each expert's
+ * adapters after its projection's base product, in the per-expert loop's order (gate's delta
+ * reaches dxp before up's base product), so on one thread the two paths agree bit for bit. */
 static void experts_backward_grouped(mt_model *m, const mt_layer *ly, const mt_lin_ctx *ce, mt_acts *a,
                                      mt_scratch *s, mt_grads *g, const mt_dims *d, const int32_t *off, int NK) {
     mt_backend *be = ce->be;
     size_t nh = (size_t)NK * d->Im;
-    expert_weights wg, wu;
+    expert_weights w;
     for (int e0 = 0; e0 < d->E; e0 += GROUP_CHUNK) {
         int n = d->E - e0 < GROUP_CHUNK ? d->E - e0 : GROUP_CHUNK;
         mt_grouped_proj p;
-        expert_weights_fill(ly->exp_down, e0, n, &wg, &p);
+        expert_weights_fill(ly->exp_down, e0, n, &w, &p);
         p.dy = g->dyp;
         mt_grouped_matmul_backward(be, n, off + e0, d->Im, s->h, g->dh, 1, &p);
     }
@@ -209,17 +210,18 @@ static void experts_backward_grouped(mt_model *m, const mt_layer *ly, const mt_l
     zero(be, g->du, nh * sizeof(float));
     mt_swiglu_backward(be, g->dh, a->gp, a->up, g->dg, g->du, nh);
     zero(be, g->dxp, (size_t)NK * d->H * sizeof(float));
-    for (int e0 = 0; e0 < d->E; e0 += GROUP_CHUNK) {
-        int n = d->E - e0 < GROUP_CHUNK ? d->E - e0 : GROUP_CHUNK;
-        mt_grouped_proj p[2];
-        expert_weights_fill(ly->exp_gate, e0, n, &wg, &p[0]);
-        expert_weights_fill(ly->exp_up, e0, n, &wu, &p[1]);
-        p[0].dy = g->dg;
-        p[1].dy = g->du;
-        mt_grouped_matmul_backward(be, n, off + e0, d->H, a->xp, g->dxp, 2, p);
+    mt_linear *const *projs[2] = {ly->exp_gate, ly->exp_up};
+    const float *dys[2] = {g->dg, g->du};
+    for (int k = 0; k < 2; k++) {
+        for (int e0 = 0; e0 < d->E; e0 += GROUP_CHUNK) {
+            int n = d->E - e0 < GROUP_CHUNK ? d->E - e0 : GROUP_CHUNK;
+            mt_grouped_proj p;
+            expert_weights_fill(projs[k], e0, n, &w, &p);
+            p.dy = dys[k];
+            mt_grouped_matmul_backward(be, n, off + e0, d->H, a->xp, g->dxp, 1, &p);
+        }
+        experts_after_backward(m, projs[k], ce, a->xp, dys[k], g->dxp, d->E, off);
     }
-    experts_after_backward(m, ly->exp_gate, ce, a->xp, g->dg, g->dxp, d->E, off);
-    experts_after_backward(m, ly->exp_up, ce, a->xp, g->du, g->dxp, d->E, off);
 }
 
 /* SwiGLU MLP on rows x [n, in]: h = silu(gate(x)) ⊙ up(x); out = down(h). */

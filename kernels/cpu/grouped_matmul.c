@@ -3,7 +3,7 @@
  * mt_lowp_row_to_f32), forward, input gradient and weight gradient. One parallel region per
  * call: the work is cut into items by the shapes alone and the items are dealt to threads in
  * contiguous runs of equal FLOPs, each item on one thread (single-threaded sgemm, or for a
- * group of a few rows a register-blocked AVX2 kernel that reads the weight once, unpacked). */
+ * low-precision group of a few rows a register-blocked AVX2 kernel on converted rows). */
 #include "cpu/cpu-impl.h"
 
 #include <cblas.h>
@@ -11,20 +11,17 @@
 #include <math.h>
 #include <omp.h>
 
-/* Groups of at most this many rows skip sgemm: OpenBLAS packs the whole weight tile for each
- * call, which for a few rows costs more than the product (measured in docs/performance.md). */
+/* fp32: one item per (projection, group), the very sgemm call mt_lin_forward / mt_lin_backward
+ * make for one expert, so with one thread the grouped path gives the per-expert loop's bits (and
+ * a token's row does not depend on which of its expert's row counts crosses a tile edge).
+ * Low precision: items of ROW_CHUNK rows by TILE_O columns (forward) or TILE_K columns (dX), the
+ * tiles of mt_lowp_matmul, converted TILE_O x TILE_K at a time into per-thread scratch (128 KiB);
+ * groups of at most SMALL_ROWS rows take the register-blocked kernel on two converted weight
+ * rows at a time instead (a few rows do not amortise the conversion of whole tiles). */
 #define SMALL_ROWS 8
-/* Rows of X per item: a group with many rows is cut so the items stay comparable. */
 #define ROW_CHUNK 256
-/* Forward: columns of Y (rows of W) per item, fp32 (a 128 x in tile for sgemm's packing) and
- * low precision (converted TILE_O x TILE_K at a time into per-thread scratch, 128 KiB). */
-#define FWD_COLS 128
 #define TILE_O 64
 #define TILE_K 512
-/* Input gradient: columns of dX per item. */
-#define DX_COLS 256
-/* Weight gradient: rows of dW per item (the item sums over all the group's rows). */
-#define DW_ROWS 64
 /* A fixed cost per item, in multiply-adds, so many tiny items do not all land on one thread. */
 #define ITEM_OVERHEAD 4096.0
 
@@ -128,26 +125,8 @@ static void run_fwd(const plan *pl, const item *it, float *tmp) {
     const float *x = pl->x + (size_t)it->r0 * in;
     float *y = p->y + (size_t)it->r0 * out;
     if (is_f32(p, it->g)) {
-        const float *w = p->f32[it->g] + (size_t)it->c0 * in;
-        if (it->nr > SMALL_ROWS) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, it->nr, it->nc, in, 1.0f, x, in, w, in, 0.0f,
-                        y + it->c0, out);
-            return;
-        }
-        for (int t0 = 0; t0 < it->nr; t0 += 4) {
-            const int nr = imin(4, it->nr - t0);
-            const float *xs[4];
-            float *ys[4];
-            for (int t = 0; t < nr; t++) {
-                xs[t] = x + (size_t)(t0 + t) * in;
-                ys[t] = y + (size_t)(t0 + t) * out;
-            }
-            for (int o = 0; o < it->nc; o += 2) {
-                const int nw = imin(2, it->nc - o);
-                const float *ws[2] = {w + (size_t)o * in, w + (size_t)(o + nw - 1) * in};
-                dot_block(xs, nr, ws, nw, in, ys, it->c0 + o);
-            }
-        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, it->nr, it->nc, in, 1.0f, x, in,
+                    p->f32[it->g] + (size_t)it->c0 * in, in, 0.0f, y + it->c0, out);
         return;
     }
     const mt_lowp_weight *W = &p->lowp[it->g];
@@ -191,14 +170,8 @@ static void run_dx(const plan *pl, const item *it, float *tmp) {
         const int out = p->out;
         const float *dy = p->dy + (size_t)it->r0 * out;
         if (is_f32(p, it->g)) {
-            const float *w = p->f32[it->g] + c0;
-            if (nr > SMALL_ROWS) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, nc, out, 1.0f, dy, out, w, in, 1.0f, dx,
-                            in);
-                continue;
-            }
-            for (int o = 0; o < out; o++)
-                for (int t = 0; t < nr; t++) axpy(dx + (size_t)t * in, dy[(size_t)t * out + o], w + (size_t)o * in, nc);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, nc, out, 1.0f, dy, out, p->f32[it->g] + c0, in,
+                        1.0f, dx, in);
             continue;
         }
         const mt_lowp_weight *W = &p->lowp[it->g];
@@ -226,12 +199,7 @@ static void run_dw(const plan *pl, const item *it) {
     const float *dy = p->dy + (size_t)it->r0 * out + it->c0;
     const float *x = pl->x + (size_t)it->r0 * in;
     float *dw = p->dw[it->g] + (size_t)it->c0 * in;
-    if (it->nr > SMALL_ROWS) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, it->nc, in, it->nr, 1.0f, dy, out, x, in, 1.0f, dw, in);
-        return;
-    }
-    for (int o = 0; o < it->nc; o++)
-        for (int t = 0; t < it->nr; t++) axpy(dw + (size_t)o * in, dy[(size_t)t * out + o], x + (size_t)t * in, in);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, it->nc, in, it->nr, 1.0f, dy, out, x, in, 1.0f, dw, in);
 }
 
 static void run_item(const plan *pl, const item *it, float *tmp) {
@@ -270,10 +238,11 @@ static void walk(const plan *pl, double total, int t, int nt, double *sum, float
         if (n <= 0) continue;
         if (pl->fwd)
             for (int pi = 0; pi < pl->n_proj; pi++) {
-                const int out = pl->p[pi].out, cols = is_f32(&pl->p[pi], g) ? FWD_COLS : TILE_O;
-                for (int r = 0; r < n; r += ROW_CHUNK)
+                const bool f32 = is_f32(&pl->p[pi], g);
+                const int out = pl->p[pi].out, cols = f32 ? out : TILE_O, chunk = f32 ? n : ROW_CHUNK;
+                for (int r = 0; r < n; r += chunk)
                     for (int c = 0; c < out; c += cols) {
-                        it = (item){ITEM_FWD, pi, g, r_begin + r, imin(ROW_CHUNK, n - r), c, imin(cols, out - c)};
+                        it = (item){ITEM_FWD, pi, g, r_begin + r, imin(chunk, n - r), c, imin(cols, out - c)};
                         VISIT((double)it.nr * it.nc * in);
                     }
             }
@@ -284,10 +253,10 @@ static void walk(const plan *pl, double total, int t, int nt, double *sum, float
                 outs += pl->p[pi].out;
                 lowp |= !is_f32(&pl->p[pi], g);
             }
-            const int cols = lowp ? TILE_K : DX_COLS;
-            for (int r = 0; r < n; r += ROW_CHUNK)
+            const int cols = lowp ? TILE_K : in, chunk = lowp ? ROW_CHUNK : n;
+            for (int r = 0; r < n; r += chunk)
                 for (int c = 0; c < in; c += cols) {
-                    it = (item){ITEM_DX, 0, g, r_begin + r, imin(ROW_CHUNK, n - r), c, imin(cols, in - c)};
+                    it = (item){ITEM_DX, 0, g, r_begin + r, imin(chunk, n - r), c, imin(cols, in - c)};
                     VISIT((double)it.nr * it.nc * outs);
                 }
         }
@@ -295,8 +264,8 @@ static void walk(const plan *pl, double total, int t, int nt, double *sum, float
             for (int pi = 0; pi < pl->n_proj; pi++) {
                 if (!pl->p[pi].dw || !pl->p[pi].dw[g]) continue;
                 const int out = pl->p[pi].out;
-                for (int c = 0; c < out; c += DW_ROWS) {
-                    it = (item){ITEM_DW, pi, g, r_begin, n, c, imin(DW_ROWS, out - c)};
+                {
+                    it = (item){ITEM_DW, pi, g, r_begin, n, 0, out};
                     VISIT((double)n * it.nc * in);
                 }
             }
