@@ -59,6 +59,12 @@ typedef enum mt_recipe_schedule {
     MT_RECIPE_SCHEDULE_CONSTANT
 } mt_recipe_schedule;
 typedef enum mt_recipe_device { MT_RECIPE_DEVICE_CPU, MT_RECIPE_DEVICE_CUDA } mt_recipe_device;
+/* model.h's mt_checkpointing, in its order */
+typedef enum mt_recipe_checkpointing {
+    MT_RECIPE_CHECKPOINTING_NONE,
+    MT_RECIPE_CHECKPOINTING_LAYERS,
+    MT_RECIPE_CHECKPOINTING_SELECTIVE
+} mt_recipe_checkpointing;
 
 /* An optional number that was not given (train.steps when epochs are used, the unused one of
  * train.warmup_steps / train.warmup_ratio). Every optional number has a range that excludes it. */
@@ -146,6 +152,7 @@ typedef struct mt_recipe {
         bool resume;          /* continue from the newest checkpoint in output.dir */
         int threads;          /* 0 = all cores */
         mt_recipe_device device;
+        mt_recipe_checkpointing checkpointing; /* activation recomputation in the backward */
         double head_lr;       /* learning rate of a scalar head (reward, value), or MT_RECIPE_UNSET: lr */
     } train;
     struct {                  /* dpo, simpo, orpo */

@@ -85,6 +85,8 @@ void mt_run_add_trainable(mt_run *run, const char *name, float *data, float *gra
 /* The forward options of micro-batch g of this step (dropout seed, router noise, aux weight,
  * the policy's adapter). */
 mt_forward_opts mt_run_forward_opts(const mt_run *run, int g);
+/* run->ws: the training workspace for B×T rows, with train.checkpointing. */
+mt_status mt_run_train_workspace(mt_run *run, int B, int T, int max_rank, mt_error *err);
 
 /* SFT's data: documents from data.train/eval into rows (run.c). */
 mt_status mt_run_load_docs(mt_run *run, mt_error *err);

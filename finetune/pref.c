@@ -285,7 +285,7 @@ static mt_status pref_open_model(mt_run *run, mt_error *err) {
                             "reference.cache: false with adapter.type: none: full fine-tuning changes the base "
                             "weights themselves, so no unchanged copy is left to be the reference; cache it "
                             "(reference.cache: true computes it before the first step) or train LoRA");
-    MT_TRY(mt_workspace_init(&run->ws, run->model, 2 * B, T, true, max_rank, err));
+    MT_TRY(mt_run_train_workspace(run, 2 * B, T, max_rank, err));
     MT_TRY(mt_workspace_init(&p->ews, run->model, 2 * B, T, false, max_rank, err));
     mt_batch_buf_init(&p->buf, 2 * B, T);
     size_t n = (size_t)2 * B * T;

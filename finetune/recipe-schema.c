@@ -36,6 +36,7 @@ static const char *const init_names[] = {"default", "gaussian", NULL};
 static const char *const format_names[] = {"auto", "text", "prompt_completion", "messages", "plain", NULL};
 static const char *const schedule_names[] = {"cosine", "linear", "constant", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
+static const char *const ckpt_names[] = {"none", "layers", "selective", NULL};
 
 const char *mt_recipe_method_name(mt_recipe_method m) {
     return (unsigned)m < sizeof method_names / sizeof method_names[0] - 1 ? method_names[m] : "?";
@@ -326,6 +327,15 @@ const mt_rkey mt_recipe_keys[] = {
      .aliases = "backend",
      .doc = "Where the kernels run. Only `cpu` trains today: `cuda` is refused when the run starts, because "
             "the CUDA backend manages devices (memory, transfers, cuBLAS) but has no compute op yet."},
+    {.path = "train.checkpointing", .type = MT_RKEY_ENUM, .offset = OFF(train.checkpointing), .def = "none",
+     .names = ckpt_names, .aliases = "gradient_checkpointing activation_checkpointing",
+     .doc = "Activation checkpointing: `none` keeps every layer's activations for the backward; `layers` "
+            "keeps each layer's input and one layer's activations, and the backward recomputes each layer's "
+            "forward before its backward (activation memory of one layer instead of all, about one more "
+            "forward per step); `selective` keeps every GEMM and attention output and recomputes only what "
+            "costs no GEMM (the RMSNorm outputs, QK-norm's q/k, MLA's normed latents and expanded keys, the "
+            "MoE input's jitter and its gather into expert order). Losses and gradients are bit-identical in "
+            "all three (docs/performance.md)."},
     {.path = "train.head_lr", .type = MT_RKEY_FLOAT, .offset = OFF(train.head_lr), .def = "null", .min = 0,
      .max = 1, .flags = MT_RKEY_NULLABLE | MT_RKEY_MIN_OPEN, .only_if = "method=reward|ppo",
      .aliases = "score_lr value_lr head_learning_rate",

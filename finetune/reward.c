@@ -72,7 +72,7 @@ static mt_status rwd_open_model(mt_run *run, mt_error *err) {
     double scale = r->train.head_lr == MT_RECIPE_UNSET ? 1.0 : r->train.head_lr / r->train.lr;
     mt_run_add_trainable(run, "score.weight", p->w, p->dw, p->H, true, scale);
     int max_rank = run->lora ? mt_lora_max_rank(run->lora) : 0;
-    MT_TRY(mt_workspace_init(&run->ws, run->model, 2 * B, T, true, max_rank, err));
+    MT_TRY(mt_run_train_workspace(run, 2 * B, T, max_rank, err));
     mt_batch_buf_init(&p->buf, 2 * B, T);
     p->rowidx = mt_xcalloc((size_t)2 * B, sizeof *p->rowidx);
     p->last = mt_xcalloc((size_t)2 * B, sizeof *p->last);

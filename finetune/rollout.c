@@ -550,7 +550,7 @@ mt_status mt_rl_open_model(mt_run *run, mt_rl_env *g, bool need_ref, mt_error *e
     if (need_ref && r->reference.model == MT_RECIPE_REF_ADAPTER)
         MT_TRY(load_frozen(run, r->reference.adapter, "reference.adapter", &g->ref_lora, NULL, &max_rank, err));
     int B = r->train.micro_batch * g->G, T = g->T;
-    MT_TRY(mt_workspace_init(&run->ws, run->model, B, T, true, max_rank, err));
+    MT_TRY(mt_run_train_workspace(run, B, T, max_rank, err));
     MT_TRY(mt_workspace_init(&g->ews, run->model, B, T, false, max_rank, err));
     mt_batch_buf_init(&g->buf, B, T);
     size_t n = (size_t)B * T;

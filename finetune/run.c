@@ -486,12 +486,14 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
         MT_TRY(mt_store_log_metrics(run->store, run->run_id, 0, m, run->st.mean_entropy >= 0 ? 2 : 1, err));
     }
 
-    mt_run_note(o, "training: %lld steps of %d x %d rows x %d tokens, lr %g, %s schedule, warmup %lld; activations %.1f MB",
+    static const char *const recompute[] = {"", " (checkpointing: layers)", " (checkpointing: selective)"};
+    mt_run_note(o, "training: %lld steps of %d x %d rows x %d tokens, lr %g, %s schedule, warmup %lld; activations %.1f MB%s",
          (long long)run->total_steps, r->train.grad_accum, r->train.micro_batch, run->T, r->train.lr,
          r->train.schedule == MT_RECIPE_SCHEDULE_COSINE   ? "cosine"
          : r->train.schedule == MT_RECIPE_SCHEDULE_LINEAR ? "linear"
                                                           : "constant",
-         (long long)run->warmup, run->ws ? (double)mt_workspace_bytes(run->ws) / 1e6 : 0.0);
+         (long long)run->warmup, run->ws ? (double)mt_workspace_bytes(run->ws) / 1e6 : 0.0,
+         recompute[r->train.checkpointing]);
     return MT_OK;
 }
 

@@ -9,7 +9,7 @@
 static mt_status sft_open_model(mt_run *run, mt_error *err) {
     const mt_recipe *r = run->r;
     int max_rank = run->lora ? mt_lora_max_rank(run->lora) : 0;
-    MT_TRY(mt_workspace_init(&run->ws, run->model, r->train.micro_batch, run->T, true, max_rank, err));
+    MT_TRY(mt_run_train_workspace(run, r->train.micro_batch, run->T, max_rank, err));
     mt_batch_buf_init(&run->buf, r->train.micro_batch, run->T);
     if (run->eval_rows.n_rows) {
         MT_TRY(mt_workspace_init(&run->eval_ws, run->model, r->train.micro_batch, run->T, false, max_rank, err));

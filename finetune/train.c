@@ -80,6 +80,16 @@ mt_forward_opts mt_run_forward_opts(const mt_run *run, int g) {
     };
 }
 
+mt_status mt_run_train_workspace(mt_run *run, int B, int T, int max_rank, mt_error *err) {
+    static const mt_checkpointing modes[] = {
+        [MT_RECIPE_CHECKPOINTING_NONE] = MT_CHECKPOINTING_NONE,
+        [MT_RECIPE_CHECKPOINTING_LAYERS] = MT_CHECKPOINTING_LAYERS,
+        [MT_RECIPE_CHECKPOINTING_SELECTIVE] = MT_CHECKPOINTING_SELECTIVE,
+    };
+    return mt_workspace_init_checkpointed(&run->ws, run->model, B, T, max_rank, modes[run->r->train.checkpointing],
+                                          err);
+}
+
 /* ---- data parallelism: what the ranks add up before an update (docs/scale-out.md) ---- */
 
 /* How a step metric combines over ranks. Objectives report a step's means over its

@@ -111,6 +111,36 @@ void mt_attn_project(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_ac
     mt_rope_forward(be, &rk, k_out);
 }
 
+void mt_attn_recompute_cheap(mt_model *m, const mt_layer *ly, mt_backend *be, mt_acts *a, int N, const int32_t *pos) {
+    const mt_config *cfg = &m->cfg;
+    mt_dims d;
+    mt_model_dims(cfg, &d);
+    if (cfg->mla) {
+        if (ly->q_a) mt_rmsnorm_forward(be, a->qa, ly->q_a_norm->data, a->qan, a->qa_rstd, N, d.ql, MLA_NORM_EPS);
+        /* kva's latent columns are as the projection wrote them (only k_pe is roped) */
+        mt_copy_2d(be, a->c_raw, d.kvl, a->kva, d.kva_dim, N, d.kvl);
+        mt_rmsnorm_forward(be, a->c_raw, ly->kv_a_norm->data, a->cn, a->c_rstd, N, d.kvl, MLA_NORM_EPS);
+        for (int h = 0; h < d.nh; h++) {
+            mt_copy_2d(be, a->k + h * d.qk_hd, d.q_dim, a->kvb + h * (d.nope + d.vh), d.kvb_dim, N, d.nope);
+            mt_copy_2d(be, a->k + h * d.qk_hd + d.nope, d.q_dim, a->kva + d.kvl, d.kva_dim, N, d.rope);
+        }
+        return;
+    }
+    if (cfg->qk_norm == MT_QK_NORM_NONE) return;
+    float eps = cfg->rms_norm_eps;
+    if (cfg->qk_norm == MT_QK_NORM_HEAD) {
+        mt_rmsnorm_forward(be, a->q_raw, ly->q_norm->data, a->q, a->q_rstd, N * d.nh, d.hd, eps);
+        mt_rmsnorm_forward(be, a->k_raw, ly->k_norm->data, a->k, a->k_rstd, N * d.nkv, d.hd, eps);
+    } else {
+        mt_rmsnorm_forward(be, a->q_raw, ly->q_norm->data, a->q, a->q_rstd, N, d.q_dim, eps);
+        mt_rmsnorm_forward(be, a->k_raw, ly->k_norm->data, a->k, a->k_rstd, N, d.kv_dim, eps);
+    }
+    mt_rope_args rq = rope_args(m, N, d.nh, d.q_dim, d.hd, pos);
+    mt_rope_forward(be, &rq, a->q);
+    mt_rope_args rk = rope_args(m, N, d.nkv, d.kv_dim, d.hd, pos);
+    mt_rope_forward(be, &rk, a->k);
+}
+
 void mt_attn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, mt_acts *a, int B, int T,
                      const int32_t *pos, const int32_t *kv_start, float *out) {
     mt_backend *be = c->be;

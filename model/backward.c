@@ -55,9 +55,24 @@ mt_status mt_model_backward_hidden(mt_model *m, mt_workspace *ws, const float *d
     zero(be, g->dres, (size_t)N * d.H);
     mt_rmsnorm_backward(be, ws->dxf, ws->x_final, m->final_norm->data, ws->rstdf, g->dres, m->final_norm->grad, N, d.H);
 
+    mt_attn_plan plan = {.paged = false, .B = B, .T = T, .pos = ws->pos, .kv_start = kv_start};
+    mt_pass redo = pass;
+    redo.route_in = ws->route_kept ? ws->route_keep : NULL;
     for (int l = d.L - 1; l >= 0; l--) {
         const mt_layer *ly = &m->layers[l];
-        mt_acts *a = &ws->acts[l];
+        mt_acts *a = mt_ws_layer_acts(ws, l);
+        /* the profiler counts the forward once: recomputation is not a pass of its own */
+        mt_profile *prof = m->prof;
+        m->prof = NULL;
+        if (ws->ckpt == MT_CHECKPOINTING_LAYERS && l < d.L - 1) {
+            /* the shared set still holds the last layer from the forward; the others are rebuilt
+             * from their saved inputs, the output going to dxn (zeroed below before its use) */
+            a->x_in = ws->x_layer[l];
+            mt_layer_forward(m, ly, &c, &redo, a, &ws->s, N, &plan, g->dxn);
+        } else if (ws->ckpt == MT_CHECKPOINTING_SELECTIVE) {
+            mt_layer_recompute_cheap(m, ly, &pass, a, N, ws->pos);
+        }
+        m->prof = prof;
         /* g->dres holds ∂L/∂(layer output) = ∂L/∂x_mid through the FFN residual */
         const float *dsc = NULL, *drl = NULL;
         if (ly->moe) mt_aux_backward(ws, a, &dsc, &drl);

@@ -31,28 +31,30 @@ void mt_acts_layout(const mt_model *m, mt_acts *a, size_t N, const mt_acts_want 
     size_t NK = N * (size_t)(d.K > 0 ? d.K : 1);
     bool qkn = !cfg->mla && cfg->qk_norm != MT_QK_NORM_NONE;
     int32_t *offsets_host = a->offsets_host;
+    /* what selective checkpointing recomputes (mt_layer_recompute_cheap) */
+    bool cheap = !want->no_cheap;
     memset(a, 0, sizeof *a);
     a->offsets_host = offsets_host;
-    a->xn1 = CF(N * d.H);
+    if (cheap) a->xn1 = CF(N * d.H);
     a->rstd1 = CF(N);
-    a->q = CF(N * d.q_dim);
+    if (cheap || !qkn) a->q = CF(N * d.q_dim);
     if (cfg->mla) {
         if (want->expanded) {
-            a->k = CF(N * d.q_dim);
+            if (cheap) a->k = CF(N * d.q_dim);
             a->kvb = CF(N * d.kvb_dim);
         }
         if (d.ql > 0) {
             a->qa = CF(N * d.ql);
             a->qa_rstd = CF(N);
-            a->qan = CF(N * d.ql);
+            if (cheap) a->qan = CF(N * d.ql);
         }
         a->kva = CF(N * d.kva_dim);
-        a->c_raw = CF(N * d.kvl);
+        if (cheap) a->c_raw = CF(N * d.kvl);
         a->c_rstd = CF(N);
-        a->cn = CF(N * d.kvl);
+        if (cheap) a->cn = CF(N * d.kvl);
     } else {
         if (want->expanded) {
-            a->k = CF(N * d.kv_dim);
+            if (cheap || !qkn) a->k = CF(N * d.kv_dim);
             a->v = CF(N * d.kv_dim);
         }
         if (qkn) {
@@ -64,14 +66,14 @@ void mt_acts_layout(const mt_model *m, mt_acts *a, size_t N, const mt_acts_want 
     }
     a->att = CF(N * d.o_dim);
     a->lse = CF(N * d.nh);
-    a->xn2 = CF(N * d.H);
+    if (cheap) a->xn2 = CF(N * d.H);
     a->rstd2 = CF(N);
     if (want->dense) {
         a->g = CF(N * d.I);
         a->u = CF(N * d.I);
     }
     if (want->moe) {
-        if (want->jitter) a->xm = CF(N * d.H);
+        if (want->jitter && cheap) a->xm = CF(N * d.H);
         a->rlogits = CF(N * d.E);
         a->scores = CF(N * d.E);
         a->idx = CI(NK);
@@ -80,7 +82,7 @@ void mt_acts_layout(const mt_model *m, mt_acts *a, size_t N, const mt_acts_want 
         a->src_tok = CI(NK);
         a->src_slot = CI(NK);
         if (want->slots) a->perm_slot = CI(NK);
-        a->xp = CF(NK * d.H);
+        if (cheap) a->xp = CF(NK * d.H);
         a->gp = CF(NK * d.Im);
         a->up = CF(NK * d.Im);
         a->yp = CF(NK * d.H);
@@ -127,19 +129,63 @@ static void ws_layout(mt_workspace *ws, mt_carver *cv) {
     ws->pos = CI(N);
     ws->kv_start = CI(N);
     float *shared_x = ws->train ? NULL : CF(N * d.H);
+    bool layers = ws->ckpt == MT_CHECKPOINTING_LAYERS, sel = ws->ckpt == MT_CHECKPOINTING_SELECTIVE;
     for (int s = 0; s < ws->n_sets; s++) {
         mt_acts *a = &ws->acts[s];
-        /* a training set serves layer s only; the shared inference set serves every layer */
+        /* a training set serves layer s only; the shared inference or LAYERS set serves every layer */
+        bool own = ws->train && !layers;
         mt_acts_want want = {.expanded = true,
-                             .dense = ws->train ? !m->layers[s].moe : any_dense,
-                             .moe = ws->train ? m->layers[s].moe : any_moe,
-                             .jitter = ws->train};
+                             .dense = own ? !m->layers[s].moe : any_dense,
+                             .moe = own ? m->layers[s].moe : any_moe,
+                             .jitter = ws->train,
+                             .no_cheap = sel};
         mt_acts_layout(m, a, N, &want, cv);
-        if (ws->train) {
+        if (layers) {
+            a->x_in = NULL; /* the saved input of the layer it serves, set per layer */
+            a->x_mid = CF(N * d.H);
+        } else if (ws->train) {
             a->x_in = CF(N * d.H);
             a->x_mid = CF(N * d.H);
         } else {
             a->x_in = a->x_mid = shared_x;
+        }
+    }
+    if (layers)
+        for (int l = 0; l < d.L; l++) ws->x_layer[l] = CF(N * d.H);
+    if (sel) {
+        /* one copy of what is recomputed, written by each layer's forward and again before its backward */
+        float *xn1 = CF(N * d.H), *xn2 = CF(N * d.H);
+        float *q = NULL, *k = NULL, *qan = NULL, *c_raw = NULL, *cn = NULL, *xm = NULL, *xp = NULL;
+        if (cfg->mla) {
+            k = CF(N * d.q_dim);
+            if (d.ql > 0) qan = CF(N * d.ql);
+            c_raw = CF(N * d.kvl);
+            cn = CF(N * d.kvl);
+        } else if (qkn) {
+            q = CF(N * d.q_dim);
+            k = CF(N * d.kv_dim);
+        }
+        if (any_moe) {
+            xm = CF(N * d.H);
+            xp = CF(NK * d.H);
+        }
+        for (int l = 0; l < d.L; l++) {
+            mt_acts *a = &ws->acts[l];
+            a->xn1 = xn1;
+            a->xn2 = xn2;
+            if (cfg->mla) {
+                a->k = k;
+                a->qan = qan;
+                a->c_raw = c_raw;
+                a->cn = cn;
+            } else if (qkn) {
+                a->q = q;
+                a->k = k;
+            }
+            if (m->layers[l].moe) {
+                a->xm = xm;
+                a->xp = xp;
+            }
         }
     }
     ws->x_final = ws->train ? CF(N * d.H) : shared_x;
@@ -196,8 +242,11 @@ static void ws_layout(mt_workspace *ws, mt_carver *cv) {
     ws->dxf = CF(N * d.H);
 }
 
-mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool train, int max_rank, mt_error *err) {
+static mt_status ws_init(mt_workspace **out, mt_model *m, int B, int T, bool train, int max_rank, mt_checkpointing ck,
+                         mt_error *err) {
     *out = NULL;
+    if (ck != MT_CHECKPOINTING_NONE && ck != MT_CHECKPOINTING_LAYERS && ck != MT_CHECKPOINTING_SELECTIVE)
+        return mt_error_set(err, MT_ERR_INVALID, "workspace: checkpointing %d is not none, layers or selective", (int)ck);
     if (B <= 0 || T <= 0 || (int64_t)B * T > INT32_MAX / 64)
         return mt_error_set(err, MT_ERR_INVALID, "workspace: batch %d x %d is not a usable size", B, T);
     if (T > m->rope_len)
@@ -213,8 +262,10 @@ mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool 
     ws->T = T;
     ws->N = B * T;
     ws->train = train;
-    ws->n_sets = train ? d.L : 1;
+    ws->ckpt = train ? ck : MT_CHECKPOINTING_NONE;
+    ws->n_sets = train && ws->ckpt != MT_CHECKPOINTING_LAYERS ? d.L : 1;
     ws->acts = mt_xcalloc((size_t)ws->n_sets, sizeof(mt_acts));
+    if (ws->ckpt == MT_CHECKPOINTING_LAYERS) ws->x_layer = mt_xcalloc((size_t)d.L, sizeof(float *));
     /* LM-head chunks of at most ~32 MB of logits, 16..256 rows */
     int chunk = (int)((8u << 20) / (unsigned)d.V);
     if (chunk > 256) chunk = 256;
@@ -234,6 +285,7 @@ mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool 
     if (!ws->block) {
         size_t bytes = ws->bytes;
         free(ws->offsets_host);
+        free(ws->x_layer);
         free(ws->acts);
         free(ws);
         return mt_error_set(err, MT_ERR_NOMEM, "workspace: cannot allocate %.1f MB of activations for %d x %d",
@@ -247,14 +299,27 @@ mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool 
     ws->entropy = mt_xcalloc((size_t)(d.n_moe > 0 ? d.n_moe : 1), sizeof(double));
     ws->aux_cnt = mt_xcalloc((size_t)E, sizeof(double));
     ws->aux_psum = mt_xcalloc((size_t)E, sizeof(double));
+    if (ws->ckpt == MT_CHECKPOINTING_LAYERS && d.n_moe > 0)
+        ws->route_keep = mt_xcalloc((size_t)d.L * ws->N * d.K, sizeof(int32_t));
     *out = ws;
     return MT_OK;
+}
+
+mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool train, int max_rank, mt_error *err) {
+    return ws_init(out, m, B, T, train, max_rank, MT_CHECKPOINTING_NONE, err);
+}
+
+mt_status mt_workspace_init_checkpointed(mt_workspace **out, mt_model *m, int B, int T, int max_rank,
+                                         mt_checkpointing ck, mt_error *err) {
+    return ws_init(out, m, B, T, true, max_rank, ck, err);
 }
 
 void mt_workspace_free(mt_workspace *ws) {
     if (!ws) return;
     if (ws->block) mt_backend_release(ws->m->be, ws->block);
     free(ws->acts);
+    free(ws->x_layer);
+    free(ws->route_keep);
     free(ws->offsets_host);
     free(ws->kv_host);
     free(ws->tpe);
@@ -273,6 +338,7 @@ const float *mt_workspace_hidden(const mt_workspace *ws, int i) {
     if (!ws->fwd_done || i < 0 || i > L) return NULL;
     /* the final (normed) states exist in every workspace; the layers' inputs only in training ones */
     if (i == L) return ws->xf;
+    if (ws->x_layer) return ws->x_layer[i];
     return ws->train ? ws->acts[i].x_in : NULL;
 }
 
@@ -315,6 +381,14 @@ void mt_router_stats_record(const mt_model *m, mt_backend *be, const mt_acts *a,
         ent += h;
     }
     *entropy = N > 0 ? ent / N : 0;
+}
+
+mt_acts *mt_ws_layer_acts(mt_workspace *ws, int l) { return &ws->acts[ws->n_sets > 1 ? l : 0]; }
+
+float *mt_ws_layer_input(mt_workspace *ws, int l) {
+    if (l >= ws->m->cfg.n_layers) return ws->x_final;
+    if (ws->x_layer) return ws->x_layer[l];
+    return ws->acts[ws->n_sets > 1 ? l : 0].x_in;
 }
 
 void mt_ws_lin_ctx(mt_workspace *ws, bool train, uint64_t seed, mt_lin_ctx *c) {
@@ -505,6 +579,9 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
     ws->opts.route_out = NULL;
     ws->opts.route_in = NULL;
     ws->has_targets = batch->targets != NULL;
+    /* LAYERS recomputes the routing in the backward: the replayed experts must be there then */
+    ws->route_kept = ws->route_keep && opts->route_in;
+    if (ws->route_kept) memcpy(ws->route_keep, opts->route_in, (size_t)d.L * N * d.K * sizeof(int32_t));
 
     /* the batch, on the device */
     mt_backend_upload(be, ws->tokens, batch->tokens, (size_t)N * sizeof(int32_t));
@@ -535,15 +612,16 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
 
     double t_pass = m->prof ? mt_now_seconds() : 0;
     mt_prof_begin(m, d.L, MT_PROF_EMBEDDING);
-    mt_embedding_forward(be, ws->tokens, N, m->embed->data, d.H, ws->acts[0].x_in);
+    mt_embedding_forward(be, ws->tokens, N, m->embed->data, d.H, mt_ws_layer_input(ws, 0));
     if (m->prof) mt_prof_add_(m->prof, 0, 2.0 * N * d.H * sizeof(float));
     mt_prof_end(m);
     mt_attn_plan plan = {.paged = false, .B = B, .T = T, .pos = ws->pos, .kv_start = kv_start};
     int mi = 0;
     for (int l = 0; l < d.L; l++) {
         const mt_layer *ly = &m->layers[l];
-        mt_acts *a = &ws->acts[ws->train ? l : 0];
-        float *x_out = l + 1 < d.L ? ws->acts[ws->train ? l + 1 : 0].x_in : ws->x_final;
+        mt_acts *a = mt_ws_layer_acts(ws, l);
+        if (ws->x_layer) a->x_in = ws->x_layer[l];
+        float *x_out = mt_ws_layer_input(ws, l + 1);
         mt_layer_forward(m, ly, &c, &pass, a, &ws->s, N, &plan, x_out);
         if (ly->moe) {
             layer_router_stats(ws, mi++, a, N);

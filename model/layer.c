@@ -30,3 +30,24 @@ void mt_layer_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, cons
     mt_ffn_forward(m, ly, c, p, a, s, N, s->tmp);
     residual(be, x_out, a->x_mid, s->tmp, n);
 }
+
+void mt_layer_recompute_cheap(mt_model *m, const mt_layer *ly, const mt_pass *p, mt_acts *a, int N,
+                              const int32_t *pos) {
+    mt_backend *be = m->be;
+    const mt_config *cfg = &m->cfg;
+    int H = cfg->hidden_size;
+    mt_rmsnorm_forward(be, a->x_in, ly->attn_norm->data, a->xn1, a->rstd1, N, H, cfg->rms_norm_eps);
+    mt_attn_recompute_cheap(m, ly, be, a, N, pos);
+    mt_rmsnorm_forward(be, a->x_mid, ly->ffn_norm->data, a->xn2, a->rstd2, N, H, cfg->rms_norm_eps);
+    if (!ly->moe) return;
+    const float *x = a->xn2;
+    if (p->train && p->noise > 0) {
+        /* the expression mt_ffn_forward's jitter evaluates, element for element */
+        long long n = (long long)N * H;
+        int nt = mt_loop_threads(be, (size_t)n);
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (long long i = 0; i < n; i++) a->xm[i] = a->xn2[i] * mt_jitter(p->seed, ly->index, (uint64_t)i, p->noise);
+        x = a->xm;
+    }
+    mt_gather_rows(be, x, a->src_tok, N * cfg->top_k, H, a->xp);
+}

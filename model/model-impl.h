@@ -163,6 +163,7 @@ typedef struct mt_acts_want {
     bool moe;      /* MoE buffers */
     bool jitter;   /* a buffer for the jittered MoE input */
     bool slots;    /* rows may carry different adapters (batched decode) */
+    bool no_cheap; /* selective checkpointing: leave what mt_layer_recompute_cheap writes unassigned */
 } mt_acts_want;
 
 /* Carves one activation set for N rows (x_in/x_mid are the caller's); keeps offsets_host. */
@@ -222,7 +223,11 @@ struct mt_workspace {
     void *block;             /* backend memory every buffer below is carved from */
     size_t bytes;
     int n_sets;
-    mt_acts *acts;           /* [L] (train) or [1] shared by all layers */
+    mt_acts *acts;           /* [L] (train) or [1] shared by all layers (inference, LAYERS checkpointing) */
+    mt_checkpointing ckpt;
+    float **x_layer;         /* LAYERS: [L] each layer's saved input [N, H]; else NULL */
+    int32_t *route_keep;     /* LAYERS with MoE: [L·N·K] host copy of the forward's route_in */
+    bool route_kept;         /* the last forward replayed routes (route_keep holds them) */
     float *x_final;          /* [N, H] last layer's output */
     float *xf, *rstdf;       /* [N, H] final norm output; [N] */
     mt_scratch s;
@@ -428,6 +433,13 @@ typedef struct mt_attn_plan {
  * a->x_in, a->x_mid and x_out may alias (inference runs in place). */
 void mt_layer_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const mt_pass *p, mt_acts *a,
                       mt_scratch *s, int N, const mt_attn_plan *plan, float *x_out);
+/* Selective checkpointing: rewrites, bit for bit as mt_layer_forward wrote them, the tensors of
+ * a training set that no GEMM produces (xn1, xn2, the QK-norm q/k, MLA's qan, c_raw, cn and
+ * expanded k, the jittered MoE input xm, the gathered expert rows xp) from the ones kept. */
+void mt_layer_recompute_cheap(mt_model *m, const mt_layer *ly, const mt_pass *p, mt_acts *a, int N,
+                              const int32_t *pos);
+/* attention.c's part of it: QK-norm's q and k, MLA's qan, c_raw, cn and expanded k. */
+void mt_attn_recompute_cheap(mt_model *m, const mt_layer *ly, mt_backend *be, mt_acts *a, int N, const int32_t *pos);
 
 /* ---- decoder.c ---- */
 
@@ -444,6 +456,9 @@ void mt_router_stats_record(const mt_model *m, mt_backend *be, const mt_acts *a,
 /* The i-th MoE layer's statistics out of per-layer arrays [n_moe, E] and [n_moe]. */
 bool mt_router_stats_at(const mt_model *m, const int32_t *tpe, const double *entropy, int i, mt_router_stats *out);
 
+/* Layer l's activation set and its input (l = L: the last layer's output) in a workspace. */
+mt_acts *mt_ws_layer_acts(mt_workspace *ws, int l);
+float *mt_ws_layer_input(mt_workspace *ws, int l);
 /* The linear-layer context of a pass over a workspace. */
 void mt_ws_lin_ctx(mt_workspace *ws, bool train, uint64_t seed, mt_lin_ctx *c);
 /* The aux loss's extra router gradients for one MoE layer of the last forward: on the logits

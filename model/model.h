@@ -387,6 +387,22 @@ typedef struct mt_workspace mt_workspace;
  * max_rank (0: MT_DEFAULT_MAX_RANK); a pass with a higher-rank adapter is refused. */
 #define MT_DEFAULT_MAX_RANK 64
 mt_status mt_workspace_init(mt_workspace **out, mt_model *m, int B, int T, bool train, int max_rank, mt_error *err);
+/* Activation checkpointing of a training workspace (docs/performance.md): NONE keeps every
+ * layer's activations for the backward; LAYERS keeps each layer's input and one activation set
+ * for all layers, and the backward recomputes each layer's forward from its input before its
+ * backward (activation memory of one layer instead of all); SELECTIVE keeps every GEMM and
+ * attention output of every layer and recomputes only what costs no GEMM: the two RMSNorm
+ * outputs, QK-norm's normed and roped q/k, MLA's normed latents and expanded keys, the MoE
+ * input's jitter and its gather into expert order. Losses and gradients are bit-identical in
+ * all three. */
+typedef enum mt_checkpointing {
+    MT_CHECKPOINTING_NONE = 0,
+    MT_CHECKPOINTING_LAYERS,
+    MT_CHECKPOINTING_SELECTIVE,
+} mt_checkpointing;
+/* mt_workspace_init(out, m, B, T, true, max_rank, err) with checkpointing ck. */
+mt_status mt_workspace_init_checkpointed(mt_workspace **out, mt_model *m, int B, int T, int max_rank,
+                                         mt_checkpointing ck, mt_error *err);
 void mt_workspace_free(mt_workspace *ws);
 size_t mt_workspace_bytes(const mt_workspace *ws);
 
