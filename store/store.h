@@ -417,8 +417,9 @@ typedef enum mt_pair_edit {
 } mt_pair_edit;
 
 /* One edit of pair `pair_id` of the named dataset, in ONE transaction with the dataset's digest
- * and count. A swap recomputes the pair's content hash, sets "relabelled": "swapped" in its
- * label_json and, when annotator is not NULL, its annotator; its split is kept. MT_ERR_NOT_FOUND
+ * and count. A swap recomputes the pair's content hash, trades the label's "chosen_*" and
+ * "rejected_*" keys (a served pair's ids, models, versions), sets "relabelled": "swapped" and,
+ * when annotator is not NULL, the annotator; its split is kept. MT_ERR_NOT_FOUND
  * for no such dataset or no such pair in it; MT_ERR_INVALID when the swapped pair is already in
  * the dataset (nothing written). */
 mt_status mt_store_pair_edit(mt_store *s, const char *dataset, int64_t pair_id, mt_pair_edit op,

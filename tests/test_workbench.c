@@ -79,7 +79,9 @@ static void fill_store(void) {
     cJSON_Delete(o);
     FILE *f = fopen(jsonl, "w");
     assert_non_null(f);
-    fprintf(f, "%s\n{\"prompt\":\"p2\",\"chosen\":\"good\",\"rejected\":\"bad\"}\n", line);
+    fprintf(f, "%s\n{\"prompt\":\"p2\",\"chosen\":\"good\",\"rejected\":\"bad\",\"chosen_model\":\"m1\","
+            "\"rejected_model\":\"m2\"}\n",
+            line);
     fclose(f);
     cJSON_free(line);
     mt_pairs_import_opts io = {.dataset = "payloads"};
@@ -434,7 +436,13 @@ static void pairs(void **state) {
     assert_string_equal(item(line, "prompt")->valuestring, XSS_PROMPT);
     assert_string_equal(item(line, "chosen")->valuestring, XSS_CHOSEN);
     cJSON_Delete(line);
-    assert_string_equal(nl + 1, "{\"prompt\":\"p2\",\"chosen\":\"good\",\"rejected\":\"bad\"}\n");
+    line = cJSON_Parse(nl + 1);
+    assert_non_null(line);
+    assert_string_equal(item(line, "prompt")->valuestring, "p2");
+    assert_string_equal(item(line, "chosen")->valuestring, "good");
+    assert_string_equal(item(line, "rejected")->valuestring, "bad");
+    assert_string_equal(item(line, "chosen_model")->valuestring, "m1");
+    cJSON_Delete(line);
     free(r.body);
 
     assert_error(g_open, "GET", "/ui/api/pairs", NULL, NULL, NULL, 400, "invalid_dataset");
@@ -475,7 +483,11 @@ static void pair_edits(void **state) {
     assert_string_equal(l.items[1].chosen, "bad");
     assert_string_equal(l.items[1].rejected, "good");
     assert_string_equal(l.items[1].hash, want_hash);
-    assert_non_null(strstr(l.items[1].label_json, "\"relabelled\":\"swapped\""));
+    cJSON *lab = cJSON_Parse(l.items[1].label_json);
+    assert_string_equal(item(lab, "relabelled")->valuestring, "swapped");
+    assert_string_equal(item(lab, "chosen_model")->valuestring, "m2"); /* the label follows the texts */
+    assert_string_equal(item(lab, "rejected_model")->valuestring, "m1");
+    cJSON_Delete(lab);
     mt_pair_record_list_free(&l);
     must(mt_store_pair_datasets(s, &dl, &err), &err);
     assert_string_not_equal(dl.items[0].sha256, digest0);

@@ -331,14 +331,15 @@ def main():
 
         def workbench_pairs():
             db = sqlite3.connect(tmp + "/store.db")
-            rows = db.execute("SELECT p.chosen, p.rejected FROM pairs p JOIN datasets d ON d.id = p.dataset_id"
+            rows = db.execute("SELECT p.chosen, p.rejected, p.label_json FROM pairs p JOIN datasets d ON d.id = p.dataset_id"
                               " WHERE d.name = 'workbench'").fetchall()
             db.close()
             return rows
         driver.find_element(By.CSS_SELECTOR, "#pairs button.swap").click()
         wait.until(EC.text_to_be_present_in_element((By.ID, "notice"), "swapped"))
         rows = workbench_pairs()
-        check(rows[0][0] == rejected and rows[0][1] == chosen, "Swap: chosen and rejected changed places in the store")
+        check(rows[0][0] == rejected and rows[0][1] == chosen and json.loads(rows[0][2])["chosen_model"] == "base",
+              "Swap: chosen and rejected changed places in the store, the label's models with them")
         shot("pairs-edit")
         driver.find_element(By.CSS_SELECTOR, "#pairs button.drop").click()
         check(workbench_pairs() != [], "one click on Drop only asks")
