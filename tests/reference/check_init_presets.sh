@@ -47,7 +47,13 @@ cfg = AutoConfig.from_pretrained(d)
 ref = AutoConfig.for_model(**published)
 skip = {"bos_token_id", "eos_token_id", "pad_token_id", "transformers_version", "torch_dtype", "dtype",
         "architectures", "_name_or_path", "use_cache", "output_router_logits", "pretraining_tp", "rope_scaling"}
-mine, theirs = cfg.to_dict(), ref.to_dict()
+def norm(c):  # rope parameters: the legacy "type" spelling and ints for floats are one value
+    d = c.to_dict()
+    rp = d.get("rope_parameters")
+    if isinstance(rp, dict):
+        d["rope_parameters"] = {k: float(v) if isinstance(v, (int, float)) else v for k, v in rp.items() if k != "type"}
+    return d
+mine, theirs = norm(cfg), norm(ref)
 diff = {k: (mine.get(k), v) for k, v in theirs.items() if k not in skip and mine.get(k) != v}
 assert not diff, f"{d}: differs from the published config.json: {diff}"
 with torch.device("meta"):
