@@ -330,8 +330,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         if (strcmp(method, "GET") && strcmp(method, "HEAD") && cross_origin(c)) {
             mt_eng_herr(&h, 403, "invalid_request_error", NULL, "cross_origin",
-                        "%s %s from another origin refused: state-changing requests come from this server's own "
-                        "pages or from clients that are not browsers", method, cs->rt->path);
+                        "%s %.200s from another origin refused: state-changing requests come from this server's "
+                        "own pages or from clients that are not browsers", method, url);
             return (enum MHD_Result)mt_eng_send_error(s, c, cs->rt->ep, "", &h);
         }
         if (cs->rt->needs_key && s->api_key && !key_ok(s, c)) {
