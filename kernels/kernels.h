@@ -155,7 +155,7 @@ typedef struct mt_grouped_proj {
 } mt_grouped_proj;
 
 /* Y_p[g's rows] = X[g's rows]·W_{p,g}ᵀ for each of the n_proj projections. The work is cut into
- * items, dealt to the backend's threads in runs of equal FLOPs and each computed on one thread:
+ * items, taken by the backend's threads as they get free, each computed on one thread:
  * for an fp32 weight one single-threaded sgemm per (projection, group), the call mt_matmul makes
  * for that expert alone, so on one thread the bits equal a per-expert loop's; for a low-precision
  * weight mt_lowp_matmul's tiles (a register-blocked AVX2 kernel for groups of a few rows). The cut

@@ -1,9 +1,9 @@
 /* grouped_matmul.c — every routed expert of a layer in one call on the CPU: the groups' row
  * ranges times their own weights (fp32, or bf16/f16/int8 converted a tile at a time with
  * mt_lowp_row_to_f32), forward, input gradient and weight gradient. One parallel region per
- * call: the work is cut into items by the shapes alone and the items are dealt to threads in
- * contiguous runs of equal FLOPs, each item on one thread (single-threaded sgemm, or for a
- * low-precision group of a few rows a register-blocked AVX2 kernel on converted rows). */
+ * call: the work is cut into items by the shapes alone, and each thread takes the next item when
+ * it is free, each item on one thread (single-threaded sgemm, or for a low-precision group of a
+ * few rows a register-blocked AVX2 kernel on converted rows). */
 #include "cpu/cpu-impl.h"
 
 #include <cblas.h>
@@ -22,7 +22,7 @@
 #define ROW_CHUNK 256
 #define TILE_O 64
 #define TILE_K 512
-/* A fixed cost per item, in multiply-adds, so many tiny items do not all land on one thread. */
+/* A fixed cost per item, in multiply-adds, for the decision to open a parallel region. */
 #define ITEM_OVERHEAD 4096.0
 
 static inline int imin(int a, int b) { return a < b ? a : b; }
@@ -216,21 +216,26 @@ static void run_item(const plan *pl, const item *it, float *tmp) {
     }
 }
 
-/* Walks the call's items in a fixed order. With total < 0 it only sums their cost into *sum;
- * otherwise it runs the items of thread t of nt: those whose cost midpoint falls in the t-th of
- * nt equal shares of total. */
-static void walk(const plan *pl, double total, int t, int nt, double *sum, float *tmp) {
+/* Walks the call's items in a fixed order. Without `next` it only sums their cost into *sum;
+ * with it, it runs the items whose index it claims from the shared counter *next, one at a
+ * time as it gets free: items are claimed in walk order, so each thread walks the list once,
+ * and a thread the machine holds up delays only its own item (which thread computes an item
+ * never changes its bits). */
+static void walk(const plan *pl, int *next, double *sum, float *tmp) {
     double cum = 0;
+    int idx = 0, ticket = -1;
     item it;
+    if (next) {
+#pragma omp atomic capture
+        ticket = (*next)++;
+    }
 #define VISIT(cost)                                                                                                  \
     do {                                                                                                             \
-        double c_ = (cost) + ITEM_OVERHEAD;                                                                          \
-        if (total >= 0) {                                                                                            \
-            int owner = (int)((cum + 0.5 * c_) / total * nt);                                                        \
-            if (owner >= nt) owner = nt - 1;                                                                         \
-            if (owner == t) run_item(pl, &it, tmp);                                                                  \
+        if (idx++ == ticket) {                                                                                       \
+            run_item(pl, &it, tmp);                                                                                  \
+            _Pragma("omp atomic capture") ticket = (*next)++;                                                        \
         }                                                                                                            \
-        cum += c_;                                                                                                   \
+        cum += (cost) + ITEM_OVERHEAD;                                                                               \
     } while (0)
     const int in = pl->in;
     for (int g = 0; g < pl->G; g++) {
@@ -287,7 +292,7 @@ static void check_call(int G, const int32_t *offsets, int in, const float *x, in
 
 static void execute(plan *pl) {
     double total = 0;
-    walk(pl, -1, 0, 1, &total, NULL);
+    walk(pl, NULL, &total, NULL);
     if (total <= 0) return;
     mt_backend *be = pl->be;
     const int nt = mt_cpu_nthreads(be);
@@ -298,11 +303,9 @@ static void execute(plan *pl) {
     pl->stride = mt_cpu_ctx_of(be)->scratch_per_thread;
     single_threaded_blas();
     const bool par = nt > 1 && total >= 2.0 * MT_CPU_PAR_MIN;
+    int next = 0;
 #pragma omp parallel num_threads(nt) if (par)
-    {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        walk(pl, total, t, T, NULL, pl->scratch + (size_t)t * pl->stride);
-    }
+    walk(pl, &next, NULL, pl->scratch + (size_t)omp_get_thread_num() * pl->stride);
 }
 
 void mt_cpu_grouped_matmul(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, int n_proj,
