@@ -42,6 +42,31 @@ static mt_status metrics(mt_run *run, int64_t step, const mt_metric *m, size_t n
     return mt_store_log_metrics(run->store, run->run_id, step, m, n, err);
 }
 
+/* Each MoE layer's routing in the step's last training forward (this rank's micro-batch):
+ * router/entropy/L<l> (mean entropy of the routing distribution, nats) and
+ * router/load_max/L<l> (the busiest expert's tokens over the mean: 1 is perfectly balanced),
+ * the curves that show experts collapsing or balancing while a run trains. */
+static mt_status router_metrics(mt_run *run, int64_t step, mt_error *err) {
+    if (!run->store || !run->ws) return MT_OK;
+    int E = mt_model_config(run->model)->n_experts;
+    mt_router_stats rs;
+    for (int i = 0; E > 0 && mt_workspace_router_stats(run->ws, i, &rs); i++) {
+        int64_t tot = 0;
+        int32_t mx = 0;
+        for (int e = 0; e < E; e++) {
+            tot += rs.tokens_per_expert[e];
+            if (rs.tokens_per_expert[e] > mx) mx = rs.tokens_per_expert[e];
+        }
+        if (tot <= 0) continue;
+        char ne[48], nl[48];
+        snprintf(ne, sizeof ne, "router/entropy/L%d", rs.layer);
+        snprintf(nl, sizeof nl, "router/load_max/L%d", rs.layer);
+        mt_metric m[2] = {{ne, rs.entropy}, {nl, (double)mx * E / (double)tot}};
+        MT_TRY(metrics(run, step, m, 2, err));
+    }
+    return MT_OK;
+}
+
 /* ---- one optimizer step ---- */
 
 /* The next n examples of the data order, moving to the next epoch (a new permutation) at the end. */
@@ -326,6 +351,7 @@ static mt_status loop(mt_run *run, mt_train_result *res, mt_error *err) {
         size_t nm = 6;
         for (int i = 0; i < so.metrics.n; i++) m[nm++] = so.metrics.m[i];
         if (log_line) MT_TRY(metrics(run, run->st.step, m, nm, err));
+        if (log_line) MT_TRY(router_metrics(run, run->st.step, err));
         if (o->on_progress) {
             const char *mn[MT_OBJ_MAX_METRICS];
             double mv[MT_OBJ_MAX_METRICS];

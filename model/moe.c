@@ -66,8 +66,16 @@ static bool g_expert_loop;
 
 void mt_moe_set_expert_loop(bool on) { g_expert_loop = on; }
 
-static bool grouped_on(const mt_backend *be) {
-    return !g_expert_loop && mt_backend_supports(be, MT_OP_GROUPED_MATMUL);
+/* Mean rows per expert from which the per-expert loop is kept: there each expert's sgemm is
+ * big enough to use both threads well, and the grouped call measured slower (tiny base, 8
+ * experts of ~500 rows: 0.83x the loop's tokens/s; docs/performance.md). The grouped op wins
+ * where experts are many and thin (64 experts of 64 rows: 2.6x; decode: 4x). The choice
+ * depends on the shapes alone. */
+#define GROUPED_MAX_MEAN_ROWS 256
+
+static bool grouped_on(const mt_backend *be, int NK, int E) {
+    return !g_expert_loop && mt_backend_supports(be, MT_OP_GROUPED_MATMUL) &&
+           (int64_t)NK < (int64_t)GROUPED_MAX_MEAN_ROWS * E;
 }
 
 /* The reference: one mt_lin_forward / mt_lin_backward per expert and projection (also the path
@@ -319,7 +327,7 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
     const int32_t *off = a->offsets_host;
     mt_lin_ctx ce;
     expert_ctx(c, a, NK, &ce);
-    if (grouped_on(be))
+    if (grouped_on(be, NK, d.E))
         experts_forward_grouped(m, ly, &ce, a, s, &d, off, NK);
     else
         experts_forward_loop(m, ly, &ce, a, s, &d, off, NK);
@@ -383,7 +391,7 @@ void mt_ffn_backward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const
     zero(be, g->dh, nh * sizeof(float));
     mt_lin_ctx ce;
     expert_ctx(c, a, NK, &ce);
-    if (grouped_on(be))
+    if (grouped_on(be, NK, d.E))
         experts_backward_grouped(m, ly, &ce, a, s, g, &d, off, NK);
     else
         experts_backward_loop(m, ly, &ce, a, s, g, &d, off, NK);

@@ -136,6 +136,26 @@ static void test_lora_lowers_loss_and_exports(void **state) {
     assert_int_equal(mt_store_run_get(s, res.run_id, &run, &err), MT_OK);
     assert_int_equal(run.status, MT_RUN_COMPLETED);
     mt_store_run_free(&run);
+    /* every MoE layer's routing has a curve: entropy within [0, ln E], the busiest expert's
+     * load over the mean within [1, E] */
+    mt_store_metric_list names;
+    assert_int_equal(mt_store_metric_names(s, res.run_id, &names, &err), MT_OK);
+    int n_ent = 0, n_load = 0;
+    for (size_t i = 0; i < names.n; i++) {
+        const mt_store_metric_summary *ms = &names.items[i];
+        if (!strncmp(ms->name, "router/entropy/L", 16)) {
+            n_ent++;
+            assert_int_equal(ms->count, 24);
+            assert_true(ms->min > 0 && ms->max <= log(8.0) + 1e-9);
+        } else if (!strncmp(ms->name, "router/load_max/L", 17)) {
+            n_load++;
+            assert_int_equal(ms->count, 24);
+            assert_true(ms->min >= 1.0 && ms->max <= 8.0);
+        }
+    }
+    mt_store_metric_list_free(&names);
+    assert_true(n_ent > 0);
+    assert_int_equal(n_load, n_ent);
     mt_store_adapter_list al;
     assert_int_equal(mt_store_adapters(s, res.run_id, &al, &err), MT_OK);
     assert_int_equal(al.n, 1);
