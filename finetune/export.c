@@ -83,8 +83,18 @@ mt_status mt_run_export(mt_run *run, mt_train_result *res, mt_error *err) {
     return mt_store_log_event(run->store, run->run_id, run->st.step, "export", detail, err);
 }
 
+/* The dtype the base's linear weights are stored in (a bf16 checkpoint stays bf16 merged). */
+static mt_dtype base_dtype(const mt_model *m) {
+    for (int i = 0; i < mt_model_param_count(m); i++) {
+        mt_dtype d = mt_model_param((mt_model *)m, i)->dtype;
+        if (d == MT_DTYPE_BF16 || d == MT_DTYPE_F16) return d;
+    }
+    return MT_DTYPE_F32;
+}
+
 mt_status mt_export_merged(const char *adapter_dir, const char *base_dir, const char *out_dir, int threads,
-                           mt_error *err) {
+                           mt_export_dtype want, mt_error *err) {
+    if ((unsigned)want > MT_EXPORT_F16) return mt_error_set(err, MT_ERR_INVALID, "export: unknown dtype %d", (int)want);
     /* The base is read before anything is written: a bad adapter leaves out_dir untouched. */
     mt_lora_meta meta;
     memset(&meta, 0, sizeof meta);
@@ -124,9 +134,12 @@ mt_status mt_export_merged(const char *adapter_dir, const char *base_dir, const 
                               "merging onto another base gives a different model",
                               adapter_dir, got.base_hash, base, hash);
     }
+    static const mt_dtype as[] = {MT_DTYPE_F32, MT_DTYPE_F32, MT_DTYPE_BF16, MT_DTYPE_F16};
+    mt_dtype dtype = as[want];
+    if (st == MT_OK && want == MT_EXPORT_AUTO) dtype = base_dtype(m);
     if (st == MT_OK) st = mt_lora_merge(l, err);
     if (st == MT_OK) st = mt_mkdirs(out_dir, err);
-    if (st == MT_OK) st = mt_model_save(m, out_dir, MT_DTYPE_F32, 0, err);
+    if (st == MT_OK) st = mt_model_save(m, out_dir, dtype, 0, err);
     char tok_json[4200];
     snprintf(tok_json, sizeof tok_json, "%s/tokenizer.json", base);
     if (st == MT_OK && mt_path_exists(tok_json)) st = mt_copy_tokenizer_files(base, out_dir, err);

@@ -383,9 +383,12 @@ typedef struct mt_eval_result {
 mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err);
 
 /* Writes base + adapter merged (W += scale·B·A) as a Hugging Face model in out_dir, with the
- * base's tokenizer files. base_dir NULL: the adapter's recorded base. A base whose content hash
- * differs from the one recorded with the adapter is refused. */
+ * base's tokenizer files, its weights stored as dtype (MT_EXPORT_AUTO: the dtype the base's
+ * linear weights are stored in, so a bf16 base gives a bf16 model). base_dir
+ * NULL: the adapter's recorded base. A base whose content hash differs from the one recorded
+ * with the adapter is refused. */
+typedef enum mt_export_dtype { MT_EXPORT_AUTO = 0, MT_EXPORT_F32, MT_EXPORT_BF16, MT_EXPORT_F16 } mt_export_dtype;
 mt_status mt_export_merged(const char *adapter_dir, const char *base_dir, const char *out_dir, int threads,
-                           mt_error *err);
+                           mt_export_dtype dtype, mt_error *err);
 
 #endif

@@ -543,6 +543,57 @@ static void cli_bf16_and_int8(void **state) {
     rc = mt_test_run_cli(&out, "generate --model '%s' --prompt 'The' --quantize int4", model);
     assert_int_equal(rc, 2);
     free(out);
+
+    /* export of an adapter merged onto the bf16 base: bf16 by default (the base's dtype), F32
+     * when asked, and the bf16 file holds the F32 file's values rounded to bf16 */
+    mt_error err = {0};
+    mt_model *m = NULL;
+    if (mt_model_load(&m, model, g_be, &err) != MT_OK) fail_msg("%s", err.msg);
+    mt_lora_config lc;
+    mt_lora_config_default(&lc);
+    const char *targets[] = {"o_proj"};
+    lc.targets = targets;
+    lc.n_targets = 1;
+    mt_lora *l = NULL;
+    if (mt_lora_attach(&l, m, &lc, &err) != MT_OK) fail_msg("%s", err.msg);
+    for (int i = 0; i < mt_lora_tensor_count(l); i++) {
+        mt_lora_tensor *t = mt_lora_tensor_at(l, i);
+        mt_test_fill_uniform(t->data, (size_t)t->numel, -0.1f, 0.1f, 90 + (uint64_t)i);
+    }
+    char ad[4200], m16[4200], m32[4200];
+    snprintf(ad, sizeof ad, "%s/adapter", tmp);
+    snprintf(m16, sizeof m16, "%s/merged16", tmp);
+    snprintf(m32, sizeof m32, "%s/merged32", tmp);
+    if (mt_lora_save_peft(l, ad, NULL, &err) != MT_OK) fail_msg("%s", err.msg);
+    mt_lora_free(l);
+    mt_model_free(m);
+    rc = mt_test_run_cli(&out, "export --merge '%s' --model '%s' --out '%s'", ad, model, m16);
+    if (rc != 0) fail_msg("export: %s", out);
+    free(out);
+    rc = mt_test_run_cli(&out, "export --merge '%s' --model '%s' --out '%s' --dtype f32", ad, model, m32);
+    if (rc != 0) fail_msg("export --dtype f32: %s", out);
+    free(out);
+    rc = mt_test_run_cli(&out, "export --merge '%s' --model '%s' --out '%s/x' --dtype int8", ad, model, tmp);
+    assert_int_equal(rc, 2);
+    free(out);
+    mt_safetensors *a16, *a32;
+    if (mt_safetensors_open(&a16, m16, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_safetensors_open(&a32, m32, &err) != MT_OK) fail_msg("%s", err.msg);
+    const mt_st_tensor *w16 = mt_safetensors_find(a16, "model.layers.0.self_attn.o_proj.weight");
+    const mt_st_tensor *w32 = mt_safetensors_find(a32, "model.layers.0.self_attn.o_proj.weight");
+    assert_non_null(w16);
+    assert_non_null(w32);
+    assert_int_equal(w16->dtype, MT_DTYPE_BF16);
+    assert_int_equal(w32->dtype, MT_DTYPE_F32);
+    assert_int_equal(w16->numel, w32->numel);
+    const uint16_t *h = w16->data;
+    const float *v = w32->data;
+    for (int64_t i = 0; i < w16->numel; i++) assert_int_equal(h[i], mt_f32_to_bf16(v[i]));
+    mt_safetensors_close(a16);
+    mt_safetensors_close(a32);
+    rc = mt_test_run_cli(&out, "eval --model '%s' --data '%s' --threads 2", m16, data);
+    if (rc != 0) fail_msg("eval of the bf16 merge: %s", out);
+    free(out);
 }
 
 int main(void) {

@@ -188,7 +188,7 @@ static void test_lora_lowers_loss_and_exports(void **state) {
     /* merged export computes what base + adapter computes */
     char merged[4200];
     snprintf(merged, sizeof merged, "%s/merged", dir);
-    if (mt_export_merged(r.output.adapter, NULL, merged, 2, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (mt_export_merged(r.output.adapter, NULL, merged, 2, MT_EXPORT_AUTO, &err) != MT_OK) fail_msg("%s", err.msg);
     mt_eval_opts mo = eo;
     mo.model_dir = merged;
     mo.adapter_dir = NULL;
@@ -201,7 +201,7 @@ static void test_lora_lowers_loss_and_exports(void **state) {
     mt_error_clear(&err);
     char other[4200];
     snprintf(other, sizeof other, "%s/merged2", dir);
-    assert_int_not_equal(mt_export_merged(r.output.adapter, merged, other, 2, &err), MT_OK);
+    assert_int_not_equal(mt_export_merged(r.output.adapter, merged, other, 2, MT_EXPORT_AUTO, &err), MT_OK);
     assert_non_null(strstr(err.msg, "content hash"));
     mt_recipe_free(&r);
 }
