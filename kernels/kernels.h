@@ -262,9 +262,10 @@ void mt_attention_backward(mt_backend *be, const mt_attn_args *a, const float *q
  * p % block_size)·kv_row; within that row, KV head g's key starts at k_off + g·k_head and its
  * value at v_off + g·v_head (MLA's latent cache: one head, the value inside the key). Query
  * head h reads KV head h / (n_head / n_kv_head). Q element (r, h, i) at q[r·q_row + h·q_head + i],
- * O likewise with o_row/o_head. Keys are taken in tiles of 64 aligned to absolute positions, so
- * a row's result depends on its own query and keys only: not on the block size, the other rows
- * of the step, or how the sequence was split into steps. */
+ * O likewise with o_row/o_head. Keys are taken in tiles of 64 and a row seeing more than 1024
+ * keys in spans of 1024 (merged in order), both aligned to absolute positions, so a row's
+ * result depends on its own query and keys only: not on the block size, the thread count, the
+ * other rows of the step, or how the sequence was split into steps. */
 typedef struct mt_paged_attn_args {
     int n_rows, n_head, n_kv_head, dqk, dv;
     int q_row, q_head, o_row, o_head;
@@ -275,6 +276,12 @@ typedef struct mt_paged_attn_args {
     int table_stride;
     const int32_t *seq, *pos, *kv_start; /* [n_rows] each (kv_start may be NULL) */
     float scale;
+    /* optional (CPU; DAP): keep[(r·n_head + h)·keep_stride + b] = 0 makes query head h of row r
+       skip the keys of the b-th block of its table (positions b·block_size ..); a head keeps at
+       least one block. NULL: every block. A head that keeps all its blocks gets exactly the
+       unmasked result. */
+    const uint8_t *keep;
+    int keep_stride;
 } mt_paged_attn_args;
 
 void mt_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o);

@@ -112,15 +112,8 @@ void mt_decoder_free(mt_decoder *d) {
     free(d->tpe);
     free(d->entropy);
     free(d->row_tau);
-    free(d->dap_q);
-    free(d->dap_o);
     free(d->dap_bounds);
-    free(d->dap_tab);
-    free(d->dap_pos);
-    free(d->dap_ks);
-    free(d->dap_id);
     free(d->dap_ntok);
-    free(d->dap_kb);
     free(d->dap_keep);
     free(d);
 }
@@ -179,147 +172,79 @@ static void mla_delta(const mt_model *m, const mt_layer *ly, const mt_lin_ctx *c
     }
 }
 
-/* Sizes the DAP scratch for `pairs` (row, query head) pairs over tables of `nb` blocks. */
-static void dap_reserve(mt_decoder *d, int pairs, int nb, int group, int dqk, int dv) {
-    if (pairs > d->dap_cap || nb > d->dap_tab_cap) {
-        int pc = pairs > d->dap_cap ? pairs : d->dap_cap, tc = nb > d->dap_tab_cap ? nb : d->dap_tab_cap;
-        free(d->dap_q);
-        free(d->dap_o);
-        free(d->dap_tab);
-        free(d->dap_pos);
-        free(d->dap_ks);
-        free(d->dap_id);
+/* DAP keep masks are built for at most this many bytes of rows at a time. */
+#define DAP_KEEP_BYTES (8u << 20)
+
+/* Sizes the DAP scratch: keep masks for `rows` rows of n_head heads over tables of `nb` blocks. */
+static void dap_reserve(mt_decoder *d, int rows, int n_head, int nb) {
+    size_t need = (size_t)rows * (size_t)n_head * (size_t)nb;
+    if (need > d->dap_keep_cap || nb > d->dap_tab_cap) {
+        free(d->dap_keep);
         free(d->dap_bounds);
         free(d->dap_ntok);
-        free(d->dap_kb);
-        free(d->dap_keep);
-        /* q and o hold the pairs, then the rows attended in full (at most as many floats) */
-        d->dap_q = mt_xmalloc(2u * (size_t)pc * (size_t)dqk * sizeof(float));
-        d->dap_o = mt_xmalloc(2u * (size_t)pc * (size_t)dv * sizeof(float));
-        d->dap_tab = mt_xmalloc((size_t)pc * (size_t)tc * sizeof(int32_t));
-        /* pos, ks, id: pairs then full rows; kb: each pair's row and head */
-        d->dap_pos = mt_xmalloc(2u * (size_t)pc * sizeof(int32_t));
-        d->dap_ks = mt_xmalloc(2u * (size_t)pc * sizeof(int32_t));
-        d->dap_id = mt_xmalloc(2u * (size_t)pc * sizeof(int32_t));
-        d->dap_kb = mt_xmalloc(2u * (size_t)pc * sizeof(int32_t));
-        d->dap_bounds = mt_xmalloc((size_t)tc * sizeof(float));
-        d->dap_ntok = mt_xmalloc((size_t)tc * sizeof(int32_t));
-        d->dap_keep = mt_xmalloc((size_t)tc * (size_t)group);
-        d->dap_cap = pc;
-        d->dap_tab_cap = tc;
+        if (need < d->dap_keep_cap) need = d->dap_keep_cap;
+        d->dap_keep = mt_xmalloc(need);
+        d->dap_keep_cap = need;
+        if (nb > d->dap_tab_cap) d->dap_tab_cap = nb;
+        d->dap_bounds = mt_xmalloc((size_t)d->dap_tab_cap * sizeof(float));
+        d->dap_ntok = mt_xmalloc((size_t)d->dap_tab_cap * sizeof(int32_t));
     }
 }
 
-/* Paged attention with DAP (CPU: pool, queries and outputs are host memory). Per KV head g:
- * a row none of whose query heads skips a block (τ = 0, a fallback, nothing below τ) runs as
- * the kernel runs it, all the group's heads together over its sequence's table; the heads of
- * the other rows become rows of a second kernel call of one head each, with a block table of
- * their own: the blocks mt_dap_select keeps, in order, at compacted positions (the kernel only
- * reads keys through the table; RoPE is already in the cached keys). A head's arithmetic in
- * the kernel does not depend on the other heads or rows, so a head that keeps every block
- * gets full attention bit for bit either way. */
+/* Paged attention with DAP (CPU: pool, queries and outputs are host memory). Each (row, query
+ * head) with τ > 0 gets the keep mask mt_dap_select gives from the blocks' stored key summaries;
+ * rows with τ = 0 keep every block. The kernel then runs every head of a KV group together, as
+ * without DAP: a key is read once for the heads that keep its block and not at all when none
+ * does, and a head that keeps every block (τ = 0, a fallback, nothing below τ) gets full
+ * attention bit for bit. Rows go in chunks so the masks stay within DAP_KEEP_BYTES. */
 static void dap_paged_attention(mt_decoder *d, mt_kv_pool *p, int l, const mt_paged_attn_args *pa, int N,
                                 const float *q, float *o) {
-    const int nh = pa->n_head, nkv = pa->n_kv_head, group = nh / nkv, dqk = pa->dqk, dv = pa->dv, bs = p->block_size;
+    const int nh = pa->n_head, nkv = pa->n_kv_head, group = nh / nkv, dqk = pa->dqk, bs = p->block_size;
+    const int nbt = p->max_blocks;
     MT_ASSERT(p->ksum && p->ks_heads == nkv && p->ks_dim == dqk);
-    dap_reserve(d, N * group, p->max_blocks, group, dqk, dv);
-    const int tc = d->dap_tab_cap, pc = d->dap_cap;
-    /* pairs from the start of each buffer, full rows from its second half */
-    float *fq = d->dap_q + (size_t)pc * dqk, *fo = d->dap_o + (size_t)pc * dv;
-    int32_t *fpos = d->dap_pos + pc, *fks = d->dap_ks + pc, *fseq = d->dap_id + pc, *frow = d->dap_kb + pc;
+    int chunk = (int)(DAP_KEEP_BYTES / ((size_t)nh * (size_t)nbt));
+    if (chunk < 1) chunk = 1;
+    if (chunk > N) chunk = N;
+    dap_reserve(d, chunk, nh, nbt);
     mt_dap_opts o_row = d->dap;
-    for (int g = 0; g < nkv; g++) {
-        int np = 0, nf = 0;
-        for (int r = 0; r < N; r++) {
+    for (int r0 = 0; r0 < N; r0 += chunk) {
+        const int n = N - r0 < chunk ? N - r0 : chunk;
+        for (int i = 0; i < n; i++) {
+            const int r = r0 + i;
             const int32_t *table = p->tables + (size_t)pa->seq[r] * p->max_blocks;
             const int lo = pa->kv_start ? pa->kv_start[r] : 0, hi = pa->pos[r];
             const int b0 = lo / bs, b1 = hi / bs, nvis = b1 - b0 + 1;
             const float tau = d->row_tau[r];
-            const float *qg = q + (size_t)r * pa->q_row + (size_t)g * group * pa->q_head;
-            bool full = true;
-            if (tau > 0) {
-                o_row.threshold = tau;
-                for (int j = 0; j < nvis; j++) {
-                    int b = b0 + j, t0 = b * bs > lo ? b * bs : lo, t1 = (b + 1) * bs - 1 < hi ? (b + 1) * bs - 1 : hi;
-                    d->dap_ntok[j] = t1 - t0 + 1;
-                }
-                for (int hh = 0; hh < group; hh++) {
-                    const float *qh = qg + (size_t)hh * pa->q_head;
-                    for (int j = 0; j < nvis; j++) {
-                        const float *sum =
-                            p->ksum + (((size_t)l * p->n_blocks + (size_t)table[b0 + j]) * nkv + g) * 2u * dqk;
-                        d->dap_bounds[j] = mt_dap_block_bound(qh, sum, sum + dqk, dqk);
-                    }
-                    int kept = mt_dap_select(d->dap_bounds, d->dap_ntok, nvis, pa->scale, &o_row,
-                                             d->dap_keep + (size_t)hh * tc, &d->dap_counts);
-                    full &= kept == nvis;
-                }
-            }
-            if (full) {
-                for (int hh = 0; hh < group; hh++)
-                    memcpy(fq + ((size_t)nf * group + hh) * dqk, qg + (size_t)hh * pa->q_head, (size_t)dqk * sizeof(float));
-                fpos[nf] = hi;
-                fks[nf] = lo;
-                fseq[nf] = pa->seq[r];
-                frow[nf++] = r;
+            uint8_t *keep_r = d->dap_keep + (size_t)i * nh * nbt;
+            if (!(tau > 0)) {
+                memset(keep_r, 1, (size_t)nh * nbt);
                 continue;
             }
-            for (int hh = 0; hh < group; hh++, np++) {
-                const uint8_t *keep = d->dap_keep + (size_t)hh * tc;
-                memcpy(d->dap_q + (size_t)np * dqk, qg + (size_t)hh * pa->q_head, (size_t)dqk * sizeof(float));
-                d->dap_id[np] = np;
-                d->dap_kb[np] = r * group + hh;
-                int32_t *tab = d->dap_tab + (size_t)np * tc;
-                int k = 0, first = -1, last = -1;
+            o_row.threshold = tau;
+            for (int j = 0; j < nvis; j++) {
+                int b = b0 + j, t0 = b * bs > lo ? b * bs : lo, t1 = (b + 1) * bs - 1 < hi ? (b + 1) * bs - 1 : hi;
+                d->dap_ntok[j] = t1 - t0 + 1;
+            }
+            for (int h = 0; h < nh; h++) {
+                const int g = h / group;
+                const float *qh = q + (size_t)r * pa->q_row + (size_t)h * pa->q_head;
                 for (int j = 0; j < nvis; j++) {
-                    if (!keep[j]) continue;
-                    if (first < 0) first = b0 + j;
-                    last = b0 + j;
-                    tab[k++] = table[b0 + j];
+                    const float *sum = p->ksum + (((size_t)l * p->n_blocks + (size_t)table[b0 + j]) * nkv + g) * 2u * dqk;
+                    d->dap_bounds[j] = mt_dap_block_bound(qh, sum, sum + dqk, dqk);
                 }
-                MT_ASSERT(k > 0); /* τ ≤ 1: the best block's bound gives it weight 1 */
-                d->dap_ks[np] = first == b0 ? lo % bs : 0;
-                d->dap_pos[np] = (k - 1) * bs + (last == b1 ? hi % bs : bs - 1);
+                uint8_t *kh = keep_r + (size_t)h * nbt;
+                int kept = mt_dap_select(d->dap_bounds, d->dap_ntok, nvis, pa->scale, &o_row, kh + b0, &d->dap_counts);
+                MT_ASSERT(kept > 0); /* τ ≤ 1: the best block's bound gives it weight 1 */
             }
         }
         mt_paged_attn_args pg = *pa;
-        pg.n_kv_head = 1;
-        pg.k_off = pa->k_off + g * pa->k_head;
-        pg.v_off = pa->v_off + g * pa->v_head;
-        pg.k_head = pg.v_head = 0;
-        if (nf > 0) {
-            pg.n_rows = nf;
-            pg.n_head = group;
-            pg.q_row = group * dqk;
-            pg.q_head = dqk;
-            pg.o_row = group * dv;
-            pg.o_head = dv;
-            pg.seq = fseq;
-            pg.pos = fpos;
-            pg.kv_start = fks;
-            mt_paged_attention_forward(d->be, &pg, fq, fo);
-            for (int k = 0; k < nf; k++)
-                for (int hh = 0; hh < group; hh++)
-                    memcpy(o + (size_t)frow[k] * pa->o_row + (size_t)(g * group + hh) * pa->o_head,
-                           fo + ((size_t)k * group + hh) * dv, (size_t)dv * sizeof(float));
-        }
-        if (np > 0) {
-            pg.n_rows = np;
-            pg.n_head = 1;
-            pg.q_row = pg.q_head = dqk;
-            pg.o_row = pg.o_head = dv;
-            pg.tables = d->dap_tab;
-            pg.table_stride = tc;
-            pg.seq = d->dap_id;
-            pg.pos = d->dap_pos;
-            pg.kv_start = d->dap_ks;
-            mt_paged_attention_forward(d->be, &pg, d->dap_q, d->dap_o);
-            for (int k = 0; k < np; k++) {
-                int r = d->dap_kb[k] / group, hh = d->dap_kb[k] % group;
-                memcpy(o + (size_t)r * pa->o_row + (size_t)(g * group + hh) * pa->o_head, d->dap_o + (size_t)k * dv,
-                       (size_t)dv * sizeof(float));
-            }
-        }
+        pg.n_rows = n;
+        pg.seq = pa->seq + r0;
+        pg.pos = pa->pos + r0;
+        pg.kv_start = pa->kv_start ? pa->kv_start + r0 : NULL;
+        pg.keep = d->dap_keep;
+        pg.keep_stride = nbt;
+        mt_paged_attention_forward(d->be, &pg, q + (size_t)r0 * pa->q_row, o + (size_t)r0 * pa->o_row);
     }
 }
 

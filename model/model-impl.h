@@ -314,10 +314,11 @@ struct mt_decoder {
     mt_dap_counts dap_counts;
     float *row_tau;          /* [R] */
     bool dap_on;             /* some row of this step has τ > 0 */
-    int dap_cap, dap_tab_cap; /* pairs, blocks per table */
-    float *dap_q, *dap_o, *dap_bounds;
-    int32_t *dap_tab, *dap_pos, *dap_ks, *dap_id, *dap_ntok, *dap_kb;
-    uint8_t *dap_keep;
+    size_t dap_keep_cap;     /* bytes of dap_keep */
+    int dap_tab_cap;         /* blocks of dap_bounds / dap_ntok */
+    float *dap_bounds;
+    int32_t *dap_ntok;
+    uint8_t *dap_keep;       /* [chunk rows][n_head][max_blocks] */
 };
 /* Folds the key of the row just written at (seq, pos) into its block's DAP summary. */
 void mt_kv_pool_note_key(mt_kv_pool *p, int l, int seq, int pos);

@@ -120,6 +120,10 @@ static void test_paged_attention(void **state) {
         {.n_head = 8, .n_kv = 1, .dqk = 24, .dv = 24, .len = 66, .block = 5, .window = 9},
         {.n_head = 6, .mla = true, .dqk = 40, .dv = 32, .len = 200, .block = 16},
         {.n_head = 2, .n_kv = 2, .dqk = 8, .dv = 8, .len = 1, .block = 4},
+        /* rows past 1024 keys are split into spans merged afterwards */
+        {.n_head = 4, .n_kv = 2, .dqk = 16, .dv = 8, .len = 2200, .block = 16},
+        {.n_head = 4, .mla = true, .dqk = 24, .dv = 16, .len = 1500, .block = 16},
+        {.n_head = 2, .n_kv = 1, .dqk = 8, .dv = 8, .len = 2101, .block = 7, .window = 1300},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_paged(&cases[i], 100 + i);
 }
@@ -172,9 +176,91 @@ static void test_lowrank(void **state) {
         }
 }
 
+/* The keep mask (DAP): every (row, head) over its own random subset of blocks against a
+ * double-precision softmax over exactly the kept keys; a head that keeps every block equals
+ * the unmasked kernel bit for bit; results do not depend on the thread count (split rows). */
+static void test_paged_keep(void **state) {
+    (void)state;
+    const int nh = 4, nkv = 2, group = nh / nkv, d = 16, bs = 16, T = 2300, nb = (T + bs - 1) / bs;
+    const int rows = 6, row_len = nkv * 2 * d;
+    const int pos[6] = {0, 15, 63, 1023, 1700, T - 1};
+    float *cache = mt_xmalloc((size_t)nb * bs * row_len * sizeof(float));
+    float *q = mt_xmalloc((size_t)rows * nh * d * sizeof(float));
+    mt_test_fill_uniform(cache, (size_t)nb * bs * row_len, -2, 2, 7);
+    mt_test_fill_uniform(q, (size_t)rows * nh * d, -2, 2, 8);
+    int32_t *table = mt_xmalloc((size_t)nb * sizeof(int32_t));
+    for (int b = 0; b < nb; b++) table[b] = nb - 1 - b; /* reversed: the table is honoured */
+    int32_t seq[6] = {0}, ps[6];
+    memcpy(ps, pos, sizeof ps);
+    uint8_t *keep = mt_xmalloc((size_t)rows * nh * nb);
+    mt_rng rng;
+    mt_rng_seed(&rng, 9);
+    for (int r = 0; r < rows; r++)
+        for (int h = 0; h < nh; h++) {
+            uint8_t *kp = keep + ((size_t)r * nh + h) * nb;
+            /* head 0 keeps all; the others about 40 %, the row's last block always */
+            for (int b = 0; b < nb; b++) kp[b] = h == 0 || mt_rng_below(&rng, 10) < 4;
+            kp[pos[r] / bs] = 1;
+        }
+    mt_paged_attn_args pa = {.n_rows = rows, .n_head = nh, .n_kv_head = nkv, .dqk = d, .dv = d, .q_row = nh * d,
+                             .q_head = d, .o_row = nh * d, .o_head = d, .cache = cache, .block_size = bs,
+                             .kv_row = row_len, .k_off = 0, .k_head = d, .v_off = nkv * d, .v_head = d,
+                             .tables = table, .table_stride = nb, .seq = seq, .pos = ps, .scale = 0.25f};
+    float *plain = mt_xmalloc((size_t)rows * nh * d * sizeof(float)), *got = mt_xmalloc((size_t)rows * nh * d * sizeof(float));
+    float *got1 = mt_xmalloc((size_t)rows * nh * d * sizeof(float));
+    mt_paged_attention_forward(g_be, &pa, q, plain);
+    pa.keep = keep;
+    pa.keep_stride = nb;
+    mt_paged_attention_forward(g_be, &pa, q, got);
+    mt_backend *one = NULL;
+    mt_error err = {0};
+    assert_int_equal(mt_backend_init(&one, MT_BACKEND_CPU, 1, &err), MT_OK);
+    mt_paged_attention_forward(one, &pa, q, got1);
+    mt_backend_free(one);
+    assert_memory_equal(got, got1, (size_t)rows * nh * d * sizeof(float));
+    for (int r = 0; r < rows; r++)
+        for (int h = 0; h < nh; h++) {
+            const uint8_t *kp = keep + ((size_t)r * nh + h) * nb;
+            const float *qh = q + ((size_t)r * nh + h) * d;
+            const int g = h / group;
+            double mx = -INFINITY, z = 0, acc[16] = {0};
+            for (int t = 0; t <= pos[r]; t++) {
+                if (!kp[t / bs]) continue;
+                const float *kr = cache + ((size_t)table[t / bs] * bs + t % bs) * row_len + g * d;
+                double sc = 0;
+                for (int i = 0; i < d; i++) sc += (double)qh[i] * kr[i];
+                if (sc * 0.25 > mx) mx = sc * 0.25;
+            }
+            for (int t = 0; t <= pos[r]; t++) {
+                if (!kp[t / bs]) continue;
+                const float *kr = cache + ((size_t)table[t / bs] * bs + t % bs) * row_len + g * d;
+                double sc = 0;
+                for (int i = 0; i < d; i++) sc += (double)qh[i] * kr[i];
+                double e = exp(sc * 0.25 - mx);
+                z += e;
+                for (int i = 0; i < d; i++) acc[i] += e * kr[nkv * d + i];
+            }
+            float want[16];
+            for (int i = 0; i < d; i++) want[i] = (float)(acc[i] / z);
+            char what[64];
+            snprintf(what, sizeof what, "keep mask row %d (pos %d) head %d", r, pos[r], h);
+            mt_test_assert_close(what, got + ((size_t)r * nh + h) * d, want, (size_t)d, 2e-5);
+            if (h == 0) /* every block kept: the unmasked result exactly */
+                assert_memory_equal(got + (size_t)r * nh * d, plain + (size_t)r * nh * d, (size_t)d * sizeof(float));
+        }
+    free(cache);
+    free(q);
+    free(table);
+    free(keep);
+    free(plain);
+    free(got);
+    free(got1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_paged_attention),
+        cmocka_unit_test(test_paged_keep),
         cmocka_unit_test(test_lowrank),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

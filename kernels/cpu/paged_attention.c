@@ -1,85 +1,193 @@
 /* paged_attention.c — attention of decode rows over a paged KV cache on the CPU: every row
  * streams its own sequence's keys through an online softmax, reading each position through
- * the block table. One task per (row, KV head) runs all the query heads of that KV head, so
- * a key row loaded for one head is reused by the group while it is in cache. */
+ * the block table. One task per (row, KV head, key span) runs all the query heads of that KV
+ * head, so a key row loaded for one head is reused by the group while it is in cache; a row
+ * that sees more than one span of PA_SPLIT keys is split into spans merged afterwards, so a
+ * long context's one decode row keeps every core busy (split-K, as flash-decoding). With a
+ * keep mask (DAP) a head skips the blocks it prunes, and a block no head keeps is not read. */
 #include "cpu/cpu-impl.h"
 
 #include <math.h>
 #include <omp.h>
+#include <stdlib.h>
+#include <string.h>
 
-/* Keys per tile, aligned to absolute positions (see kernels.h: results independent of the
- * block size and of the step's other rows). */
-enum { PA_TILE = 64 };
+/* Keys per tile and per span, both aligned to absolute positions (see kernels.h: results
+ * independent of the block size, of the thread count and of the step's other rows). */
+enum { PA_TILE = 64, PA_SPLIT = 1024 };
 
 static inline const float *key_row(const mt_paged_attn_args *a, const int32_t *table, int p) {
     int32_t blk = table[p / a->block_size];
     return a->cache + ((size_t)blk * a->block_size + (size_t)(p % a->block_size)) * a->kv_row;
 }
 
+/* The keep byte of query head h of row r for the block holding position p (NULL: kept). */
+static inline const uint8_t *keep_of(const mt_paged_attn_args *a, int r, int h) {
+    return a->keep ? a->keep + ((size_t)r * a->n_head + (size_t)h) * (size_t)a->keep_stride : NULL;
+}
+
+/* Online softmax of row r's heads of KV head g over keys lo ..= hi: leaves the running max
+ * m, sum l and unnormalised accumulators acc [group, dv]. s is [group, TILE] scratch; live
+ * [group] flags. A head that keeps every block computes exactly what it would unmasked. */
+static void attend_span(const mt_paged_attn_args *a, const float *q, int r, int g, int lo, int hi, float *s,
+                        float *acc, float *m, float *l, uint8_t *live) {
+    const int group = a->n_head / a->n_kv_head, dqk = a->dqk, dv = a->dv, bs = a->block_size;
+    const int32_t *table = a->tables + (size_t)a->seq[r] * a->table_stride;
+    for (int hh = 0; hh < group; hh++) {
+        m[hh] = -INFINITY;
+        l[hh] = 0.0f;
+        for (int i = 0; i < dv; i++) acc[(size_t)hh * dv + i] = 0.0f;
+    }
+    for (int j0 = lo / PA_TILE * PA_TILE; j0 <= hi; j0 += PA_TILE) {
+        const int cl = (lo > j0 ? lo : j0) - j0, ch = (hi < j0 + PA_TILE - 1 ? hi : j0 + PA_TILE - 1) - j0;
+        bool any = false;
+        for (int hh = 0; hh < group; hh++) {
+            const uint8_t *kp = keep_of(a, r, g * group + hh);
+            live[hh] = 1;
+            if (kp) {
+                live[hh] = 0;
+                for (int b = (j0 + cl) / bs; b <= (j0 + ch) / bs && !live[hh]; b++) live[hh] = kp[b];
+            }
+            any |= live[hh];
+        }
+        if (!any) continue;
+        for (int c = cl; c <= ch; c++) {
+            const float *kr = NULL;
+            for (int hh = 0; hh < group; hh++) {
+                if (!live[hh]) continue;
+                const uint8_t *kp = keep_of(a, r, g * group + hh);
+                if (kp && !kp[(j0 + c) / bs]) {
+                    s[(size_t)hh * PA_TILE + c] = -INFINITY; /* exp → 0 exactly, and the value is skipped */
+                    continue;
+                }
+                if (!kr) kr = key_row(a, table, j0 + c) + a->k_off + (size_t)g * a->k_head;
+                const float *qr = q + (size_t)r * a->q_row + (size_t)(g * group + hh) * a->q_head;
+                s[(size_t)hh * PA_TILE + c] = mt_cpu_dot(qr, kr, dqk) * a->scale;
+            }
+        }
+        for (int hh = 0; hh < group; hh++) {
+            if (!live[hh]) continue;
+            float *sh = s + (size_t)hh * PA_TILE;
+            float bmax = -INFINITY;
+            for (int c = cl; c <= ch; c++)
+                if (sh[c] > bmax) bmax = sh[c];
+            const float mnew = m[hh] > bmax ? m[hh] : bmax;
+            const float f = mt_cpu_expf(m[hh] - mnew); /* 0 on the first tile */
+            const float sum = (float)mt_cpu_exp_affine(sh + cl, sh + cl, ch - cl + 1, 1.0f, -mnew);
+            l[hh] = l[hh] * f + sum;
+            m[hh] = mnew;
+            float *ah = acc + (size_t)hh * dv;
+            if (f != 1.0f)
+                for (int i = 0; i < dv; i++) ah[i] *= f;
+        }
+        for (int c = cl; c <= ch; c++) {
+            const float *vr = NULL;
+            for (int hh = 0; hh < group; hh++) {
+                if (!live[hh]) continue;
+                const uint8_t *kp = keep_of(a, r, g * group + hh);
+                if (kp && !kp[(j0 + c) / bs]) continue;
+                if (!vr) vr = key_row(a, table, j0 + c) + a->v_off + (size_t)g * a->v_head;
+                const float pc = s[(size_t)hh * PA_TILE + c];
+                float *ah = acc + (size_t)hh * dv;
+                for (int i = 0; i < dv; i++) ah[i] = fmaf(pc, vr[i], ah[i]);
+            }
+        }
+    }
+}
+
 void mt_cpu_paged_attention_forward(mt_backend *be, const mt_paged_attn_args *a, const float *q, float *o) {
     MT_ASSERT(a->n_rows >= 0 && a->n_head > 0 && a->n_kv_head > 0 && a->n_head % a->n_kv_head == 0);
     MT_ASSERT(a->block_size > 0 && a->dqk > 0 && a->dv > 0);
-    const int group = a->n_head / a->n_kv_head, dqk = a->dqk, dv = a->dv;
-    /* per thread: scores [group, TILE], accumulators [group, dv], running max and sum [group] */
-    const size_t per = (size_t)group * PA_TILE + (size_t)group * dv + 2 * (size_t)group;
+    const int group = a->n_head / a->n_kv_head, dv = a->dv, nkv = a->n_kv_head;
+    /* per thread: scores [group, TILE], accumulators [group, dv], running max and sum [group],
+       live flags [group] (as floats' room) */
+    const size_t per = (size_t)group * PA_TILE + (size_t)group * dv + 3 * (size_t)group;
     float *scratch = mt_cpu_scratch(be, per);
     const size_t stride = mt_cpu_ctx_of(be)->scratch_per_thread;
-    const int tasks = a->n_rows * a->n_kv_head;
+    /* spans: row r's keys lo ..= hi cut at multiples of PA_SPLIT; first[r] is its first task */
+    int *first = mt_xmalloc(((size_t)a->n_rows + 1) * sizeof(int));
     size_t work = 0;
-    for (int r = 0; r < a->n_rows; r++) work += (size_t)(a->pos[r] + 1) * (size_t)a->n_head * (size_t)(dqk + dv);
+    bool split = false;
+    first[0] = 0;
+    for (int r = 0; r < a->n_rows; r++) {
+        const int lo = a->kv_start ? a->kv_start[r] : 0, hi = a->pos[r];
+        MT_ASSERT(lo >= 0 && lo <= hi);
+        const int spans = hi / PA_SPLIT - lo / PA_SPLIT + 1;
+        split |= spans > 1;
+        first[r + 1] = first[r] + spans;
+        work += (size_t)(hi - lo + 1) * (size_t)a->n_head * (size_t)(a->dqk + dv);
+    }
+    const int n_spans = first[a->n_rows];
+    /* a split row's partial results: [span][KV head][group] × (max, sum, acc [dv]) */
+    const size_t part_one = (size_t)group * (2 + (size_t)dv);
+    float *part = split ? mt_xmalloc((size_t)n_spans * nkv * part_one * sizeof(float)) : NULL;
+    const int tasks = n_spans * nkv;
     const int nt = mt_cpu_nthreads(be);
 
 #pragma omp parallel for num_threads(nt) if (work >= MT_CPU_PAR_MIN) schedule(dynamic, 1)
     for (int task = 0; task < tasks; task++) {
-        const int r = task / a->n_kv_head, g = task % a->n_kv_head;
+        const int sp = task / nkv, g = task % nkv;
+        int r = 0, lo_r = 0, hi_r = 0;
+        { /* the row of span sp: binary search over first[] */
+            int L = 0, H = a->n_rows - 1;
+            while (L < H) {
+                int mid = (L + H + 1) / 2;
+                if (first[mid] <= sp) L = mid;
+                else H = mid - 1;
+            }
+            r = L;
+            lo_r = a->kv_start ? a->kv_start[r] : 0;
+            hi_r = a->pos[r];
+        }
+        const int k = sp - first[r], c0 = lo_r / PA_SPLIT + k;
+        const int lo = k == 0 ? lo_r : c0 * PA_SPLIT, hi = hi_r < (c0 + 1) * PA_SPLIT - 1 ? hi_r : (c0 + 1) * PA_SPLIT - 1;
         float *s = scratch + (size_t)omp_get_thread_num() * stride; /* [group, TILE] */
         float *acc = s + (size_t)group * PA_TILE;                     /* [group, dv] */
         float *m = acc + (size_t)group * dv;                          /* [group] */
         float *l = m + group;                                         /* [group] */
-        const int32_t *table = a->tables + (size_t)a->seq[r] * a->table_stride;
-        const int lo = a->kv_start ? a->kv_start[r] : 0, hi = a->pos[r];
-        MT_ASSERT(lo >= 0 && lo <= hi);
-        for (int hh = 0; hh < group; hh++) {
-            m[hh] = -INFINITY;
-            l[hh] = 0.0f;
-            for (int i = 0; i < dv; i++) acc[(size_t)hh * dv + i] = 0.0f;
-        }
-        for (int j0 = lo / PA_TILE * PA_TILE; j0 <= hi; j0 += PA_TILE) {
-            const int cl = (lo > j0 ? lo : j0) - j0, ch = (hi < j0 + PA_TILE - 1 ? hi : j0 + PA_TILE - 1) - j0;
-            for (int c = cl; c <= ch; c++) {
-                const float *kr = key_row(a, table, j0 + c) + a->k_off + (size_t)g * a->k_head;
-                for (int hh = 0; hh < group; hh++) {
-                    const float *qr = q + (size_t)r * a->q_row + (size_t)(g * group + hh) * a->q_head;
-                    s[(size_t)hh * PA_TILE + c] = mt_cpu_dot(qr, kr, dqk) * a->scale;
-                }
-            }
+        uint8_t *live = (uint8_t *)(l + group);                       /* [group] */
+        attend_span(a, q, r, g, lo, hi, s, acc, m, l, live);
+        if (first[r + 1] - first[r] == 1) {
             for (int hh = 0; hh < group; hh++) {
-                float *sh = s + (size_t)hh * PA_TILE;
-                float bmax = -INFINITY;
-                for (int c = cl; c <= ch; c++)
-                    if (sh[c] > bmax) bmax = sh[c];
-                const float mnew = m[hh] > bmax ? m[hh] : bmax;
-                const float f = mt_cpu_expf(m[hh] - mnew); /* 0 on the first tile */
-                const float sum = (float)mt_cpu_exp_affine(sh + cl, sh + cl, ch - cl + 1, 1.0f, -mnew);
-                l[hh] = l[hh] * f + sum;
-                m[hh] = mnew;
-                float *ah = acc + (size_t)hh * dv;
-                if (f != 1.0f)
-                    for (int i = 0; i < dv; i++) ah[i] *= f;
+                float *orow = o + (size_t)r * a->o_row + (size_t)(g * group + hh) * a->o_head;
+                const float inv = 1.0f / l[hh];
+                for (int i = 0; i < dv; i++) orow[i] = acc[(size_t)hh * dv + i] * inv;
             }
-            for (int c = cl; c <= ch; c++) {
-                const float *vr = key_row(a, table, j0 + c) + a->v_off + (size_t)g * a->v_head;
-                for (int hh = 0; hh < group; hh++) {
-                    const float pc = s[(size_t)hh * PA_TILE + c];
-                    float *ah = acc + (size_t)hh * dv;
-                    for (int i = 0; i < dv; i++) ah[i] = fmaf(pc, vr[i], ah[i]);
-                }
+        } else {
+            float *pp = part + ((size_t)sp * nkv + g) * part_one;
+            for (int hh = 0; hh < group; hh++) {
+                pp[2 * hh] = m[hh];
+                pp[2 * hh + 1] = l[hh];
             }
-        }
-        for (int hh = 0; hh < group; hh++) {
-            float *orow = o + (size_t)r * a->o_row + (size_t)(g * group + hh) * a->o_head;
-            const float inv = 1.0f / l[hh];
-            for (int i = 0; i < dv; i++) orow[i] = acc[(size_t)hh * dv + i] * inv;
+            memcpy(pp + 2 * group, acc, (size_t)group * dv * sizeof(float));
         }
     }
+    /* merge each split row's spans in span order (fixed, whatever ran where); a head whose
+       spans were all pruned away cannot occur: the caller keeps at least one block */
+    for (int r = 0; split && r < a->n_rows; r++) {
+        if (first[r + 1] - first[r] == 1) continue;
+        for (int g = 0; g < nkv; g++)
+            for (int hh = 0; hh < group; hh++) {
+                float mx = -INFINITY;
+                for (int sp = first[r]; sp < first[r + 1]; sp++) {
+                    float ms = part[((size_t)sp * nkv + g) * part_one + 2 * hh];
+                    if (ms > mx) mx = ms;
+                }
+                float *orow = o + (size_t)r * a->o_row + (size_t)(g * group + hh) * a->o_head;
+                for (int i = 0; i < dv; i++) orow[i] = 0.0f;
+                float lsum = 0.0f;
+                for (int sp = first[r]; sp < first[r + 1]; sp++) {
+                    const float *pp = part + ((size_t)sp * nkv + g) * part_one;
+                    if (pp[2 * hh] == -INFINITY) continue; /* a span whose blocks this head skipped */
+                    const float f = mt_cpu_expf(pp[2 * hh] - mx);
+                    lsum += pp[2 * hh + 1] * f;
+                    const float *ac = pp + 2 * group + (size_t)hh * dv;
+                    for (int i = 0; i < dv; i++) orow[i] = fmaf(ac[i], f, orow[i]);
+                }
+                const float inv = 1.0f / lsum;
+                for (int i = 0; i < dv; i++) orow[i] *= inv;
+            }
+    }
+    free(part);
+    free(first);
 }
