@@ -79,18 +79,16 @@ bool mt_eng_resolve_model(mt_engine *e, const char *name, mt_adapter_ref *ref, b
     return false;
 }
 
-/* The "dap" of an adapter's metadata thresholds (moetune.json, written by the trainer: finetune/dap.c).
+/* The "dap_threshold" of an adapter's metadata thresholds (moetune.json, written by the trainer:
+ * finetune/run.c format_thresholds, from finetune/dap.c).
  * It is on the decode rule's scale — the largest relative softmax weight a skipped block may
  * hold (docs/data.md, docs/attention-pruning.md) — so it is used as τ as is, clamped to [0, 1].
- * false when there is none (no metadata, no "dap", not a finite number). */
+ * false when there is none (no metadata, no "dap_threshold", not a finite number). */
 static bool adapter_dap(const char *thresholds_json, float *tau) {
-    if (!thresholds_json[0]) return false;
-    cJSON *o = cJSON_Parse(thresholds_json);
-    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, "dap") : NULL;
-    bool ok = cJSON_IsNumber(v) && isfinite(v->valuedouble);
-    if (ok) *tau = v->valuedouble < 0 ? 0.0f : v->valuedouble > 1 ? 1.0f : (float)v->valuedouble;
-    cJSON_Delete(o);
-    return ok;
+    double v;
+    if (!mt_lora_meta_value(thresholds_json, "dap_threshold", &v)) return false;
+    *tau = v < 0 ? 0.0f : v > 1 ? 1.0f : (float)v;
+    return true;
 }
 
 /* A request's τ: its own dap_threshold, else its adapter's metadata value (unless the server
@@ -520,9 +518,9 @@ static void add_rows(mt_engine *e, step_plan *sp, mt_eng_sample *s, int k) {
         e->b_pos[row] = s->fed + i;
         e->b_slot[row] = slot;
         e->b_rowsample[row] = s;
-        /* DAP on the decode rows only (a generated token fed back, recomputed ones after a
-         * preemption included), as mt_generate does; prompt rows attend in full */
-        float tau = s->fed + i >= s->n_prompt ? s->req->dap_tau : 0.0f;
+        /* DAP on every row of the request, prompt (prefill) and generated alike, as
+         * mt_generate does */
+        float tau = s->req->dap_tau;
         e->b_tau[row] = tau;
         sp->any_tau |= tau > 0;
     }

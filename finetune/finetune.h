@@ -369,6 +369,12 @@ typedef struct mt_eval_opts {
     int quantize;                /* an mt_quant (model.h): weight-only quantisation of the base after loading */
     float expert_threshold;      /* adaptive expert counts (model.h mt_adaptive_k; 0 = the config's top_k) */
     int min_k, max_k;            /* its bounds (0 = 1 and top_k) */
+    /* DAP (docs/attention-pruning.md): NULL = whole-sequence passes, no pruning. Given, every row
+     * runs through the paged decoder as a prompt is prefilled (chunks of rows over the KV pool),
+     * its attention pruned with dap->threshold (0: the paged path in full); with dap_adapter the
+     * adapter pass takes the "dap" of the adapter's metadata instead, where it has one. */
+    const struct mt_dap_opts *dap;
+    bool dap_adapter;
 } mt_eval_opts;
 
 typedef struct mt_eval_result {
@@ -376,6 +382,10 @@ typedef struct mt_eval_result {
     double adapter_loss, adapter_ppl; /* with the adapter (NaN without one) */
     int64_t n_docs, n_tokens;         /* documents read, tokens scored */
     double mean_experts;              /* routed experts per token and MoE layer with adaptive_k (NaN off) */
+    float base_tau, adapter_tau;      /* the DAP threshold each pass ran with (with opts.dap) */
+    struct mt_eval_dap {         /* model.h's mt_dap_counts of each pass: (row, layer, head) */
+        uint64_t queries, blocks, skipped, fallbacks;
+    } base_dap, adapter_dap;
 } mt_eval_result;
 
 /* Held-out loss and perplexity (exp of the mean token cross-entropy) of the base and, when

@@ -47,7 +47,8 @@ typedef struct gen {
     gen_out *out;
     const mt_adapter **slots; /* [n_prompts]: slot i is prompt i's adapter */
     int32_t *tokens, *seq, *slot, *logit_rows; /* step rows */
-    float *tau;               /* [rows] DAP threshold of each decode row */
+    float *tau;               /* [rows] DAP threshold of each row, prompt and decode */
+    bool tau_on;              /* DAP on: pass tau to every step */
     float *logits;            /* [rows, V] */
 } gen;
 
@@ -119,7 +120,8 @@ static mt_status prefill(gen *g, float *first_logits, mt_error *err) {
                              .adapters = g->slots,
                              .n_slots = g->n_prompts,
                              .logit_rows = g->logit_rows,
-                             .n_logits = nl};
+                             .n_logits = nl,
+                             .dap_threshold = g->tau_on ? g->tau : NULL};
         mt_status st = mt_decode_step(g->dec, g->pool, &b, g->logits, err);
         if (st) return st;
         /* the prompts that finished in this step are the nl before p, in order */
@@ -211,6 +213,7 @@ mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, const mt_gen_prompt 
     g.logit_rows = mt_xmalloc((size_t)rows * sizeof(int32_t));
     g.tau = mt_xmalloc((size_t)rows * sizeof(float));
     bool dap = o->dap && o->dap->threshold > 0;
+    g.tau_on = dap;
     if (dap) mt_decoder_set_dap(g.dec, o->dap);
     for (int i = 0; i < rows; i++) g.tau[i] = dap ? o->dap->threshold : 0.0f;
     g.logits = mt_xmalloc((size_t)rows * (size_t)g.V * sizeof(float));

@@ -548,7 +548,7 @@ typedef struct mt_generate_opts {
      * start of a stop string); return false to stop that output early */
     bool (*on_text)(void *user, int index, const char *text, size_t len);
     void *user;
-    /* DAP on the decode steps (not the prefill): NULL or threshold 0 = off; the counts of the
+    /* DAP on every step, prefill and decode: NULL or threshold 0 = off; the counts of the
        run are written to dap_counts when given */
     const struct mt_dap_opts *dap;
     struct mt_dap_counts *dap_counts;

@@ -108,6 +108,10 @@ typedef struct mt_lora_meta {
     int64_t score_rows, score_cols;
 } mt_lora_meta;
 
+/* The number under `key` in a thresholds_json ("dap", "experts", ...): false when the JSON
+ * does not parse or holds no finite number there. */
+bool mt_lora_meta_value(const char *thresholds_json, const char *key, double *out);
+
 /* Writes `dir`/adapter_config.json and adapter_model.safetensors exactly as PEFT's
  * save_pretrained does (keys without the adapter name, F32), plus moetune.json. The files are
  * replaced atomically. */

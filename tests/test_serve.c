@@ -129,9 +129,9 @@ static int setup(void **state) {
     /* adapters whose metadata carries a DAP threshold (the trainer's thresholds_json), and one without */
     mt_mkdirs(dap_adapters_dir, &err);
     snprintf(dir, sizeof dir, "%s/meta-one", dap_adapters_dir);
-    write_adapter_meta(m, dir, 500, base_hash, "{\"dap\":1.0,\"base\":0.5,\"max_entropy\":4.5}");
+    write_adapter_meta(m, dir, 500, base_hash, "{\"dap_threshold\":1.0,\"base\":0.5,\"max_entropy_bits\":4.5}");
     snprintf(dir, sizeof dir, "%s/meta-zero", dap_adapters_dir);
-    write_adapter_meta(m, dir, 501, base_hash, "{\"dap\":0,\"base\":0.5}");
+    write_adapter_meta(m, dir, 501, base_hash, "{\"dap_threshold\":0,\"base\":0.5}");
     snprintf(dir, sizeof dir, "%s/nometa", dap_adapters_dir);
     write_adapter(m, dir, 502, base_hash);
     /* made for another base: refused by its recorded hash */

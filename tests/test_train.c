@@ -185,6 +185,50 @@ static void test_lora_lowers_loss_and_exports(void **state) {
     if (!(er.adapter_loss < er.base_loss - 0.5))
         fail_msg("adapter loss %.4f vs base %.4f: training did not learn the corpus", er.adapter_loss, er.base_loss);
 
+    /* DAP in eval: the paged path with τ = 0 scores what the whole-sequence pass scores; the
+     * adapter's own domain threshold (its metadata, as the trainer wrote it) is found and run */
+    mt_dap_opts dap0 = {.threshold = 0, .n_sink_blocks = 1, .n_local_blocks = 1, .mass_floor = 0.9f};
+    mt_eval_opts po = eo;
+    po.dap = &dap0;
+    po.dap_adapter = true;
+    mt_eval_result pr;
+    if (mt_evaluate(&po, &pr, &err) != MT_OK) fail_msg("%s", err.msg);
+    assert_int_equal(pr.n_tokens, er.n_tokens);
+    if (fabs(pr.base_loss - er.base_loss) > 1e-5 * fabs(er.base_loss))
+        fail_msg("paged eval base loss %.7f, whole-sequence %.7f", pr.base_loss, er.base_loss);
+    assert_true(pr.base_tau == 0 && pr.base_dap.queries == 0);
+    {
+        double want_tau = -1;
+        mt_lora_meta meta = {0};
+        mt_lora *ll = NULL;
+        mt_model *bm = NULL;
+        mt_backend *be = NULL;
+        assert_int_equal(mt_backend_init(&be, MT_BACKEND_CPU, 1, &err), MT_OK);
+        assert_int_equal(mt_model_load(&bm, base_dir, be, &err), MT_OK);
+        assert_int_equal(mt_lora_load_peft(&ll, bm, r.output.adapter, &meta, &err), MT_OK);
+        assert_true(mt_lora_meta_value(meta.thresholds_json, "dap_threshold", &want_tau));
+        free(meta.thresholds_json);
+        free(meta.score);
+        mt_lora_free(ll);
+        mt_model_free(bm);
+        mt_backend_free(be);
+        /* the random base finds this corpus more surprising than max_entropy: its threshold is 0 */
+        assert_true(want_tau >= 0 && want_tau <= 0.5);
+        assert_float_equal(pr.adapter_tau, (float)want_tau, 1e-7);
+        if (want_tau == 0 && fabs(pr.adapter_loss - er.adapter_loss) > 1e-5 * fabs(er.adapter_loss))
+            fail_msg("paged eval adapter loss %.7f, whole-sequence %.7f", pr.adapter_loss, er.adapter_loss);
+        assert_true(want_tau == 0 ? pr.adapter_dap.queries == 0 : pr.adapter_dap.queries > 0);
+    }
+    /* τ = 1 with nothing always kept prunes all but the best-bounded block of 16-key blocks (rows
+     * of 64): every (row, layer, head) query counted, losses finite */
+    mt_dap_opts dap5 = {.threshold = 1.0f, .n_sink_blocks = 0, .n_local_blocks = 0, .mass_floor = 0};
+    po.dap = &dap5;
+    po.dap_adapter = false;
+    if (mt_evaluate(&po, &pr, &err) != MT_OK) fail_msg("%s", err.msg);
+    assert_true(pr.base_dap.queries > 0 && pr.adapter_dap.queries == pr.base_dap.queries);
+    assert_true(pr.adapter_dap.skipped > 0 && pr.adapter_dap.skipped < pr.adapter_dap.blocks);
+    assert_true(isfinite(pr.adapter_loss) && isfinite(pr.base_loss));
+
     /* merged export computes what base + adapter computes */
     char merged[4200];
     snprintf(merged, sizeof merged, "%s/merged", dir);
