@@ -16,7 +16,7 @@ static void usage(FILE *f) {
             "usage: moetune generate --model DIR (--prompt TEXT... | --prompts FILE) [--n N]\n"
             "                        [--adapter DIR | --adapter NAME=DIR...] [--max-tokens N] [--temperature T]\n"
             "                        [--top-k K] [--top-p P] [--seed S] [--stop STR]... [--no-eos] [--threads N]\n"
-            "                        [--quantize int8] [--dap-threshold T [--dap-sink N] [--dap-local N]]\n"
+            "                        [--quantize int8] [--dap-threshold T|adapter [--dap-sink N] [--dap-local N]]\n"
             "\n"
             "Generates for every prompt in one batch (each prompt prefilled once, its samples sharing\n"
             "its KV blocks, one decode step for all outputs). One output streams to stdout; several\n"
@@ -38,8 +38,9 @@ static void usage(FILE *f) {
             "  --quantize int8   INT8 weight-only base (per channel, groups of 64 inputs, fp32 scales)\n"
             "  --expert-threshold P  adaptive expert count: experts in router order until their\n"
             "                    score share reaches P (0 = off, 1 = top-k), within --min-k/--max-k\n"
-            "  --dap-threshold T dynamic attention pruning of the prompt and decode steps\n"
-            "                    (docs/attention-pruning.md; default: the adapter's domain threshold):\n"
+            "  --dap-threshold T|adapter  dynamic attention pruning of the prompt and decode steps\n"
+            "                    (docs/attention-pruning.md; 'adapter': each adapter's domain threshold\n"
+            "                    from its metadata, T = 0 for the base):\n"
             "                    skip a KV block whose key bound gives it at most T x the best block's\n"
             "                    weight, T in [0, 1] (0 = off: full attention); first --dap-sink (1) and\n"
             "                    last --dap-local (1) blocks always kept, full attention when the kept\n"
@@ -58,6 +59,8 @@ typedef struct named_adapter {
     const char *name; /* NULL: the one unnamed --adapter */
     const char *dir;
     mt_lora *lora;
+    bool has_tau;  /* its metadata holds the trainer's domain threshold */
+    float tau;
 } named_adapter;
 
 int mt_cmd_generate(int argc, char **argv) {
@@ -70,6 +73,7 @@ int mt_cmd_generate(int argc, char **argv) {
     long akn;
     mt_dap_opts dap = {.n_sink_blocks = 1, .n_local_blocks = 1, .mass_floor = 0.9f};
     mt_dap_counts dapc = {0};
+    bool dap_adapter = false; /* --dap-threshold adapter: each adapter's own domain threshold */
     const char **stops = mt_xcalloc((size_t)argc, sizeof(char *));
     const char **texts = mt_xcalloc((size_t)argc, sizeof(char *));
     named_adapter *ads = mt_xcalloc((size_t)argc, sizeof *ads);
@@ -125,8 +129,13 @@ int mt_cmd_generate(int argc, char **argv) {
             akt.max_k = (int)akn;
         } else if (mt_cli_is_flag(a, "--dap-threshold")) {
             double t;
-            if (!(v = mt_cli_value("--dap-threshold", argc, argv, &i)) || !mt_cli_parse_double(v, 0, 1, &t)) goto bad;
-            dap.threshold = (float)t;
+            if (!(v = mt_cli_value("--dap-threshold", argc, argv, &i))) goto bad;
+            if (!strcmp(v, "adapter"))
+                dap_adapter = true;
+            else if (!mt_cli_parse_double(v, 0, 1, &t))
+                goto bad;
+            else
+                dap.threshold = (float)t;
         } else if (mt_cli_is_flag(a, "--dap-mass-floor")) {
             double t;
             if (!(v = mt_cli_value("--dap-mass-floor", argc, argv, &i)) || !mt_cli_parse_double(v, 0, 1, &t)) goto bad;
@@ -181,7 +190,20 @@ int mt_cmd_generate(int argc, char **argv) {
     mt_generate_result *res = NULL;
     int n_out = 0;
     mt_status st = mt_model_load(&m, model_dir, be, &err);
-    for (int i = 0; !st && i < n_ads; i++) st = mt_lora_load_peft(&ads[i].lora, m, ads[i].dir, NULL, &err);
+    for (int i = 0; !st && i < n_ads; i++) {
+        mt_lora_meta meta = {0};
+        st = mt_lora_load_peft(&ads[i].lora, m, ads[i].dir, &meta, &err);
+        double t;
+        if (!st && mt_lora_meta_value(meta.thresholds_json, "dap_threshold", &t)) {
+            ads[i].has_tau = true;
+            ads[i].tau = t < 0 ? 0.0f : t > 1 ? 1.0f : (float)t;
+            if (dap_adapter)
+                fprintf(stderr, "dap: adapter %s: its domain threshold %g\n", ads[i].name ? ads[i].name : ads[i].dir,
+                        (double)ads[i].tau);
+        }
+        free(meta.thresholds_json);
+        free(meta.score);
+    }
     /* after the adapters: their base check hashes the weights as stored, not as quantised */
     if (!st) st = mt_model_quantize(m, quant, 0, &err);
     if (!st) mt_model_set_adaptive_k(m, &akt);
@@ -195,15 +217,22 @@ int mt_cmd_generate(int argc, char **argv) {
             gp[i].text = items ? items[i].text : texts[i];
             gp[i].n = items && items[i].n > 0 ? items[i].n : (int)n_samples;
             n_out += gp[i].n;
-            if (unnamed) gp[i].adapter = mt_lora_adapter(ads[0].lora);
+            if (unnamed) {
+                gp[i].adapter = mt_lora_adapter(ads[0].lora);
+                gp[i].dap_own = dap_adapter && ads[0].has_tau;
+                gp[i].dap_threshold = ads[0].tau;
+            }
             if (want) {
                 int k = 0;
                 while (k < n_ads && !(ads[k].name && !strcmp(ads[k].name, want))) k++;
                 if (k == n_ads)
                     st = mt_error_set(&err, MT_ERR_NOT_FOUND, "%s: prompt %d asks for adapter \"%s\", not given as "
                                       "--adapter %s=DIR", prompts_file, i + 1, want, want);
-                else
+                else {
                     gp[i].adapter = mt_lora_adapter(ads[k].lora);
+                    gp[i].dap_own = dap_adapter && ads[k].has_tau;
+                    gp[i].dap_threshold = ads[k].tau;
+                }
             }
         }
     }
@@ -253,7 +282,7 @@ int mt_cmd_generate(int argc, char **argv) {
         if (akt.threshold > 0 && akt_tok > 0)
             fprintf(stderr, "adaptive experts: threshold %g, mean experts per token and MoE layer %.3f\n",
                     (double)akt.threshold, (double)akt_exp / (double)akt_tok);
-        if (dap.threshold > 0)
+        if (dap.threshold > 0 || dapc.queries > 0)
             fprintf(stderr, "dap: threshold %g, %llu of %llu KV blocks skipped (%.1f%%) over %llu head-layer queries, "
                     "%llu fallbacks\n", (double)dap.threshold, (unsigned long long)dapc.skipped,
                     (unsigned long long)dapc.blocks, dapc.blocks ? 100.0 * (double)dapc.skipped / (double)dapc.blocks : 0.0,

@@ -48,6 +48,7 @@ typedef struct gen {
     const mt_adapter **slots; /* [n_prompts]: slot i is prompt i's adapter */
     int32_t *tokens, *seq, *slot, *logit_rows; /* step rows */
     float *tau;               /* [rows] DAP threshold of each row, prompt and decode */
+    float *prompt_tau;        /* [n_prompts] */
     bool tau_on;              /* DAP on: pass tau to every step */
     float *logits;            /* [rows, V] */
 } gen;
@@ -68,6 +69,7 @@ static void gen_free(gen *g) {
     free(g->slot);
     free(g->logit_rows);
     free(g->tau);
+    free(g->prompt_tau);
     free(g->logits);
     mt_decoder_free(g->dec);
     mt_kv_pool_free(g->pool);
@@ -106,6 +108,7 @@ static mt_status prefill(gen *g, float *first_logits, mt_error *err) {
             g->tokens[n] = g->ids[p][off];
             g->seq[n] = g->prompt_seq[p];
             g->slot[n] = p;
+            g->tau[n] = g->prompt_tau[p];
             n++;
             if (++off == g->n_ids[p]) {
                 g->logit_rows[nl++] = n - 1;
@@ -212,10 +215,16 @@ mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, const mt_gen_prompt 
     g.slot = mt_xmalloc((size_t)rows * sizeof(int32_t));
     g.logit_rows = mt_xmalloc((size_t)rows * sizeof(int32_t));
     g.tau = mt_xmalloc((size_t)rows * sizeof(float));
-    bool dap = o->dap && o->dap->threshold > 0;
+    /* each prompt's τ: its own, else the options'; DAP runs when any is above 0 */
+    g.prompt_tau = mt_xmalloc((size_t)n_prompts * sizeof(float));
+    bool dap = false;
+    for (int i = 0; i < n_prompts; i++) {
+        g.prompt_tau[i] = prompts[i].dap_own ? prompts[i].dap_threshold : o->dap ? o->dap->threshold : 0.0f;
+        dap |= g.prompt_tau[i] > 0;
+    }
     g.tau_on = dap;
-    if (dap) mt_decoder_set_dap(g.dec, o->dap);
-    for (int i = 0; i < rows; i++) g.tau[i] = dap ? o->dap->threshold : 0.0f;
+    mt_dap_opts dopt = o->dap ? *o->dap : (mt_dap_opts){.n_sink_blocks = 1, .n_local_blocks = 1, .mass_floor = 0.9f};
+    if (dap) mt_decoder_set_dap(g.dec, &dopt);
     g.logits = mt_xmalloc((size_t)rows * (size_t)g.V * sizeof(float));
     for (int i = 0; i < n_prompts && !st; i++) st = mt_kv_seq_open(g.pool, &g.prompt_seq[i], err);
     if (st) goto done;
@@ -250,6 +259,7 @@ mt_status mt_generate(mt_model *m, const mt_tokenizer *tok, const mt_gen_prompt 
             g.tokens[n] = id;
             g.seq[n] = go->seq;
             g.slot[n] = go->prompt;
+            g.tau[n] = g.prompt_tau[go->prompt];
             g.logit_rows[n] = n;
             n++;
         }

@@ -548,8 +548,9 @@ typedef struct mt_generate_opts {
      * start of a stop string); return false to stop that output early */
     bool (*on_text)(void *user, int index, const char *text, size_t len);
     void *user;
-    /* DAP on every step, prefill and decode: NULL or threshold 0 = off; the counts of the
-       run are written to dap_counts when given */
+    /* DAP on every step, prefill and decode: NULL or threshold 0 = off (a prompt may carry its
+       own τ, with the sinks, window and floor of these options); the counts of the run are
+       written to dap_counts when given */
     const struct mt_dap_opts *dap;
     struct mt_dap_counts *dap_counts;
 } mt_generate_opts;
@@ -559,6 +560,9 @@ typedef struct mt_gen_prompt {
     const char *text;
     const mt_adapter *adapter; /* NULL: the base model */
     int n;                     /* samples of this prompt (0 = 1); they share its prompt blocks */
+    bool dap_own;              /* this prompt's DAP τ is dap_threshold (in [0, 1]; e.g. its
+                                  adapter's domain threshold), not the options' */
+    float dap_threshold;
 } mt_gen_prompt;
 
 typedef struct mt_generate_result {
