@@ -16,11 +16,6 @@
  * independent of the block size, of the thread count and of the step's other rows). */
 enum { PA_TILE = 64, PA_SPLIT = 1024 };
 
-static inline const float *key_row(const mt_paged_attn_args *a, const int32_t *table, int p) {
-    int32_t blk = table[p / a->block_size];
-    return a->cache + ((size_t)blk * a->block_size + (size_t)(p % a->block_size)) * a->kv_row;
-}
-
 /* The keep byte of query head h of row r for the block holding position p (NULL: kept). */
 static inline const uint8_t *keep_of(const mt_paged_attn_args *a, int r, int h) {
     return a->keep ? a->keep + ((size_t)r * a->n_head + (size_t)h) * (size_t)a->keep_stride : NULL;
@@ -153,10 +148,17 @@ static void attend_span(const mt_paged_attn_args *a, const float *q, int r, int 
         }
         if (!any) continue;
         /* row pointers of the tile (a position no head keeps is never dereferenced) */
-        for (int c = cl; c <= ch; c++) {
-            const float *row = key_row(a, table, j0 + c);
-            kr[c] = row + a->k_off + (size_t)g * a->k_head;
-            vr[c] = row + a->v_off + (size_t)g * a->v_head;
+        {   /* walking the blocks: a division per position was as dear as the scores at small d */
+            int b = (j0 + cl) / bs, o = (j0 + cl) % bs;
+            for (int c = cl; c <= ch; c++) {
+                const float *row = a->cache + ((size_t)table[b] * bs + (size_t)o) * a->kv_row;
+                kr[c] = row + a->k_off + (size_t)g * a->k_head;
+                vr[c] = row + a->v_off + (size_t)g * a->v_head;
+                if (++o == bs) {
+                    o = 0;
+                    b++;
+                }
+            }
         }
         for (int hh = 0; hh < group; hh++) {
             if (!live[hh]) continue;
