@@ -477,6 +477,12 @@ int mt_kv_seq_blocks_needed(const mt_kv_pool *p, int seq, int n);
  * piece of a prompt (prefill, several rows of one sequence) or one new token; both kinds mix
  * in one step, which is what continuous batching needs. */
 
+/* Adaptive expert counts of a pass or a row (docs/attention-pruning.md). */
+typedef struct mt_adaptive_k {
+    float threshold; /* experts in router order until their share of Σ_E scores ≥ threshold; ≥ 1 = top-max-k */
+    int min_k, max_k; /* bounds (0 = 1 and the config's top_k) */
+} mt_adaptive_k;
+
 typedef struct mt_decode_batch {
     int n_rows;
     const int32_t *tokens;          /* [n_rows] */
@@ -491,6 +497,11 @@ typedef struct mt_decode_batch {
                                        for each row by each MoE layer */
     const float *dap_threshold;     /* optional [n_rows] DAP τ of each row in [0, 1] (CPU); NULL or
                                        0 = full attention, the unchanged path (docs/attention-pruning.md) */
+    const mt_adaptive_k *adaptive_k; /* optional [n_rows] adaptive expert counts of each row
+                                       (CPU; threshold 0: the config's top_k); NULL = the model's
+                                       setting (mt_model_set_adaptive_k) */
+    int32_t *experts_used;          /* optional [n_rows] out: routed experts each row used, summed
+                                       over the MoE layers (n_moe·top_k with fixed routing) */
 } mt_decode_batch;
 
 /* The activation buffers of one step: up to max_rows rows, adapters up to max_rank (0:
@@ -616,18 +627,16 @@ void mt_decoder_set_dap(mt_decoder *d, const mt_dap_opts *o);
  * blocks, skipped blocks, fallbacks. */
 void mt_decoder_dap_stats(const mt_decoder *d, mt_dap_counts *out);
 
-typedef struct mt_adaptive_k {
-    float threshold; /* experts in router order until their share of Σ_E scores ≥ threshold; ≥ 1 = top-max-k */
-    int min_k, max_k; /* bounds (0 = 1 and the config's top_k) */
-} mt_adaptive_k;
 /* After mt_route_forward: for each token keeps its first c of K chosen experts (c from the
  * cumulative router probability, clamped), renormalises their weights as `norm`/`scale` do and
  * zeroes the rest. k_used [n_tok] may be NULL. Returns Σ c. */
 int mt_route_adaptive_k(const float *scores, int n_tok, int E, int K, const int32_t *idx, float *w,
                         const mt_adaptive_k *a, mt_route_norm norm, float scale, int32_t *k_used);
 /* Adaptive routing for the model's inference passes on the CPU (NULL or threshold 0: off),
- * and the tokens and experts it has routed since it was set. The zeroed slots are still
- * computed by the expert GEMMs: this changes quality, not yet speed (docs/attention-pruning.md). */
+ * and the (token, MoE layer) pairs and experts it has routed since it was set. Dropped slots
+ * are not dispatched: an expert runs over the rows it keeps (docs/attention-pruning.md). A
+ * decode step with per-row settings (mt_decode_batch.adaptive_k) uses those instead and
+ * counts through experts_used, not here. */
 void mt_model_set_adaptive_k(mt_model *m, const mt_adaptive_k *a);
 void mt_model_adaptive_k_stats(const mt_model *m, uint64_t *tokens, uint64_t *experts);
 
