@@ -79,21 +79,11 @@ bool mt_eng_resolve_model(mt_engine *e, const char *name, mt_adapter_ref *ref, b
     return false;
 }
 
-/* A number of an adapter's metadata thresholds (moetune.json, written by the trainer): "dap"
- * (finetune/dap.c) is on the decode rule's scale — the largest relative softmax weight a
- * skipped block may hold (docs/data.md, docs/attention-pruning.md) — and "experts"
- * (finetune/experts.c) is the adaptive-k threshold P, the router's share the kept experts must
- * reach; both are used as they are, clamped to [0, 1]. false when there is none (no metadata,
- * no such key, not a finite number). */
-static bool adapter_threshold(const char *thresholds_json, const char *key, float *out) {
-    if (!thresholds_json[0]) return false;
-    cJSON *o = cJSON_Parse(thresholds_json);
-    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
-    bool ok = cJSON_IsNumber(v) && isfinite(v->valuedouble);
-    if (ok) *out = v->valuedouble < 0 ? 0.0f : v->valuedouble > 1 ? 1.0f : (float)v->valuedouble;
-    cJSON_Delete(o);
-    return ok;
-}
+/* The adapter's metadata thresholds (moetune.json, written by the trainer) are used as they
+ * are (mt_lora_meta_threshold clamps them to [0, 1]): "dap" (finetune/dap.c) is on the decode
+ * rule's scale — the largest relative softmax weight a skipped block may hold (docs/data.md,
+ * docs/attention-pruning.md) — and "experts" (finetune/experts.c) is the adaptive-k threshold P,
+ * the router's share the kept experts must reach. */
 
 /* A request's DAP τ and adaptive expert threshold P, each the same way: its own
  * dap_threshold / expert_threshold, else its adapter's metadata value (unless the server
@@ -112,8 +102,8 @@ static bool resolve_thresholds(mt_engine *e, mt_eng_req *r, mt_eng_http_error *h
             if (!mt_registry_find(e->reg, r->adapter, &info)) break; /* unloaded since: metadata unknown, the default */
             if (info.version == r->ref.version) {
                 float t;
-                if (dap_meta && adapter_threshold(info.thresholds_json, "dap", &t)) r->dap_tau = t;
-                if (exp_meta && adapter_threshold(info.thresholds_json, "experts", &t)) r->experts.threshold = t;
+                if (dap_meta && mt_lora_meta_threshold(info.thresholds_json, "dap", &t)) r->dap_tau = t;
+                if (exp_meta && mt_lora_meta_threshold(info.thresholds_json, "experts", &t)) r->experts.threshold = t;
                 break;
             }
             mt_adapter_ref ref;

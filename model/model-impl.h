@@ -218,6 +218,7 @@ typedef struct mt_pass {
      * per MoE layer */
     const mt_adaptive_k *row_ak;
     int32_t *k_used;
+    float *share_out;        /* [L][N] host (CPU): mt_route_topk_share of each MoE layer, or NULL */
 } mt_pass;
 
 struct mt_workspace {

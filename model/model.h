@@ -368,6 +368,10 @@ typedef struct mt_forward_opts {
      * routes. */
     int32_t *route_out;
     const int32_t *route_in;
+    /* optional [n_layers][B·T] host array, CPU backend only (dense layers' entries untouched):
+     * the share of each row's router scores its top_k chosen experts hold
+     * (mt_route_topk_share), what the trainer calibrates adaptive expert counts on */
+    float *topk_share_out;
     /* Token losses and their backward on logits / temperature (0 or 1 = the logits): the
      * sampler's distribution, whose log-probs RL objectives need */
     float temperature;
@@ -632,6 +636,11 @@ void mt_decoder_dap_stats(const mt_decoder *d, mt_dap_counts *out);
  * zeroes the rest. k_used [n_tok] may be NULL. Returns Σ c. */
 int mt_route_adaptive_k(const float *scores, int n_tok, int E, int K, const int32_t *idx, float *w,
                         const mt_adaptive_k *a, mt_route_norm norm, float scale, int32_t *k_used);
+/* share[t] = Σ_{j<K} scores[t, idx[t, j]] / Σ_{e<E} scores[t, e]: the part of token t's router
+ * scores its K chosen experts hold, in double, over all E scores as mt_route_adaptive_k's
+ * cumulative share is: under threshold P a token whose share is below P keeps all K experts,
+ * and only one whose share reaches P can stop earlier. */
+void mt_route_topk_share(const float *scores, int n_tok, int E, int K, const int32_t *idx, float *share);
 /* Adaptive routing for the model's inference passes on the CPU (NULL or threshold 0: off),
  * and the (token, MoE layer) pairs and experts it has routed since it was set. Dropped slots
  * are not dispatched: an expert runs over the rows it keeps (docs/attention-pruning.md). A

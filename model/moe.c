@@ -370,6 +370,7 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
     mt_route_args ra;
     mt_route_args_fill(m, ly, N, &ra);
     mt_route_forward(be, &ra, a->rlogits, a->scores, a->idx, a->w);
+    if (p->share_out) mt_route_topk_share(a->scores, N, d.E, d.K, a->idx, p->share_out + (size_t)ly->index * N);
     bool dropped = route_adaptive(m, be, p, a, N, &d, &ra);
     if (p->route_out || p->route_in) route_record_replay(p, ly->index, a, N, d.E, d.K, &ra);
     mt_prof_end(m);
