@@ -183,7 +183,8 @@ int mt_cmd_serve(int argc, char **argv) {
                        .n_local_blocks = (int)dap_local,
                        .mass_floor = (float)dap_floor};
     /* bounds above the model's top_k are the engine's error (it knows the model) */
-    mt_adaptive_k experts = {.threshold = (float)expert_threshold, .min_k = (int)min_experts, .max_k = (int)max_experts};
+    mt_adaptive_k experts = {
+        .threshold = (float)expert_threshold, .min_k = (int)min_experts, .max_k = (int)max_experts};
     mt_backend *be = mt_cli_backend("serve", NULL, (int)threads);
     if (!be) return 1;
     mt_engine_opts eo = {.model_dir = model,

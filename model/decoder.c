@@ -477,7 +477,8 @@ static mt_status check_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch 
                                     (double)a->threshold);
             if (a->min_k < 0 || a->min_k > K || a->max_k < 0 || a->max_k > K)
                 return mt_error_set(err, MT_ERR_INVALID,
-                                    "decode: row %d has expert bounds min %d, max %d, outside [1, top_k %d] (0: default)",
+                                    "decode: row %d has expert bounds min %d, max %d, outside [1, top_k %d] "
+                                    "(0: default)",
                                     i, a->min_k, a->max_k, K);
             if (a->min_k > 0 && a->max_k > 0 && a->min_k > a->max_k)
                 return mt_error_set(err, MT_ERR_INVALID, "decode: row %d has min experts %d above max experts %d", i,

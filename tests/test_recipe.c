@@ -361,7 +361,8 @@ static void test_experts_threshold(void **state) {
                                  "model:\n  path: /m\ndata:\n  train: /d\nthresholds:\n  experts: high\n");
     const char *want[] = {"6:12: thresholds.experts: expected off, auto or a number, got 'high'"};
     expect_diags(path, NULL, 0, NULL, MT_ERR_INVALID, want, 1);
-    path = write_tmp("recipe-experts-zero", "z.yaml", "model:\n  path: /m\ndata:\n  train: /d\nthresholds:\n  experts: 0\n");
+    path = write_tmp("recipe-experts-zero", "z.yaml",
+                     "model:\n  path: /m\ndata:\n  train: /d\nthresholds:\n  experts: 0\n");
     const char *want0[] = {"6:12: thresholds.experts: 0 is outside (0, 1]"};
     expect_diags(path, NULL, 0, NULL, MT_ERR_INVALID, want0, 1);
     const char *sets[] = {"thresholds.experts=1.5"};

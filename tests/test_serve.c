@@ -1291,7 +1291,8 @@ static void experts_one_is_unchanged(void **state) {
     char *one = experts_run(g_port, NULL, ",\"expert_threshold\":1", &d);
     assert_string_equal(one, plain);
     assert_true(experts_mean(&d) == K);
-    char *ad = experts_run(g_port, "ad0", NULL, &d), *ad_one = experts_run(g_port, "ad0", ",\"expert_threshold\":1", &d);
+    char *ad = experts_run(g_port, "ad0", NULL, &d);
+    char *ad_one = experts_run(g_port, "ad0", ",\"expert_threshold\":1", &d);
     assert_string_equal(ad_one, ad);
     free(experts_run(g_port, NULL, ",\"expert_threshold\":0.000001", &d));
     assert_true(experts_mean(&d) == 1);

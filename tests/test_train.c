@@ -474,7 +474,8 @@ static float exported_experts(const char *dir) {
     mt_lora_meta meta = {0};
     if (mt_lora_load_peft(&l, m, path, &meta, &err) != MT_OK) fail_msg("%s", err.msg);
     float v = -1;
-    if (!mt_lora_meta_threshold(meta.thresholds_json, "experts", &v)) fail_msg("no experts in %s", meta.thresholds_json);
+    if (!mt_lora_meta_threshold(meta.thresholds_json, "experts", &v))
+        fail_msg("no experts in %s", meta.thresholds_json);
     free(meta.thresholds_json);
     free(meta.score);
     mt_lora_free(l);
