@@ -3,8 +3,8 @@
  * full dispatch gave them at weight 0 (grouped and per-expert paths, adapters on the
  * experts; where OpenBLAS keeps one kernel, see below); per-row settings in one decode step:
  * P = 1 with max_k = top_k is fixed top-k bit for bit, rows with different thresholds in one
- * step give what each gets in a step of its own under the model-wide setting, experts_used
- * counts each row; bad settings are MT_ERR_INVALID naming the row and leave the pool as it
+ * step give what each gets in a step of its own under the model-wide setting (to 1e-5; one
+ * threshold on every row is the model-wide one bit for bit), experts_used counts each row; bad settings are MT_ERR_INVALID naming the row and leave the pool as it
  * was. Every family. */
 #include "model_testlib.h"
 #include "model/model-impl.h"
