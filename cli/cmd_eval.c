@@ -24,11 +24,12 @@ static void usage(FILE *f) {
             "  --threads N       CPU threads (default: all cores)\n"
             "  --quantize int8   INT8 weight-only base (per channel, groups of 64 inputs, fp32 scales)\n"
             "  --expert-threshold P  adaptive expert count: experts in router order until their\n"
-            "                    probabilities sum to P (0 = off, 1 = top-k), within --min-k/--max-k\n"
+            "                    probabilities sum to P (0 = off, 1 = top-k), within --min-k/--max-k;\n"
+            "                    without it, the adapter's metadata \"experts\" (if any) on the adapted pass\n"
             "  --dap-threshold T|adapter  score every row through the paged decoder, prefilled as a\n"
             "                    prompt is, with dynamic attention pruning at T in [0, 1] (0: the paged\n"
             "                    path in full); 'adapter': the adapter pass takes the adapter's domain\n"
-            "                    threshold (its metadata \"dap\"), the base pass none\n"
+            "                    threshold (its metadata \"dap_threshold\"), the base pass none\n"
             "                    (docs/attention-pruning.md); --dap-sink N (1) and --dap-local N (1)\n"
             "                    blocks always kept, full attention below --dap-mass-floor F (0.9)\n");
 }
@@ -39,6 +40,7 @@ int mt_cmd_eval(int argc, char **argv) {
         return 0;
     }
     mt_eval_opts o = {.max_seq_len = 256, .batch = 4, .format = MT_RECIPE_FORMAT_AUTO};
+    bool threshold_given = false;
     char **paths = mt_xcalloc((size_t)argc, sizeof *paths);
     mt_recipe_list data = {.n = 0, .items = paths};
     mt_dap_opts dap = {.n_sink_blocks = 1, .n_local_blocks = 1, .mass_floor = 0.9f};
@@ -76,6 +78,7 @@ int mt_cmd_eval(int argc, char **argv) {
                 goto bad;
             }
             o.expert_threshold = (float)t;
+            threshold_given = true;
         } else if (mt_cli_is_flag(a, "--min-k")) {
             if (!(v = mt_cli_value("--min-k", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 4096, &n)) goto bad;
             o.min_k = (int)n;
@@ -114,6 +117,7 @@ int mt_cmd_eval(int argc, char **argv) {
         goto bad;
     }
     o.data = &data;
+    o.experts_from_adapter = o.adapter_dir && !threshold_given;
     mt_eval_result res;
     mt_error err = {0};
     mt_status st = mt_evaluate(&o, &res, &err);
@@ -139,6 +143,10 @@ int mt_cmd_eval(int argc, char **argv) {
     if (o.expert_threshold > 0)
         printf("adaptive experts: threshold %g, mean experts per token and MoE layer %.3f\n",
                (double)o.expert_threshold, res.mean_experts);
+    else if (res.adapter_experts > 0)
+        printf("adaptive experts: threshold %g from the adapter's metadata (adapted pass only; --expert-threshold "
+               "overrides), mean experts per token and MoE layer %.3f\n",
+               (double)res.adapter_experts, res.mean_experts);
     return 0;
 bad:
     free(paths);

@@ -70,6 +70,7 @@ int mt_cmd_generate(int argc, char **argv) {
     bool stop_at_eos = true;
     mt_quant quant = MT_QUANT_NONE;
     mt_adaptive_k akt = {0};
+    bool threshold_given = false;
     long akn;
     mt_dap_opts dap = {.n_sink_blocks = 1, .n_local_blocks = 1, .mass_floor = 0.9f};
     mt_dap_counts dapc = {0};
@@ -121,6 +122,7 @@ int mt_cmd_generate(int argc, char **argv) {
             double t;
             if (!(v = mt_cli_value("--expert-threshold", argc, argv, &i)) || !mt_cli_parse_double(v, 0, 1, &t)) goto bad;
             akt.threshold = (float)t;
+            threshold_given = true;
         } else if (mt_cli_is_flag(a, "--min-k")) {
             if (!(v = mt_cli_value("--min-k", argc, argv, &i)) || !mt_cli_parse_long(v, 1, 4096, &akn)) goto bad;
             akt.min_k = (int)akn;
@@ -190,13 +192,22 @@ int mt_cmd_generate(int argc, char **argv) {
     mt_generate_result *res = NULL;
     int n_out = 0;
     mt_status st = mt_model_load(&m, model_dir, be, &err);
+    /* one unnamed adapter and no --expert-threshold: the adapter's own threshold, as the
+     * server applies it (named adapters share one model-wide setting: none is picked) */
+    bool from_adapter = false;
     for (int i = 0; !st && i < n_ads; i++) {
         mt_lora_meta meta = {0};
         st = mt_lora_load_peft(&ads[i].lora, m, ads[i].dir, &meta, &err);
-        double t;
-        if (!st && mt_lora_meta_value(meta.thresholds_json, "dap_threshold", &t)) {
+        if (!st && !threshold_given && n_ads == 1 && !ads[i].name &&
+            mt_lora_meta_threshold(meta.thresholds_json, "experts", &akt.threshold) && akt.threshold > 0) {
+            from_adapter = true;
+            fprintf(stderr, "adaptive experts: threshold %g from the adapter's metadata (--expert-threshold "
+                            "overrides)\n",
+                    (double)akt.threshold);
+        }
+        /* the trainer's domain threshold, for --dap-threshold adapter */
+        if (!st && mt_lora_meta_threshold(meta.thresholds_json, "dap_threshold", &ads[i].tau)) {
             ads[i].has_tau = true;
-            ads[i].tau = t < 0 ? 0.0f : t > 1 ? 1.0f : (float)t;
             if (dap_adapter)
                 fprintf(stderr, "dap: adapter %s: its domain threshold %g\n", ads[i].name ? ads[i].name : ads[i].dir,
                         (double)ads[i].tau);
@@ -280,8 +291,8 @@ int mt_cmd_generate(int argc, char **argv) {
         uint64_t akt_tok, akt_exp;
         mt_model_adaptive_k_stats(m, &akt_tok, &akt_exp);
         if (akt.threshold > 0 && akt_tok > 0)
-            fprintf(stderr, "adaptive experts: threshold %g, mean experts per token and MoE layer %.3f\n",
-                    (double)akt.threshold, (double)akt_exp / (double)akt_tok);
+            fprintf(stderr, "adaptive experts: threshold %g%s, mean experts per token and MoE layer %.3f\n",
+                    (double)akt.threshold, from_adapter ? " (the adapter's)" : "", (double)akt_exp / (double)akt_tok);
         if (dap.threshold > 0 || dapc.queries > 0)
             fprintf(stderr, "dap: threshold %g, %llu of %llu KV blocks skipped (%.1f%%) over %llu head-layer queries, "
                     "%llu fallbacks\n", (double)dap.threshold, (unsigned long long)dapc.skipped,

@@ -51,7 +51,14 @@ static void usage(FILE *f) {
             "  --dap-local N            last KV blocks always kept (default 1)\n"
             "  --dap-mass-floor F       full attention when the kept blocks' estimated mass is below F\n"
             "                           (default 0.9)\n"
-            "  --dap-adapter-thresholds on|off  use an adapter's metadata \"dap\" threshold (default on)\n");
+            "  --dap-adapter-thresholds on|off  use an adapter's metadata \"dap\" threshold (default on)\n"
+            "  --expert-threshold P     adaptive expert counts: experts in router order until their share\n"
+            "                           of the router's scores reaches P in [0, 1], for requests without\n"
+            "                           \"expert_threshold\" whose adapter's metadata has no \"experts\"\n"
+            "                           (default 0 = off: top_k; docs/attention-pruning.md)\n"
+            "  --min-experts N          fewest experts per token for requests without min_experts (default 1)\n"
+            "  --max-experts N          most experts per token for requests without max_experts (default top_k)\n"
+            "  --expert-adapter-thresholds on|off  use an adapter's metadata \"experts\" threshold (default on)\n");
 }
 
 static volatile sig_atomic_t stop_signal = 0;
@@ -78,8 +85,9 @@ int mt_cmd_serve(int argc, char **argv) {
     bool watch = false;
     long port = 8000, max_loaded = 0, max_rank = 0, max_seqs = 0, batch = 0, kv_blocks = 0, block = 0, queue = 0;
     long model_len = 0, max_tokens = 0, body = 0, threads = 0, dap_sink = 1, dap_local = 1;
-    double dap_threshold = 0, dap_floor = 0.9;
-    bool dap_adapter = true;
+    long min_experts = 0, max_experts = 0;
+    double dap_threshold = 0, dap_floor = 0.9, expert_threshold = 0;
+    bool dap_adapter = true, expert_adapter = true;
     const int_flag ints[] = {
         {"--port", 0, 65535, &port},           {"--max-loaded", 1, 1 << 20, &max_loaded},
         {"--max-rank", 1, 4096, &max_rank},    {"--max-seqs", 1, 4096, &max_seqs},
@@ -88,6 +96,7 @@ int mt_cmd_serve(int argc, char **argv) {
         {"--max-model-len", 2, 1 << 24, &model_len}, {"--max-tokens", 1, 1 << 24, &max_tokens},
         {"--max-body-bytes", 1024, 1L << 30, &body}, {"--threads", 0, 4096, &threads},
         {"--dap-sink", 0, 1 << 20, &dap_sink},  {"--dap-local", 0, 1 << 20, &dap_local},
+        {"--min-experts", 1, 1 << 16, &min_experts}, {"--max-experts", 1, 1 << 16, &max_experts},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
@@ -109,6 +118,7 @@ int mt_cmd_serve(int argc, char **argv) {
         if (done) continue;
         double *dbl = mt_cli_is_flag(a, "--dap-threshold")    ? &dap_threshold
                       : mt_cli_is_flag(a, "--dap-mass-floor") ? &dap_floor
+                      : mt_cli_is_flag(a, "--expert-threshold") ? &expert_threshold
                                                               : NULL;
         if (dbl) {
             char flag[64];
@@ -125,6 +135,15 @@ int mt_cmd_serve(int argc, char **argv) {
                 return 2;
             }
             dap_adapter = !strcmp(v, "on");
+            continue;
+        }
+        if (mt_cli_is_flag(a, "--expert-adapter-thresholds")) {
+            if (!(v = mt_cli_value("--expert-adapter-thresholds", argc, argv, &i)) ||
+                (strcmp(v, "on") && strcmp(v, "off"))) {
+                fprintf(stderr, "moetune serve: --expert-adapter-thresholds needs on or off\n");
+                return 2;
+            }
+            expert_adapter = !strcmp(v, "on");
             continue;
         }
         const char **str = mt_cli_is_flag(a, "--model")               ? &model
@@ -163,6 +182,9 @@ int mt_cmd_serve(int argc, char **argv) {
                        .n_sink_blocks = (int)dap_sink,
                        .n_local_blocks = (int)dap_local,
                        .mass_floor = (float)dap_floor};
+    /* bounds above the model's top_k are the engine's error (it knows the model) */
+    mt_adaptive_k experts = {
+        .threshold = (float)expert_threshold, .min_k = (int)min_experts, .max_k = (int)max_experts};
     mt_backend *be = mt_cli_backend("serve", NULL, (int)threads);
     if (!be) return 1;
     mt_engine_opts eo = {.model_dir = model,
@@ -181,6 +203,8 @@ int mt_cmd_serve(int argc, char **argv) {
                          .store_path = store,
                          .dap = &dap,
                          .dap_ignore_adapter_thresholds = !dap_adapter,
+                         .experts = &experts,
+                         .experts_ignore_adapter_thresholds = !expert_adapter,
                          .log = log_line};
     mt_error err = {0};
     mt_engine *e = NULL;

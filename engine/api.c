@@ -183,6 +183,21 @@ static bool parse_common(const cJSON *o, mt_eng_endpoint ep, const mt_eng_parse_
     if (!get_number(o, "dap_threshold", 0, 1, false, &d, h)) return false;
     p->dap_given = d >= 0;
     p->dap_threshold = p->dap_given ? (float)d : 0.0f;
+    /* adaptive expert counts (docs/attention-pruning.md); absent or null: the adapter's "experts",
+     * else the server's; the bounds, when given, replace the server's */
+    d = -1;
+    if (!get_number(o, "expert_threshold", 0, 1, false, &d, h)) return false;
+    p->experts_given = d >= 0;
+    p->expert_threshold = p->experts_given ? (float)d : 0.0f;
+    int kmax = lim->top_k > 0 ? lim->top_k : 1;
+    i = 0;
+    if (!get_int(o, "min_experts", 1, kmax, &i, h)) return false;
+    p->min_experts = (int)i;
+    i = 0;
+    if (!get_int(o, "max_experts", 1, kmax, &i, h)) return false;
+    p->max_experts = (int)i;
+    if (p->min_experts && p->max_experts && p->min_experts > p->max_experts)
+        return bad(h, "min_experts", "'min_experts' (%d) exceeds 'max_experts' (%d)", p->min_experts, p->max_experts);
     if (!get_bool(o, "ignore_eos", &p->ignore_eos, h)) return false;
     p->skip_special = true;
     if (!get_bool(o, "skip_special_tokens", &p->skip_special, h)) return false;

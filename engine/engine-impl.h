@@ -62,6 +62,9 @@ typedef struct mt_eng_params {
     float bias_values[MT_ENG_MAX_BIAS];
     float dap_threshold;          /* vLLM-style extra parameter, [0, 1]; valid when dap_given */
     bool dap_given;
+    float expert_threshold;       /* adaptive expert counts, [0, 1]; valid when experts_given */
+    bool experts_given;
+    int min_experts, max_experts; /* [1, top_k]; 0 = not given */
 } mt_eng_params;
 
 /* The prompts of one request: tokens (already encoded) or, before encoding, text. */
@@ -94,6 +97,7 @@ typedef struct mt_eng_parse_limits {
     int vocab_size;
     int max_choices;
     int max_prompts;
+    int top_k;        /* the model's experts per token: min_experts/max_experts are at most this */
 } mt_eng_parse_limits;
 
 bool mt_eng_parse_request(mt_eng_endpoint ep, const char *body, size_t len, const mt_eng_parse_limits *lim,
@@ -197,6 +201,7 @@ struct mt_eng_req {
     int64_t version;          /* adapter version used, 0 for the base */
     float dap_tau;            /* DAP τ of its decode rows: request, else adapter metadata, else server
                                  default; set before submission, read by the scheduler */
+    mt_adaptive_k experts;    /* adaptive expert counts of all its rows, resolved as dap_tau is */
     mt_eng_req *next;         /* submission queue link (under the engine's lock) */
 };
 
@@ -227,6 +232,8 @@ typedef struct mt_metrics {
     mt_hist ttft, itl, e2e;
     uint64_t gen_tokens, prompt_tokens, preemptions, steps;
     mt_dap_counts dap;        /* the decoder's DAP counts (blocks, skipped, fallbacks) summed */
+    uint64_t routed_pairs;    /* (row, MoE layer) pairs routed by the decode steps */
+    uint64_t experts_used;    /* routed experts over those pairs (top_k each with fixed routing) */
     double tps_window_start;  /* tokens/s over windows of a few seconds */
     uint64_t tps_window_tokens;
     double tps_last;
@@ -304,9 +311,12 @@ struct mt_engine {
     mt_eng_req **b_reqs;      /* [max_rows] distinct requests of a step */
     const mt_adapter **b_adapters; /* [max_rows + 1] */
     float *b_tau;             /* [max_rows] DAP τ of each row (0 on prompt rows) */
+    mt_adaptive_k *b_ak;      /* [max_rows] adaptive expert counts of each row */
+    int32_t *b_kused;         /* [max_rows] routed experts of each row over the MoE layers */
     mt_dap_counts dap_seen;   /* mt_decoder_dap_stats at the last step: metrics take the delta */
     bool dap_cpu;             /* the backend runs DAP (CPU only) */
     float dap_default;        /* the server default τ */
+    mt_adaptive_k expert_default; /* the server default adaptive expert counts (0: fixed top_k) */
     float *logits;            /* [max_rows, V] */
     float *logits_copy;       /* [V] a sibling's copy of its prompt's last logits */
     float *scratch;           /* [V] raw logits kept for logprobs */

@@ -140,6 +140,24 @@ mt_status mt_engine_init(mt_engine **out, mt_backend *be, const mt_engine_opts *
         }
         e->o.dap = NULL; /* the caller's; not kept */
     }
+    if (!st && opts->experts) {
+        /* adaptive expert counts: the server default, checked as a request's would be */
+        const mt_adaptive_k *a = opts->experts;
+        int K = e->cfg->top_k;
+        if (!(a->threshold >= 0 && a->threshold <= 1))
+            st = mt_error_set(err, MT_ERR_INVALID, "--expert-threshold %g must be in [0, 1]", (double)a->threshold);
+        else if (a->min_k < 0 || a->min_k > K || a->max_k < 0 || a->max_k > K ||
+                 (a->min_k > 0 && a->max_k > 0 && a->min_k > a->max_k))
+            st = mt_error_set(err, MT_ERR_INVALID,
+                              "--min-experts %d and --max-experts %d must be in [1, top_k %d], min <= max", a->min_k,
+                              a->max_k, K);
+        else if (a->threshold > 0 && !e->dap_cpu)
+            st = mt_error_set(err, MT_ERR_UNSUPPORTED,
+                              "adaptive expert counts (--expert-threshold > 0) run on the CPU backend only");
+        else
+            e->expert_default = *a;
+    }
+    e->o.experts = NULL;
     if (!st) {
         int n_moe = 0;
         for (int l = 0; l < e->cfg->n_layers && l < MT_MAX_LAYERS; l++) n_moe += e->cfg->layer_is_moe[l];

@@ -40,6 +40,12 @@ typedef struct mt_engine_opts {
      * and whose adapter's metadata carries none; the rest go to mt_decoder_set_dap. */
     const struct mt_dap_opts *dap;
     bool dap_ignore_adapter_thresholds; /* true: an adapter's metadata "dap" is not used */
+    /* Adaptive expert counts (docs/attention-pruning.md, docs/serving.md). NULL: off unless a
+     * request or an adapter asks. Given: threshold is the server default P in [0, 1] (0 = fixed
+     * top_k) for a request that names no expert_threshold and whose adapter's metadata carries
+     * no "experts"; min_k/max_k bound the requests that give none. Not kept. */
+    const struct mt_adaptive_k *experts;
+    bool experts_ignore_adapter_thresholds; /* true: an adapter's metadata "experts" is not used */
     mt_engine_log_fn log;      /* may be NULL */
     void *log_user;
 } mt_engine_opts;

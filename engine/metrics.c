@@ -94,6 +94,9 @@ void mt_eng_metrics_step(mt_engine *e, int n_rows) {
     m->dap.blocks += delta.blocks;
     m->dap.skipped += delta.skipped;
     m->dap.fallbacks += delta.fallbacks;
+    /* every row of the step was routed by each MoE layer; experts_used says with how many */
+    m->routed_pairs += (uint64_t)n_rows * (uint64_t)m->n_moe;
+    for (int r = 0; r < n_rows; r++) m->experts_used += (uint64_t)e->b_kused[r];
     mt_router_stats rs;
     for (int i = 0; i < m->n_moe && mt_decoder_router_stats(e->dec, i, &rs); i++) {
         m->layer[i] = rs.layer;
@@ -233,6 +236,13 @@ char *mt_eng_metrics_text(mt_engine *e) {
     head(&b, "moetune_dap_fallbacks_total", "counter",
          "DAP: attentions that fell back to every block (kept mass below the floor).");
     bprintf(&b, "moetune_dap_fallbacks_total %llu\n", (unsigned long long)m->dap.fallbacks);
+    head(&b, "moetune_routed_tokens_total", "counter",
+         "(token row, MoE layer) pairs routed by the decode steps (prefill rows included).");
+    bprintf(&b, "moetune_routed_tokens_total %llu\n", (unsigned long long)m->routed_pairs);
+    head(&b, "moetune_routed_experts_total", "counter",
+         "Routed experts those pairs used (top_k each with fixed routing, fewer with adaptive expert counts); "
+         "over moetune_routed_tokens_total: mean experts per token and layer.");
+    bprintf(&b, "moetune_routed_experts_total %llu\n", (unsigned long long)m->experts_used);
     head(&b, "moetune_adapters_loaded", "gauge", "Adapters loaded (current versions).");
     bprintf(&b, "moetune_adapters_loaded %d\n", got);
     head(&b, "moetune_adapter_versions_live", "gauge", "Adapter versions alive, replaced ones still in use included.");

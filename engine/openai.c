@@ -456,7 +456,8 @@ int mt_eng_handle_generate(mt_server *s, struct MHD_Connection *c, mt_eng_endpoi
     mt_engine *e = s->e;
     gen_ctx g = {0};
     mt_eng_http_error h;
-    mt_eng_parse_limits lim = {.vocab_size = e->vocab, .max_choices = e->o.max_choices, .max_prompts = e->o.max_choices};
+    mt_eng_parse_limits lim = {.vocab_size = e->vocab, .max_choices = e->o.max_choices, .max_prompts = e->o.max_choices,
+                               .top_k = e->cfg->top_k};
     if (!mt_eng_parse_request(ep, body, len, &lim, &g.p, &g.prompts, &g.n_prompts, &g.msgs, &h) ||
         !encode_prompts(e, ep, &g, &h)) {
         gen_ctx_free(&g);

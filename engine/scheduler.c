@@ -79,33 +79,32 @@ bool mt_eng_resolve_model(mt_engine *e, const char *name, mt_adapter_ref *ref, b
     return false;
 }
 
-/* The "dap_threshold" of an adapter's metadata thresholds (moetune.json, written by the trainer:
- * finetune/run.c format_thresholds, from finetune/dap.c).
- * It is on the decode rule's scale — the largest relative softmax weight a skipped block may
- * hold (docs/data.md, docs/attention-pruning.md) — so it is used as τ as is, clamped to [0, 1].
- * false when there is none (no metadata, no "dap_threshold", not a finite number). */
-static bool adapter_dap(const char *thresholds_json, float *tau) {
-    double v;
-    if (!mt_lora_meta_value(thresholds_json, "dap_threshold", &v)) return false;
-    *tau = v < 0 ? 0.0f : v > 1 ? 1.0f : (float)v;
-    return true;
-}
+/* The adapter's metadata thresholds (moetune.json, written by the trainer: finetune/run.c
+ * format_thresholds) are used as they are (mt_lora_meta_threshold clamps them to [0, 1]):
+ * "dap_threshold" (finetune/dap.c) is on the decode
+ * rule's scale — the largest relative softmax weight a skipped block may hold (docs/data.md,
+ * docs/attention-pruning.md) — and "experts" (finetune/experts.c) is the adaptive-k threshold P,
+ * the router's share the kept experts must reach. */
 
-/* A request's τ: its own dap_threshold, else its adapter's metadata value (unless the server
+/* A request's DAP τ and adaptive expert threshold P, each the same way: its own
+ * dap_threshold / expert_threshold, else its adapter's metadata value (unless the server
  * ignores those), else the server default. The metadata is read for the version the request
  * holds: the registry keeps one version's thresholds per name, so a replace between acquire and
- * find is noticed by the version and the adapter acquired again. */
-static bool resolve_dap(mt_engine *e, mt_eng_req *r, mt_eng_http_error *herr) {
+ * find is noticed by the version and the adapter acquired again. The expert bounds are the
+ * request's where given, else the server's. */
+static bool resolve_thresholds(mt_engine *e, mt_eng_req *r, mt_eng_http_error *herr) {
     r->dap_tau = e->dap_default;
-    if (r->p.dap_given) {
-        r->dap_tau = r->p.dap_threshold;
-    } else if (r->has_ref && !e->o.dap_ignore_adapter_thresholds) {
+    r->experts = e->expert_default;
+    bool dap_meta = !r->p.dap_given && !e->o.dap_ignore_adapter_thresholds;
+    bool exp_meta = !r->p.experts_given && !e->o.experts_ignore_adapter_thresholds;
+    if (r->has_ref && (dap_meta || exp_meta)) {
         for (int tries = 0; tries < 8; tries++) {
             mt_registry_info info;
             if (!mt_registry_find(e->reg, r->adapter, &info)) break; /* unloaded since: metadata unknown, the default */
             if (info.version == r->ref.version) {
                 float t;
-                if (adapter_dap(info.thresholds_json, &t)) r->dap_tau = t;
+                if (dap_meta && mt_lora_meta_threshold(info.thresholds_json, "dap_threshold", &t)) r->dap_tau = t;
+                if (exp_meta && mt_lora_meta_threshold(info.thresholds_json, "experts", &t)) r->experts.threshold = t;
                 break;
             }
             mt_adapter_ref ref;
@@ -116,6 +115,18 @@ static bool resolve_dap(mt_engine *e, mt_eng_req *r, mt_eng_http_error *herr) {
             r->version = ref.version;
         }
     }
+    if (r->p.dap_given) r->dap_tau = r->p.dap_threshold;
+    if (r->p.experts_given) r->experts.threshold = r->p.expert_threshold;
+    if (r->p.min_experts) r->experts.min_k = r->p.min_experts;
+    if (r->p.max_experts) r->experts.max_k = r->p.max_experts;
+    if (r->experts.min_k > 0 && r->experts.max_k > 0 && r->experts.min_k > r->experts.max_k) {
+        /* one bound from the request, the other from the server */
+        const char *f = r->p.min_experts ? "min_experts" : "max_experts";
+        mt_eng_herr(herr, 400, "invalid_request_error", f, NULL,
+                    "'%s' gives min experts %d above max experts %d (the server's --%s)", f, r->experts.min_k,
+                    r->experts.max_k, r->p.min_experts ? "max-experts" : "min-experts");
+        return false;
+    }
     if (r->dap_tau > 0 && !e->dap_cpu) {
         if (r->p.dap_given) {
             mt_eng_herr(herr, 400, "invalid_request_error", "dap_threshold", NULL,
@@ -123,6 +134,14 @@ static bool resolve_dap(mt_engine *e, mt_eng_req *r, mt_eng_http_error *herr) {
             return false;
         }
         r->dap_tau = 0; /* an adapter's value on a backend without DAP: full attention */
+    }
+    if (r->experts.threshold > 0 && !e->dap_cpu) {
+        if (r->p.experts_given) {
+            mt_eng_herr(herr, 400, "invalid_request_error", "expert_threshold", NULL,
+                        "'expert_threshold' > 0 needs the CPU backend; this server runs another");
+            return false;
+        }
+        r->experts.threshold = 0; /* an adapter's value on a backend without it: fixed top_k */
     }
     return true;
 }
@@ -198,7 +217,7 @@ mt_eng_req *mt_eng_req_new(mt_engine *e, mt_eng_endpoint ep, const mt_eng_params
     snprintf(r->model_name, sizeof r->model_name, "%s", p->model[0] ? p->model : e->served_name);
     if (r->has_ref) snprintf(r->adapter, sizeof r->adapter, "%s", p->model);
     r->version = r->has_ref ? r->ref.version : 0;
-    if (!resolve_dap(e, r, herr)) {
+    if (!resolve_thresholds(e, r, herr)) {
         free(maxes);
         req_free(e, r);
         return NULL;
@@ -506,6 +525,7 @@ static int slot_of(mt_engine *e, const mt_adapter *a, int *n_slots) {
 typedef struct step_plan {
     int rows, n_logits, n_slots;
     bool any_tau; /* a row has DAP τ > 0 */
+    bool any_ak;  /* a row has an expert threshold > 0 */
 } step_plan;
 
 static void add_rows(mt_engine *e, step_plan *sp, mt_eng_sample *s, int k) {
@@ -523,6 +543,10 @@ static void add_rows(mt_engine *e, step_plan *sp, mt_eng_sample *s, int k) {
         float tau = s->req->dap_tau;
         e->b_tau[row] = tau;
         sp->any_tau |= tau > 0;
+        /* adaptive expert counts on every row of the request, prompt rows included, as the
+         * model-wide setting of moetune generate does */
+        e->b_ak[row] = s->req->experts;
+        sp->any_ak |= s->req->experts.threshold > 0;
     }
     if (s->fed + k == s->n_ctx) {
         e->b_logit_rows[sp->n_logits] = sp->rows - 1;
@@ -663,7 +687,9 @@ static void run_step(mt_engine *e) {
                              .logit_rows = e->b_logit_rows,
                              .n_logits = sp.n_logits,
                              /* NULL when no row prunes: the unchanged path */
-                             .dap_threshold = sp.any_tau ? e->b_tau : NULL};
+                             .dap_threshold = sp.any_tau ? e->b_tau : NULL,
+                             .adaptive_k = sp.any_ak ? e->b_ak : NULL,
+                             .experts_used = e->b_kused};
         mt_error_clear(&err);
         st = mt_decode_step(e->dec, e->pool, &b, e->logits, &err);
         if (st != MT_ERR_EXHAUSTED) break;
@@ -752,6 +778,8 @@ mt_status mt_eng_sched_start(mt_engine *e, mt_error *err) {
     e->b_reqs = mt_xcalloc((size_t)R, sizeof *e->b_reqs);
     e->b_adapters = mt_xcalloc((size_t)R + 1, sizeof *e->b_adapters);
     e->b_tau = mt_xcalloc((size_t)R, sizeof *e->b_tau);
+    e->b_ak = mt_xcalloc((size_t)R, sizeof *e->b_ak);
+    e->b_kused = mt_xcalloc((size_t)R, sizeof *e->b_kused);
     e->logits = mt_alloc_aligned((size_t)L * V * sizeof(float));
     e->logits_copy = mt_alloc_aligned((size_t)V * sizeof(float));
     e->scratch = mt_alloc_aligned((size_t)V * sizeof(float));
@@ -786,6 +814,10 @@ void mt_eng_sched_stop(mt_engine *e) {
     free(e->b_adapters);
     free(e->b_tau);
     e->b_tau = NULL;
+    free(e->b_ak);
+    e->b_ak = NULL;
+    free(e->b_kused);
+    e->b_kused = NULL;
     mt_free_aligned(e->logits);
     mt_free_aligned(e->logits_copy);
     mt_free_aligned(e->scratch);

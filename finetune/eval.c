@@ -94,19 +94,11 @@ static mt_status eval_rows_paged(mt_model *m, const mt_rows *rows, const mt_adap
     return st;
 }
 
-/* The "dap_threshold" of an adapter's metadata thresholds (the trainer's, finetune/run.c),
- * clamped to the rule's [0, 1]. */
-static bool meta_dap(const mt_lora_meta *meta, float *tau) {
-    double v;
-    if (!meta->thresholds_json || !mt_lora_meta_value(meta->thresholds_json, "dap_threshold", &v)) return false;
-    *tau = v < 0 ? 0.0f : v > 1 ? 1.0f : (float)v;
-    return true;
-}
-
 mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err) {
     res->base_loss = res->base_ppl = res->adapter_loss = res->adapter_ppl = NAN;
     res->n_docs = res->n_tokens = 0;
     res->mean_experts = NAN;
+    res->adapter_experts = 0;
     res->base_tau = res->adapter_tau = 0;
     memset(&res->base_dap, 0, sizeof res->base_dap);
     memset(&res->adapter_dap, 0, sizeof res->adapter_dap);
@@ -129,6 +121,8 @@ mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err)
     if (st == MT_OK) st = mt_model_load(&m, o->model_dir, be, err);
     mt_lora_meta meta = {0};
     if (st == MT_OK && o->adapter_dir) st = mt_lora_load_peft(&l, m, o->adapter_dir, &meta, err);
+    if (st == MT_OK && l && o->experts_from_adapter)
+        mt_lora_meta_threshold(meta.thresholds_json, "experts", &res->adapter_experts);
     /* after the adapter: its base check hashes the weights as stored, not as quantised */
     if (st == MT_OK) st = mt_model_quantize(m, (mt_quant)o->quantize, 0, err);
     if (st == MT_OK) {
@@ -145,7 +139,8 @@ mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err)
         res->n_docs = docs.n_docs;
         if (o->dap) {
             res->base_tau = res->adapter_tau = o->dap->threshold;
-            if (l && o->dap_adapter) meta_dap(&meta, &res->adapter_tau);
+            /* the trainer's domain threshold (finetune/run.c format_thresholds) */
+            if (l && o->dap_adapter) mt_lora_meta_threshold(meta.thresholds_json, "dap_threshold", &res->adapter_tau);
             st = eval_rows_paged(m, &rows, NULL, o->dap, res->base_tau, &res->base_loss, &res->n_tokens, &res->base_dap,
                                  err);
         } else {
@@ -153,6 +148,11 @@ mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err)
         }
         res->base_ppl = exp(res->base_loss);
         if (st == MT_OK && l) {
+            if (res->adapter_experts > 0) {
+                /* the adapter's own threshold on its pass, counted alone */
+                mt_adaptive_k ak = {.threshold = res->adapter_experts, .min_k = o->min_k, .max_k = o->max_k};
+                mt_model_set_adaptive_k(m, &ak);
+            }
             if (o->dap)
                 st = eval_rows_paged(m, &rows, mt_lora_adapter(l), o->dap, res->adapter_tau, &res->adapter_loss, NULL,
                                      &res->adapter_dap, err);
@@ -162,7 +162,8 @@ mt_status mt_evaluate(const mt_eval_opts *o, mt_eval_result *res, mt_error *err)
         }
         uint64_t nt, ne;
         mt_model_adaptive_k_stats(m, &nt, &ne);
-        if (o->expert_threshold > 0 && nt > 0) res->mean_experts = (double)ne / (double)nt;
+        if ((o->expert_threshold > 0 || res->adapter_experts > 0) && nt > 0)
+            res->mean_experts = (double)ne / (double)nt;
     }
     mt_batch_buf_free(&buf);
     mt_workspace_free(ws);

@@ -204,6 +204,8 @@ typedef struct mt_recipe {
         double dap;           /* attention-pruning threshold, or MT_RECIPE_AUTO (from the data) */
         double base;          /* threshold = base * (1 - min(H, max_entropy) / max_entropy) */
         double max_entropy;   /* bits */
+        double experts;       /* adaptive expert count P in (0, 1], 0 = off, or MT_RECIPE_AUTO (calibrated
+                                 after training: the median top-k router share) */
     } thresholds;
     struct {
         char *dir;     /* run folder: checkpoints, logs; default <recipe folder>/runs/<name> */
@@ -280,6 +282,28 @@ bool mt_dap_stats_add_sequence(mt_dap_stats *s, const float *logits, const int32
  * MT_ERR_NUMERIC when either is not finite. */
 mt_status mt_dap_stats_result(const mt_dap_stats *s, double base, double max_entropy, double *threshold,
                               double *mean_entropy, uint64_t *n_seqs, mt_error *err);
+
+/* The adaptive expert count threshold (docs/data.md, "Thresholds"; thresholds.experts: auto):
+ * after training, the trained model (inference, no dropout) over a sample of the training rows;
+ * for every token with a target and every MoE layer, s = the share of the router's scores its
+ * top-k chosen experts hold (mt_route_topk_share), and P = the median of those s (the mean of
+ * the two middle values for an even count). Under P, a token whose router is more confident
+ * than the domain's median (s ≥ P) may stop with fewer experts; the rest keep top_k. */
+struct mt_config;
+typedef struct mt_expert_shares {
+    float *v; /* the shares added */
+    size_t n, cap;
+} mt_expert_shares;
+
+void mt_expert_shares_init(mt_expert_shares *s);
+void mt_expert_shares_free(mt_expert_shares *s);
+/* Adds one pass's shares [n_layers][N] (mt_forward_opts.topk_share_out) of the MoE layers at
+ * the positions whose target is ≥ 0. */
+void mt_expert_shares_add(mt_expert_shares *s, const struct mt_config *cfg, const float *share, const int32_t *targets,
+                          int N);
+/* The median of the shares added (sorts them); MT_ERR_INVALID naming thresholds.experts when
+ * there are none. */
+mt_status mt_expert_shares_median(mt_expert_shares *s, double *median, mt_error *err);
 
 /* ===================================== training ===================================== */
 
@@ -368,6 +392,8 @@ typedef struct mt_eval_opts {
     int threads;                 /* 0 = all cores */
     int quantize;                /* an mt_quant (model.h): weight-only quantisation of the base after loading */
     float expert_threshold;      /* adaptive expert counts (model.h mt_adaptive_k; 0 = the config's top_k) */
+    bool experts_from_adapter;   /* no expert_threshold given: the adapter's metadata "experts" (if
+                                    any) on the adapted pass; the base pass keeps expert_threshold */
     int min_k, max_k;            /* its bounds (0 = 1 and top_k) */
     /* DAP (docs/attention-pruning.md): NULL = whole-sequence passes, no pruning. Given, every row
      * runs through the paged decoder as a prompt is prefilled (chunks of rows over the KV pool),
@@ -381,9 +407,11 @@ typedef struct mt_eval_result {
     double base_loss, base_ppl;       /* the base model alone */
     double adapter_loss, adapter_ppl; /* with the adapter (NaN without one) */
     int64_t n_docs, n_tokens;         /* documents read, tokens scored */
-    double mean_experts;              /* routed experts per token and MoE layer with adaptive_k (NaN off) */
+    double mean_experts;              /* routed experts per token and MoE layer with adaptive_k (NaN off);
+                                         with experts_from_adapter, of the adapted pass */
+    float adapter_experts;            /* experts_from_adapter: the adapter's "experts" used, 0 = none */
     float base_tau, adapter_tau;      /* the DAP threshold each pass ran with (with opts.dap) */
-    struct mt_eval_dap {         /* model.h's mt_dap_counts of each pass: (row, layer, head) */
+    struct mt_eval_dap {              /* model.h's mt_dap_counts of each pass: (row, layer, head) */
         uint64_t queries, blocks, skipped, fallbacks;
     } base_dap, adapter_dap;
 } mt_eval_result;

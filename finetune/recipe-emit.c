@@ -130,6 +130,8 @@ static void emit_value(sbuf *b, const mt_rkey *k, const mt_recipe *r) {
             sb_add(b, "null");
         else if (k->type == MT_RKEY_AUTO_FLOAT && v == MT_RECIPE_AUTO)
             sb_add(b, "auto");
+        else if ((k->flags & MT_RKEY_OFF) && v == 0)
+            sb_add(b, "off");
         else
             emit_double(b, v);
         break;
@@ -278,7 +280,9 @@ static void md_type(sbuf *b, const mt_rkey *k) {
     case MT_RKEY_NAMES: sb_add(b, "name or list of names"); break;
     case MT_RKEY_INT: sb_add(b, "integer in %s", range); break;
     case MT_RKEY_FLOAT: sb_add(b, "number in %s", range); break;
-    case MT_RKEY_AUTO_FLOAT: sb_add(b, "`auto` or number in %s", range); break;
+    case MT_RKEY_AUTO_FLOAT:
+        sb_add(b, "%s`auto` or number in %s", (k->flags & MT_RKEY_OFF) ? "`off`, " : "", range);
+        break;
     case MT_RKEY_BOOL: sb_add(b, "boolean"); break;
     case MT_RKEY_ENUM:
         for (size_t i = 0; k->names[i]; i++) sb_add(b, "%s`%s`", i ? ", " : "", k->names[i]);

@@ -29,6 +29,7 @@ enum {
     MT_RKEY_REQUIRED = 1u << 1, /* no default: a recipe must give it                     */
     MT_RKEY_MIN_OPEN = 1u << 2, /* the range excludes min                                */
     MT_RKEY_MAX_OPEN = 1u << 3, /* the range excludes max                                */
+    MT_RKEY_OFF = 1u << 4,      /* AUTO_FLOAT that also takes `off`, stored as 0         */
 };
 
 /* Extra check of one string value (a list item, a map pattern, a name); writes why it is

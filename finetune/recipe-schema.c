@@ -455,6 +455,13 @@ const mt_rkey mt_recipe_keys[] = {
             "inference engine to apply (nothing in moetune applies it yet): `auto` computes "
             "base × (1 − min(H, max_entropy) / max_entropy) from the mean per-sequence token entropy H (bits) of "
             "the training data (docs/data.md); a number fixes it."},
+    {.path = "thresholds.experts", .type = MT_RKEY_AUTO_FLOAT, .offset = OFF(thresholds.experts), .def = "off",
+     .min = 0, .max = 1, .flags = MT_RKEY_MIN_OPEN | MT_RKEY_OFF, .aliases = "expert_threshold",
+     .doc = "Adaptive expert count threshold P exported in the adapter's metadata as `experts`, which "
+            "`moetune serve`, `eval` and `generate` apply with that adapter (docs/attention-pruning.md): `off` "
+            "exports none; `auto` runs the trained model over a sample of the training rows after training and "
+            "takes the median, over tokens and MoE layers, of the share of the router's scores its top-k experts "
+            "hold (docs/data.md); a number fixes it."},
     {.path = "thresholds.base", .type = MT_RKEY_FLOAT, .offset = OFF(thresholds.base), .def = "0.5", .min = 0,
      .max = 1, .aliases = "base_threshold", .doc = "The threshold for zero-entropy data (dap: auto)."},
     {.path = "thresholds.max_entropy", .type = MT_RKEY_FLOAT, .offset = OFF(thresholds.max_entropy), .def = "4.5",

@@ -276,6 +276,12 @@ static const char *type_phrase(mt_rkey_type t) {
     return "?";
 }
 
+static const char *number_phrase(const mt_rkey *k, bool integer) {
+    if (integer) return "an integer";
+    if (k->type != MT_RKEY_AUTO_FLOAT) return "a number";
+    return (k->flags & MT_RKEY_OFF) ? "off, auto or a number" : "auto or a number";
+}
+
 /* "[0, 1)" with whole bounds printed without exponent. */
 static void range_text(const mt_rkey *k, char *buf, size_t cap) {
     char lo[32], hi[32];
@@ -294,7 +300,8 @@ static bool in_range(const mt_rkey *k, double v) {
 static void type_error(rctx *c, const mt_rkey *k, const char *key, const yaml_node_t *n) {
     char got[96];
     describe(n, got, sizeof got);
-    diag(c, node_loc(c, n), key, "expected %s, got %s", type_phrase(k->type), got);
+    diag(c, node_loc(c, n), key, "expected %s, got %s",
+         k->type == MT_RKEY_AUTO_FLOAT ? number_phrase(k, false) : type_phrase(k->type), got);
 }
 
 /* A number of key k from scalar n; reports and returns false when it is not one or is out of
@@ -304,8 +311,7 @@ static bool number_value(rctx *c, const mt_rkey *k, const char *key, const yaml_
     if (n->type != YAML_SCALAR_NODE || node_is_null(n)) {
         char got[96];
         describe(n, got, sizeof got);
-        diag(c, node_loc(c, n), key, "expected %s, got %s",
-             integer ? "an integer" : k->type == MT_RKEY_AUTO_FLOAT ? "auto or a number" : "a number", got);
+        diag(c, node_loc(c, n), key, "expected %s, got %s", number_phrase(k, integer), got);
         return false;
     }
     const char *s = scalar_text(n);
@@ -314,8 +320,7 @@ static bool number_value(rctx *c, const mt_rkey *k, const char *key, const yaml_
     if (integer ? !rscalar_int(s, &iv) : !mt_rscalar_float(s, &v)) {
         char got[96];
         describe(n, got, sizeof got);
-        diag(c, node_loc(c, n), key, "expected %s, got %s",
-             integer ? "an integer" : k->type == MT_RKEY_AUTO_FLOAT ? "auto or a number" : "a number", got);
+        diag(c, node_loc(c, n), key, "expected %s, got %s", number_phrase(k, integer), got);
         return false;
     }
     if (integer) v = (double)iv;
@@ -604,6 +609,8 @@ static void apply_value(rctx *c, const mt_rkey *k, loc at, const char *key, cons
             v = MT_RECIPE_UNSET;
         } else if (k->type == MT_RKEY_AUTO_FLOAT && n->type == YAML_SCALAR_NODE && !strcmp(scalar_text(n), "auto")) {
             v = MT_RECIPE_AUTO;
+        } else if ((k->flags & MT_RKEY_OFF) && n->type == YAML_SCALAR_NODE && !strcmp(scalar_text(n), "off")) {
+            v = 0;
         } else if (!number_value(c, k, key, n, k->type == MT_RKEY_INT, &v)) {
             break;
         }

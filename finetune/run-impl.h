@@ -38,6 +38,8 @@ typedef struct mt_run {
     mt_workspace *ws, *eval_ws;
     mt_batch_buf buf, eval_buf;
     char thresholds_json[512];
+    double experts_threshold;  /* adaptive expert count P for the metadata; 0 = none (off, or auto
+                                  before the calibration after training) */
     char trained_json[1024];   /* what trains, by kind of linear (the "adapter" event) */
     /* adapter.from's score head when it is a reward model ([rows, cols], malloc'ed), NULL else */
     float *from_score;
@@ -62,11 +64,19 @@ mt_status mt_run_open(mt_run *run, const mt_recipe *r, const mt_train_opts *opts
 void mt_run_close(mt_run *run);
 /* Writes output.adapter (PEFT adapter, or the full model) and records it. */
 mt_status mt_run_export(mt_run *run, mt_train_result *res, mt_error *err);
+/* thresholds.experts: auto: calibrates P on the trained model (mt_experts_from_model), puts it
+ * into the thresholds the export writes and records it; nothing otherwise. */
+mt_status mt_run_calibrate_experts(mt_run *run, mt_error *err);
 
 /* DAP threshold of the base model (adapters, if any, disabled by the caller) over up to
  * `max_rows` rows spread evenly over `rows`. */
 mt_status mt_dap_from_model(mt_model *m, const mt_rows *rows, int max_rows, double base, double max_entropy,
                             double *threshold, double *mean_entropy, int64_t *n_seqs, mt_error *err);
+
+/* The adaptive expert count threshold of the model with adapter `ad` (NULL: the model alone)
+ * over up to `max_rows` rows spread evenly over `rows`, as mt_dap_from_model samples them. */
+mt_status mt_experts_from_model(mt_model *m, const mt_adapter *ad, const mt_rows *rows, int max_rows,
+                                double *threshold, int64_t *n_shares, mt_error *err);
 
 /* Copies tokenizer.json and, when present, tokenizer_config.json and special_tokens_map.json. */
 mt_status mt_copy_tokenizer_files(const char *from_dir, const char *to_dir, mt_error *err);

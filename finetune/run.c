@@ -95,6 +95,38 @@ mt_status mt_dap_from_model(mt_model *m, const mt_rows *rows, int max_rows, doub
     return st;
 }
 
+mt_status mt_experts_from_model(mt_model *m, const mt_adapter *ad, const mt_rows *rows, int max_rows,
+                                double *threshold, int64_t *n_shares, mt_error *err) {
+    const mt_config *cfg = mt_model_config(m);
+    int T = rows->T;
+    int64_t n = rows->n_rows < max_rows ? rows->n_rows : max_rows;
+    if (n <= 0) return mt_error_set(err, MT_ERR_INVALID, "thresholds.experts: no training rows to calibrate on");
+    mt_workspace *ws;
+    MT_TRY(mt_workspace_init(&ws, m, 1, T, false, ad ? ad->max_rank : 0, err));
+    float *share = mt_xmalloc((size_t)cfg->n_layers * (size_t)T * sizeof(float));
+    mt_batch_buf buf;
+    mt_batch_buf_init(&buf, 1, T);
+    mt_expert_shares s;
+    mt_expert_shares_init(&s);
+    mt_status st = MT_OK;
+    for (int64_t i = 0; i < n && st == MT_OK; i++) {
+        int64_t row = i * rows->n_rows / n; /* the rows mt_dap_from_model measures */
+        mt_batch_buf_fill(&buf, rows, &row, 1);
+        mt_batch b = mt_batch_buf_view(&buf);
+        mt_forward_opts fo = {.adapter = ad, .topk_share_out = share};
+        mt_forward_result fr;
+        st = mt_model_forward(m, ws, &b, &fo, &fr, err);
+        if (st == MT_OK) mt_expert_shares_add(&s, cfg, share, buf.targets, T);
+    }
+    if (st == MT_OK) st = mt_expert_shares_median(&s, threshold, err);
+    if (st == MT_OK && n_shares) *n_shares = (int64_t)s.n;
+    mt_expert_shares_free(&s);
+    mt_batch_buf_free(&buf);
+    free(share);
+    mt_workspace_free(ws);
+    return st;
+}
+
 /* ---- data ---- */
 
 
@@ -333,8 +365,24 @@ static mt_status resolve_steps(mt_run *run, mt_error *err) {
     return MT_OK;
 }
 
+/* thresholds.experts (resumed runs too: it is not in the checkpoint): a number is the recipe's,
+ * auto is calibrated after training (mt_run_calibrate_experts). */
+static mt_status experts_setting(mt_run *run, mt_error *err) {
+    const mt_recipe *r = run->r;
+    if (r->thresholds.experts == 0) return MT_OK;
+    int n_moe = 0;
+    const mt_config *cfg = mt_model_config(run->model);
+    for (int l = 0; l < cfg->n_layers; l++) n_moe += cfg->layer_is_moe[l];
+    if (n_moe == 0)
+        return mt_error_set(err, MT_ERR_INVALID, "thresholds.experts: %s, but the model has no MoE layer",
+                            r->thresholds.experts == MT_RECIPE_AUTO ? "auto" : "a number");
+    if (r->thresholds.experts != MT_RECIPE_AUTO) run->experts_threshold = r->thresholds.experts;
+    return MT_OK;
+}
+
 static mt_status thresholds(mt_run *run, mt_error *err) {
     const mt_recipe *r = run->r;
+
     if (r->thresholds.dap != MT_RECIPE_AUTO) {
         run->st.dap_threshold = r->thresholds.dap;
         run->st.mean_entropy = -1;
@@ -354,13 +402,35 @@ static mt_status thresholds(mt_run *run, mt_error *err) {
 
 static void format_thresholds(mt_run *run) {
     const mt_recipe *r = run->r;
-    char ent[64] = "null";
+    char ent[64] = "null", exp[96] = "";
     if (run->st.mean_entropy >= 0) snprintf(ent, sizeof ent, "%.17g", run->st.mean_entropy);
+    /* "experts" is the key the engine, eval and generate read (docs/attention-pruning.md) */
+    if (run->experts_threshold > 0)
+        snprintf(exp, sizeof exp, ",\"experts\":%.17g,\"experts_source\":\"%s\"", run->experts_threshold,
+                 r->thresholds.experts == MT_RECIPE_AUTO ? "auto" : "recipe");
     snprintf(run->thresholds_json, sizeof run->thresholds_json,
              "{\"dap_threshold\":%.17g,\"mean_entropy_bits\":%s,\"base\":%.17g,\"max_entropy_bits\":%.17g,"
-             "\"source\":\"%s\"}",
+             "\"source\":\"%s\"%s}",
              run->st.dap_threshold, ent, r->thresholds.base, r->thresholds.max_entropy,
-             r->thresholds.dap == MT_RECIPE_AUTO ? "auto" : "recipe");
+             r->thresholds.dap == MT_RECIPE_AUTO ? "auto" : "recipe", exp);
+}
+
+mt_status mt_run_calibrate_experts(mt_run *run, mt_error *err) {
+    if (run->r->thresholds.experts != MT_RECIPE_AUTO) return MT_OK;
+    double p, t0 = mt_now_seconds();
+    int64_t n;
+    const mt_adapter *ad = run->lora ? mt_lora_adapter(run->lora) : NULL;
+    MT_TRY(mt_experts_from_model(run->model, ad, &run->train_rows, DAP_MAX_ROWS, &p, &n, err));
+    run->experts_threshold = p;
+    format_thresholds(run);
+    mt_run_note(run->opts,
+                "thresholds: median top-%d router share %.4f over %lld (token, MoE layer) pairs of the trained model "
+                "-> experts %.4f (%.1fs)",
+                mt_model_config(run->model)->top_k, p, (long long)n, p, mt_now_seconds() - t0);
+    if (!run->store) return MT_OK;
+    MT_TRY(mt_store_log_event(run->store, run->run_id, run->st.step, "thresholds", run->thresholds_json, err));
+    mt_metric m[] = {{"experts_threshold", p}};
+    return mt_store_log_metrics(run->store, run->run_id, run->st.step, m, 1, err);
 }
 
 static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
@@ -431,6 +501,7 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
     run->step_idx = mt_xcalloc((size_t)r->train.micro_batch * r->train.grad_accum, sizeof *run->step_idx);
 
     if (!resuming) MT_TRY(thresholds(run, err)); /* the base alone: before any adapter exists */
+    MT_TRY(experts_setting(run, err));
     if (r->adapter.type == MT_RECIPE_ADAPTER_LORA)
         MT_TRY(attach_lora(run, err));
     else
@@ -484,6 +555,10 @@ static mt_status setup(mt_run *run, mt_train_result *res, mt_error *err) {
         MT_TRY(mt_store_log_event(run->store, run->run_id, 0, "trainable", run->trained_json, err));
         mt_metric m[] = {{"dap_threshold", run->st.dap_threshold}, {"data_mean_entropy", run->st.mean_entropy}};
         MT_TRY(mt_store_log_metrics(run->store, run->run_id, 0, m, run->st.mean_entropy >= 0 ? 2 : 1, err));
+        if (run->experts_threshold > 0) {
+            mt_metric me[] = {{"experts_threshold", run->experts_threshold}};
+            MT_TRY(mt_store_log_metrics(run->store, run->run_id, 0, me, 1, err));
+        }
     }
 
     static const char *const recompute[] = {"", " (checkpointing: layers)", " (checkpointing: selective)"};

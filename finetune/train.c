@@ -407,8 +407,10 @@ mt_status mt_train(const mt_recipe *r, const mt_train_opts *opts, mt_train_resul
         if (st == MT_OK) st = loop(&run, res, err);
         /* interrupted runs checkpointed in the loop; a run cut short by max_steps does it here */
         if (st == MT_OK && !res->interrupted) st = checkpoint(&run, err);
-        if (st == MT_OK && !res->interrupted && res->steps == res->total_steps && !run.opts->no_export)
-            st = mt_run_export(&run, res, err);
+        if (st == MT_OK && !res->interrupted && res->steps == res->total_steps && !run.opts->no_export) {
+            st = mt_run_calibrate_experts(&run, err);
+            if (st == MT_OK) st = mt_run_export(&run, res, err);
+        }
     }
     res->seconds = mt_now_seconds() - t0;
     res->peak_rss_mb = mt_peak_rss_mb();

@@ -35,6 +35,10 @@ static void check_params(const mt_eng_params *p, const mt_eng_parse_limits *lim)
             p->bias_values[i] > 100)
             abort();
     if (p->model[sizeof p->model - 1]) abort();
+    if (p->experts_given && !(p->expert_threshold >= 0 && p->expert_threshold <= 1)) abort();
+    if (p->min_experts < 0 || p->min_experts > lim->top_k || p->max_experts < 0 || p->max_experts > lim->top_k ||
+        (p->min_experts && p->max_experts && p->min_experts > p->max_experts))
+        abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -55,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         return 0;
     }
-    mt_eng_parse_limits lim = {.vocab_size = 3007, .max_choices = 16, .max_prompts = 16};
+    mt_eng_parse_limits lim = {.vocab_size = 3007, .max_choices = 16, .max_prompts = 16, .top_k = 8};
     mt_eng_params p;
     mt_eng_prompt *prompts = NULL;
     int n_prompts = 0;

@@ -183,6 +183,16 @@ int mt_route_adaptive_k(const float *scores, int n_tok, int E, int K, const int3
     return total;
 }
 
+void mt_route_topk_share(const float *scores, int n_tok, int E, int K, const int32_t *idx, float *share) {
+    for (int t = 0; t < n_tok; t++) {
+        const float *s = scores + (size_t)t * E;
+        double tot = 0, top = 0;
+        for (int e = 0; e < E; e++) tot += s[e];
+        for (int j = 0; j < K; j++) top += s[idx[(size_t)t * K + j]];
+        share[t] = tot > 0 ? (float)(top / tot) : 1.0f;
+    }
+}
+
 void mt_model_set_adaptive_k(mt_model *m, const mt_adaptive_k *a) {
     memset(&m->adaptive_k, 0, sizeof m->adaptive_k);
     if (a) m->adaptive_k = *a;

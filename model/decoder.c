@@ -91,6 +91,8 @@ mt_status mt_decoder_init(mt_decoder **out, mt_model *m, int max_rows, int max_r
     d->tpe = mt_xcalloc((size_t)n_moe * E, sizeof(int32_t));
     d->entropy = mt_xcalloc((size_t)n_moe, sizeof(double));
     d->row_tau = mt_xcalloc(R, sizeof(float));
+    d->row_ak = mt_xcalloc(R, sizeof(mt_adaptive_k));
+    d->row_kused = mt_xcalloc(R, sizeof(int32_t));
     mt_decoder_set_dap(d, NULL);
     *out = d;
     return MT_OK;
@@ -112,6 +114,8 @@ void mt_decoder_free(mt_decoder *d) {
     free(d->tpe);
     free(d->entropy);
     free(d->row_tau);
+    free(d->row_ak);
+    free(d->row_kused);
     free(d->dap_bounds);
     free(d->dap_ntok);
     free(d->dap_keep);
@@ -388,6 +392,29 @@ static mt_status check_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch 
             return mt_error_set(err, MT_ERR_UNSUPPORTED, "decode: DAP (a row with dap_threshold > 0) runs on the CPU "
                                 "backend only");
     }
+    if (b->adaptive_k) {
+        int K = m->cfg.top_k;
+        bool any = false;
+        for (int i = 0; i < b->n_rows; i++) {
+            const mt_adaptive_k *a = &b->adaptive_k[i];
+            if (!(a->threshold >= 0 && a->threshold <= 1))
+                return mt_error_set(err, MT_ERR_INVALID, "decode: row %d has expert threshold %g, outside [0, 1]", i,
+                                    (double)a->threshold);
+            if (a->min_k < 0 || a->min_k > K || a->max_k < 0 || a->max_k > K)
+                return mt_error_set(err, MT_ERR_INVALID,
+                                    "decode: row %d has expert bounds min %d, max %d, outside [1, top_k %d] "
+                                    "(0: default)",
+                                    i, a->min_k, a->max_k, K);
+            if (a->min_k > 0 && a->max_k > 0 && a->min_k > a->max_k)
+                return mt_error_set(err, MT_ERR_INVALID, "decode: row %d has min experts %d above max experts %d", i,
+                                    a->min_k, a->max_k);
+            any |= a->threshold > 0;
+        }
+        if (any && mt_backend_get_kind(m->be) != MT_BACKEND_CPU)
+            return mt_error_set(err, MT_ERR_UNSUPPORTED,
+                                "decode: adaptive expert counts (a row with expert threshold > 0) run on the CPU "
+                                "backend only");
+    }
     if (d->seq_new_cap < p->max_seqs) {
         d->seq_new = mt_xrealloc(d->seq_new, (size_t)p->max_seqs * sizeof(int32_t));
         d->seq_new_cap = p->max_seqs;
@@ -461,6 +488,8 @@ mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b,
     for (int j = 0; j < N; j++) {
         d->row_tau[j] = b->dap_threshold ? b->dap_threshold[d->order[j]] : 0.0f;
         d->dap_on |= d->row_tau[j] > 0;
+        if (b->adaptive_k) d->row_ak[j] = b->adaptive_k[d->order[j]];
+        d->row_kused[j] = 0;
     }
     mt_backend_upload(be, d->tokens, host_tok, (size_t)N * sizeof(int32_t));
     mt_backend_upload(be, d->pos, d->row_pos, (size_t)N * sizeof(int32_t));
@@ -481,7 +510,10 @@ mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b,
                     .adapters = b->n_slots > 0 ? b->adapters : NULL,
                     .n_slots = b->n_slots,
                     .row_slot = d->row_slot};
-    mt_pass pass = {.train = false, .route_out = b->route_out};
+    mt_pass pass = {.train = false,
+                    .route_out = b->route_out,
+                    .row_ak = b->adaptive_k ? d->row_ak : NULL,
+                    .k_used = b->experts_used ? d->row_kused : NULL};
     mt_attn_plan plan = {.paged = true, .pos = d->pos, .kv_start = window ? d->kv_start : NULL, .pool = p, .dec = d};
     mt_acts *a = &d->a;
     a->x_in = a->x_mid = d->x;
@@ -500,6 +532,8 @@ mt_status mt_decode_step(mt_decoder *d, mt_kv_pool *p, const mt_decode_batch *b,
         }
     }
     for (int i = 0; i < N; i++) p->len[b->seq[i]]++;
+    if (b->experts_used)
+        for (int j = 0; j < N; j++) b->experts_used[d->order[j]] = d->row_kused[j];
     d->n_rows_last = N;
 
     int nl = b->n_logits;

@@ -562,8 +562,9 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
     mt_dims d;
     mt_model_dims(cfg, &d);
     int B = batch->B, T = batch->T, N = B * T;
-    if ((opts->route_out || opts->route_in) && mt_backend_get_kind(be) != MT_BACKEND_CPU)
-        return mt_error_set(err, MT_ERR_UNSUPPORTED, "forward: routing record and replay run on the CPU backend only");
+    if ((opts->route_out || opts->route_in || opts->topk_share_out) && mt_backend_get_kind(be) != MT_BACKEND_CPU)
+        return mt_error_set(err, MT_ERR_UNSUPPORTED,
+                            "forward: routing record, replay and shares run on the CPU backend only");
     if (opts->route_in)
         for (size_t i = 0, n = (size_t)d.L * N * d.K; i < n; i++)
             if (opts->route_in[i] >= d.E)
@@ -578,6 +579,7 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
     ws->opts.logits_out = NULL;
     ws->opts.route_out = NULL;
     ws->opts.route_in = NULL;
+    ws->opts.topk_share_out = NULL;
     ws->has_targets = batch->targets != NULL;
     /* LAYERS recomputes the routing in the backward: the replayed experts must be there then */
     ws->route_kept = ws->route_keep && opts->route_in;
@@ -604,7 +606,7 @@ mt_status mt_model_forward(mt_model *m, mt_workspace *ws, const mt_batch *batch,
     mt_lin_ctx c;
     mt_ws_lin_ctx(ws, opts->train, opts->seed, &c);
     mt_pass pass = {.train = opts->train, .seed = opts->seed, .noise = opts->train ? opts->router_noise : 0,
-                    .route_out = opts->route_out, .route_in = opts->route_in};
+                    .route_out = opts->route_out, .route_in = opts->route_in, .share_out = opts->topk_share_out};
     if (!ws->train) pass.noise = 0;
     memset(ws->aux_cnt, 0, (size_t)(d.E > 0 ? d.E : 1) * sizeof(double));
     memset(ws->aux_psum, 0, (size_t)(d.E > 0 ? d.E : 1) * sizeof(double));

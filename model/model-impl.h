@@ -213,6 +213,12 @@ typedef struct mt_pass {
      * instead (a row whose first entry is −1 routes as usual) */
     int32_t *route_out;
     const int32_t *route_in;
+    /* inference on the CPU: [N] adaptive expert counts of each row (threshold 0: the config's
+     * top_k), NULL = the model's setting; k_used [N] (or NULL) += each row's routed experts,
+     * per MoE layer */
+    const mt_adaptive_k *row_ak;
+    int32_t *k_used;
+    float *share_out;        /* [L][N] host (CPU): mt_route_topk_share of each MoE layer, or NULL */
 } mt_pass;
 
 struct mt_workspace {
@@ -313,6 +319,8 @@ struct mt_decoder {
     mt_dap_opts dap;
     mt_dap_counts dap_counts;
     float *row_tau;          /* [R] */
+    mt_adaptive_k *row_ak;   /* [R] each row's adaptive expert counts, in step order */
+    int32_t *row_kused;      /* [R] each row's routed experts over the MoE layers, in step order */
     bool dap_on;             /* some row of this step has τ > 0 */
     size_t dap_keep_cap;     /* bytes of dap_keep */
     int dap_tab_cap;         /* blocks of dap_bounds / dap_ntok */
@@ -414,6 +422,9 @@ void mt_route_args_fill(const mt_model *m, const mt_layer *ly, int n_tok, mt_rou
 /* Tests: the routed experts through one mt_lin_forward/backward per expert (the reference)
  * instead of the grouped GEMM, process-wide. */
 void mt_moe_set_expert_loop(bool on);
+/* Tests: the slots adaptive routing dropped still run through the expert GEMMs with weight 0
+ * (the dispatch before they were skipped), process-wide: the reference skipping must match. */
+void mt_moe_set_dispatch_dropped(bool on);
 /* Router jitter factor for (layer, element): U(1−ε, 1+ε) from a counter-based hash. */
 float mt_jitter(uint64_t seed, int layer, uint64_t i, float eps);
 

@@ -368,6 +368,10 @@ typedef struct mt_forward_opts {
      * routes. */
     int32_t *route_out;
     const int32_t *route_in;
+    /* optional [n_layers][B·T] host array, CPU backend only (dense layers' entries untouched):
+     * the share of each row's router scores its top_k chosen experts hold
+     * (mt_route_topk_share), what the trainer calibrates adaptive expert counts on */
+    float *topk_share_out;
     /* Token losses and their backward on logits / temperature (0 or 1 = the logits): the
      * sampler's distribution, whose log-probs RL objectives need */
     float temperature;
@@ -477,6 +481,12 @@ int mt_kv_seq_blocks_needed(const mt_kv_pool *p, int seq, int n);
  * piece of a prompt (prefill, several rows of one sequence) or one new token; both kinds mix
  * in one step, which is what continuous batching needs. */
 
+/* Adaptive expert counts of a pass or a row (docs/attention-pruning.md). */
+typedef struct mt_adaptive_k {
+    float threshold; /* experts in router order until their share of Σ_E scores ≥ threshold; ≥ 1 = top-max-k */
+    int min_k, max_k; /* bounds (0 = 1 and the config's top_k) */
+} mt_adaptive_k;
+
 typedef struct mt_decode_batch {
     int n_rows;
     const int32_t *tokens;          /* [n_rows] */
@@ -491,6 +501,11 @@ typedef struct mt_decode_batch {
                                        for each row by each MoE layer */
     const float *dap_threshold;     /* optional [n_rows] DAP τ of each row in [0, 1] (CPU); NULL or
                                        0 = full attention, the unchanged path (docs/attention-pruning.md) */
+    const mt_adaptive_k *adaptive_k; /* optional [n_rows] adaptive expert counts of each row
+                                       (CPU; threshold 0: the config's top_k); NULL = the model's
+                                       setting (mt_model_set_adaptive_k) */
+    int32_t *experts_used;          /* optional [n_rows] out: routed experts each row used, summed
+                                       over the MoE layers (n_moe·top_k with fixed routing) */
 } mt_decode_batch;
 
 /* The activation buffers of one step: up to max_rows rows, adapters up to max_rank (0:
@@ -620,18 +635,21 @@ void mt_decoder_set_dap(mt_decoder *d, const mt_dap_opts *o);
  * blocks, skipped blocks, fallbacks. */
 void mt_decoder_dap_stats(const mt_decoder *d, mt_dap_counts *out);
 
-typedef struct mt_adaptive_k {
-    float threshold; /* experts in router order until their share of Σ_E scores ≥ threshold; ≥ 1 = top-max-k */
-    int min_k, max_k; /* bounds (0 = 1 and the config's top_k) */
-} mt_adaptive_k;
 /* After mt_route_forward: for each token keeps its first c of K chosen experts (c from the
  * cumulative router probability, clamped), renormalises their weights as `norm`/`scale` do and
  * zeroes the rest. k_used [n_tok] may be NULL. Returns Σ c. */
 int mt_route_adaptive_k(const float *scores, int n_tok, int E, int K, const int32_t *idx, float *w,
                         const mt_adaptive_k *a, mt_route_norm norm, float scale, int32_t *k_used);
+/* share[t] = Σ_{j<K} scores[t, idx[t, j]] / Σ_{e<E} scores[t, e]: the part of token t's router
+ * scores its K chosen experts hold, in double, over all E scores as mt_route_adaptive_k's
+ * cumulative share is: under threshold P a token whose share is below P keeps all K experts,
+ * and only one whose share reaches P can stop earlier. */
+void mt_route_topk_share(const float *scores, int n_tok, int E, int K, const int32_t *idx, float *share);
 /* Adaptive routing for the model's inference passes on the CPU (NULL or threshold 0: off),
- * and the tokens and experts it has routed since it was set. The zeroed slots are still
- * computed by the expert GEMMs: this changes quality, not yet speed (docs/attention-pruning.md). */
+ * and the (token, MoE layer) pairs and experts it has routed since it was set. Dropped slots
+ * are not dispatched: an expert runs over the rows it keeps (docs/attention-pruning.md). A
+ * decode step with per-row settings (mt_decode_batch.adaptive_k) uses those instead and
+ * counts through experts_used, not here. */
 void mt_model_set_adaptive_k(mt_model *m, const mt_adaptive_k *a);
 void mt_model_adaptive_k_stats(const mt_model *m, uint64_t *tokens, uint64_t *experts);
 

@@ -66,6 +66,10 @@ static bool g_expert_loop;
 
 void mt_moe_set_expert_loop(bool on) { g_expert_loop = on; }
 
+static bool g_dispatch_dropped;
+
+void mt_moe_set_dispatch_dropped(bool on) { g_dispatch_dropped = on; }
+
 /* Mean rows per expert from which the per-expert loop is kept: there each expert's sgemm is
  * big enough to use both threads well, and the grouped call measured slower (tiny base, 8
  * experts of ~500 rows: 0.83x the loop's tokens/s; docs/performance.md). The grouped op wins
@@ -289,6 +293,61 @@ static void route_record_replay(const mt_pass *p, int layer, mt_acts *a, int N, 
     }
 }
 
+/* Adaptive expert counts (docs/attention-pruning.md) after the router: each token takes its
+ * decode row's setting (p->row_ak) or else the model's. Inference only and host memory only:
+ * training keeps the router's fixed k so its gradient is the one the loss defines. Adds each
+ * token's experts to p->k_used when asked; returns whether some slot was given weight 0. */
+static bool route_adaptive(mt_model *m, const mt_backend *be, const mt_pass *p, mt_acts *a, int N, const mt_dims *d,
+                           const mt_route_args *ra) {
+    bool on = !p->train && mt_backend_get_kind(be) == MT_BACKEND_CPU && (p->row_ak || m->adaptive_k.threshold > 0);
+    if (!on) {
+        if (p->k_used)
+            for (int t = 0; t < N; t++) p->k_used[t] += d->K;
+        return false;
+    }
+    uint64_t routed = 0, used = 0;
+    for (int t = 0; t < N; t++) {
+        const mt_adaptive_k *ak = p->row_ak ? &p->row_ak[t] : &m->adaptive_k;
+        int c = d->K;
+        if (ak->threshold > 0) {
+            c = mt_route_adaptive_k(a->scores + (size_t)t * d->E, 1, d->E, d->K, a->idx + (size_t)t * d->K,
+                                    a->w + (size_t)t * d->K, ak, ra->norm, ra->scale, NULL);
+            routed++;
+            used += (uint64_t)c;
+        }
+        if (p->k_used) p->k_used[t] += c;
+    }
+    /* the model-wide counts are the model's setting's (a decoder with per-row settings
+     * reports through k_used, and leaves the shared model alone) */
+    if (!p->row_ak) {
+        m->ak_tokens += routed;
+        m->ak_experts += used;
+    }
+    return used < routed * (uint64_t)d->K;
+}
+
+/* Fewer experts, less compute: the (token, slot) rows adaptive routing gave weight 0 leave
+ * the dispatch (host memory: adaptive routing is CPU only), so an expert runs over the rows it
+ * keeps and one with none is not run. Kept rows stay in token order within their expert and
+ * each row's products do not depend on the rows beside it, so every kept row's output is the
+ * one the full dispatch computes, and a 0-weight row added nothing to the scatter. Rewrites
+ * off [E+1], src_tok and src_slot in place; returns the rows left. */
+static int drop_zero_weight_rows(const float *w, int E, int32_t *off, int32_t *src_tok, int32_t *src_slot) {
+    int n = 0;
+    for (int e = 0; e < E; e++) {
+        int r0 = off[e], r1 = off[e + 1];
+        off[e] = n;
+        for (int r = r0; r < r1; r++)
+            if (w[src_slot[r]] != 0.0f) {
+                src_tok[n] = src_tok[r];
+                src_slot[n] = src_slot[r];
+                n++;
+            }
+    }
+    off[E] = n;
+    return n;
+}
+
 void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const mt_pass *p, mt_acts *a,
                     mt_scratch *s, int N, float *out) {
     mt_backend *be = c->be;
@@ -311,23 +370,22 @@ void mt_ffn_forward(mt_model *m, const mt_layer *ly, const mt_lin_ctx *c, const 
     mt_route_args ra;
     mt_route_args_fill(m, ly, N, &ra);
     mt_route_forward(be, &ra, a->rlogits, a->scores, a->idx, a->w);
-    /* inference only, host memory only: training keeps the router's fixed k so its gradient
-     * is the one the loss defines */
-    if (m->adaptive_k.threshold > 0 && !p->train && mt_backend_get_kind(be) == MT_BACKEND_CPU) {
-        m->ak_tokens += (uint64_t)N;
-        m->ak_experts += (uint64_t)mt_route_adaptive_k(a->scores, N, d.E, d.K, a->idx, a->w, &m->adaptive_k, ra.norm,
-                                                       ra.scale, NULL);
-    }
+    if (p->share_out) mt_route_topk_share(a->scores, N, d.E, d.K, a->idx, p->share_out + (size_t)ly->index * N);
+    bool dropped = route_adaptive(m, be, p, a, N, &d, &ra);
     if (p->route_out || p->route_in) route_record_replay(p, ly->index, a, N, d.E, d.K, &ra);
     mt_prof_end(m);
     mt_prof_begin(m, ly->index, MT_PROF_EXPERTS);
     mt_moe_permute(be, a->idx, N, d.K, d.E, a->offsets, a->src_tok, a->src_slot);
     mt_backend_download(be, a->offsets_host, a->offsets, (size_t)(d.E + 1) * sizeof(int32_t));
+    /* the path is chosen on the full N·K rows, so dropping rows never changes which kernels
+     * compute the rows that are kept */
+    bool grouped = grouped_on(be, NK, d.E);
+    if (dropped && !g_dispatch_dropped) NK = drop_zero_weight_rows(a->w, d.E, a->offsets_host, a->src_tok, a->src_slot);
     mt_gather_rows(be, x, a->src_tok, NK, d.H, a->xp);
     const int32_t *off = a->offsets_host;
     mt_lin_ctx ce;
     expert_ctx(c, a, NK, &ce);
-    if (grouped_on(be, NK, d.E))
+    if (grouped)
         experts_forward_grouped(m, ly, &ce, a, s, &d, off, NK);
     else
         experts_forward_loop(m, ly, &ce, a, s, &d, off, NK);

@@ -108,10 +108,6 @@ typedef struct mt_lora_meta {
     int64_t score_rows, score_cols;
 } mt_lora_meta;
 
-/* The number under `key` in a thresholds_json ("dap", "experts", ...): false when the JSON
- * does not parse or holds no finite number there. */
-bool mt_lora_meta_value(const char *thresholds_json, const char *key, double *out);
-
 /* Writes `dir`/adapter_config.json and adapter_model.safetensors exactly as PEFT's
  * save_pretrained does (keys without the adapter name, F32), plus moetune.json. The files are
  * replaced atomically. */
@@ -119,6 +115,10 @@ mt_status mt_lora_save_peft(const mt_lora *l, const char *dir, const mt_lora_met
 /* Reads a PEFT LoRA folder (made by moetune or by PEFT) and attaches it to m. meta may be
  * NULL; when given it is filled from moetune.json if present (free thresholds_json). */
 mt_status mt_lora_load_peft(mt_lora **out, mt_model *m, const char *dir, mt_lora_meta *meta, mt_error *err);
+/* One number of a thresholds_json object ("dap", "experts", ...), clamped to [0, 1]: the
+ * thresholds the engine, eval and generate apply. false when the JSON is NULL or empty or has
+ * no such key with a finite number. */
+bool mt_lora_meta_threshold(const char *thresholds_json, const char *key, float *out);
 
 /* W += scale·B·A for every adapted linear (mt_lora_adapter is then NULL); unmerge subtracts
  * it back. */

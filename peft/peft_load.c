@@ -796,12 +796,12 @@ done:
     return s;
 }
 
-bool mt_lora_meta_value(const char *thresholds_json, const char *key, double *out) {
+bool mt_lora_meta_threshold(const char *thresholds_json, const char *key, float *out) {
     if (!thresholds_json || !thresholds_json[0]) return false;
     cJSON *o = cJSON_Parse(thresholds_json);
     const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
     bool ok = cJSON_IsNumber(v) && isfinite(v->valuedouble);
-    if (ok) *out = v->valuedouble;
+    if (ok) *out = v->valuedouble < 0 ? 0.0f : v->valuedouble > 1 ? 1.0f : (float)v->valuedouble;
     cJSON_Delete(o);
     return ok;
 }

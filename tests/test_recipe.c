@@ -269,6 +269,7 @@ static void test_defaults(void **state) {
     assert_true(r.thresholds.dap == MT_RECIPE_AUTO);
     assert_true(r.thresholds.base == 0.5);
     assert_true(r.thresholds.max_entropy == 4.5);
+    assert_true(r.thresholds.experts == 0); /* off: existing recipes export no "experts" */
 
     check_path(r.output.dir, "runs/minimal");
     check_path(r.output.adapter, "runs/minimal/adapter");
@@ -331,6 +332,43 @@ static void test_suggestions(void **state) {
         "16:8: thresholds.dap: expected auto or a number, got 'high'",
     };
     expect_diags(path, NULL, 0, NULL, MT_ERR_INVALID, want, sizeof want / sizeof want[0]);
+}
+
+/* thresholds.experts: off | auto | a number in (0, 1]; a bad value names the key. */
+static void test_experts_threshold(void **state) {
+    (void)state;
+    static const struct {
+        const char *v;
+        double want;
+    } ok[] = {{"off", 0}, {"auto", MT_RECIPE_AUTO}, {"0.35", 0.35}, {"1", 1}};
+    for (size_t k = 0; k < sizeof ok / sizeof ok[0]; k++) {
+        char text[256];
+        snprintf(text, sizeof text, "model:\n  path: /m\ndata:\n  train: /d\nthresholds:\n  experts: %s\n", ok[k].v);
+        const char *path = write_tmp("recipe-experts", "e.yaml", text);
+        mt_recipe r;
+        mt_error err = {0};
+        if (mt_recipe_load(path, NULL, 0, &r, &err) != MT_OK) fail_msg("experts: %s: %s", ok[k].v, err.msg);
+        assert_true(r.thresholds.experts == ok[k].want);
+        /* the normalised recipe writes it back as it was given */
+        char *yaml = mt_recipe_dump_yaml(&r, NULL);
+        char line[64];
+        snprintf(line, sizeof line, "experts: %s", ok[k].v);
+        if (!strstr(yaml, line)) fail_msg("experts: %s: not in\n%s", ok[k].v, yaml);
+        free(yaml);
+        mt_recipe_free(&r);
+    }
+    const char *path = write_tmp("recipe-experts-bad", "b.yaml",
+                                 "model:\n  path: /m\ndata:\n  train: /d\nthresholds:\n  experts: high\n");
+    const char *want[] = {"6:12: thresholds.experts: expected off, auto or a number, got 'high'"};
+    expect_diags(path, NULL, 0, NULL, MT_ERR_INVALID, want, 1);
+    path = write_tmp("recipe-experts-zero", "z.yaml",
+                     "model:\n  path: /m\ndata:\n  train: /d\nthresholds:\n  experts: 0\n");
+    const char *want0[] = {"6:12: thresholds.experts: 0 is outside (0, 1]"};
+    expect_diags(path, NULL, 0, NULL, MT_ERR_INVALID, want0, 1);
+    const char *sets[] = {"thresholds.experts=1.5"};
+    const char *want1[] = {"--set thresholds.experts: 1.5 is outside (0, 1]"};
+    path = write_tmp("recipe-experts-set", "s.yaml", "model:\n  path: /m\ndata:\n  train: /d\n");
+    expect_diags(path, sets, 1, NULL, MT_ERR_INVALID, want1, 1);
 }
 
 static void test_value_forms(void **state) {
@@ -761,6 +799,7 @@ int main(void) {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_key_errors),
         cmocka_unit_test(test_suggestions),
+        cmocka_unit_test(test_experts_threshold),
         cmocka_unit_test(test_value_forms),
         cmocka_unit_test(test_document_errors),
         cmocka_unit_test(test_cross_rules),

@@ -4,7 +4,8 @@
  * with seed + j, preemption that changes no token, an adapter replaced while a request on it
  * is in flight, load/unload/watch/eviction, path confinement, the API key, every bad input's
  * 4xx with the server still serving, disconnects that free their sequences, Prometheus text,
- * and requests recorded in the store. */
+ * requests recorded in the store, and DAP and adaptive expert counts: bad values, the
+ * threshold that changes nothing, and the precedence request > adapter metadata > server. */
 #define _GNU_SOURCE
 #include "testutil.h"
 
@@ -63,7 +64,7 @@ static void write_adapter_meta(mt_model *m, const char *dir, uint64_t seed, cons
     }
     mt_lora_meta meta = {0};
     snprintf(meta.base_hash, sizeof meta.base_hash, "%s", hash);
-    meta.thresholds_json = (char *)thresholds; /* as the trainer writes it: {"dap":0.31,...} */
+    meta.thresholds_json = (char *)thresholds; /* as the trainer writes it: {"dap_threshold":0.31,...} */
     if (mt_lora_save_peft(l, dir, &meta, &err) != MT_OK) fail_msg("%s", err.msg);
     mt_lora_free(l);
 }
@@ -134,6 +135,11 @@ static int setup(void **state) {
     write_adapter_meta(m, dir, 501, base_hash, "{\"dap_threshold\":0,\"base\":0.5}");
     snprintf(dir, sizeof dir, "%s/nometa", dap_adapters_dir);
     write_adapter(m, dir, 502, base_hash);
+    /* and an adaptive-k threshold (the trainer's "experts"): one expert per token, and top_k */
+    snprintf(dir, sizeof dir, "%s/experts-tiny", dap_adapters_dir);
+    write_adapter_meta(m, dir, 503, base_hash, "{\"dap_threshold\":0,\"experts\":0.000001}");
+    snprintf(dir, sizeof dir, "%s/experts-one", dap_adapters_dir);
+    write_adapter_meta(m, dir, 504, base_hash, "{\"experts\":1}");
     /* made for another base: refused by its recorded hash */
     if (mt_model_load(&fm, foreign_dir, g_be, &err) != MT_OK) return -1;
     char fh[65];
@@ -842,7 +848,8 @@ static void metrics_parse_as_prometheus(void **state) {
         "moetune_generated_tokens_total ", "moetune_generation_tokens_per_second ", "moetune_adapters_loaded ",
         "moetune_adapter_load_seconds{adapter=\"ad0\"}", "moetune_router_entropy_nats{layer=",
         "moetune_expert_tokens_total{layer=", "moetune_preemptions_total ", "moetune_dap_blocks_total ",
-        "moetune_dap_skipped_blocks_total ", "moetune_dap_fallbacks_total "};
+        "moetune_dap_skipped_blocks_total ", "moetune_dap_fallbacks_total ", "moetune_routed_tokens_total ",
+        "moetune_routed_experts_total "};
     for (size_t i = 0; i < sizeof must / sizeof must[0]; i++)
         if (!strstr(r.body, must[i])) fail_msg("/metrics lacks %s", must[i]);
     char *save = NULL;
@@ -1125,7 +1132,7 @@ static void dap_zero_is_unchanged(void **state) {
     free(big);
 }
 
-/* Where τ comes from: the request, else the adapter's metadata "dap", else the server default;
+/* Where τ comes from: the request, else the adapter's metadata "dap_threshold", else the server default;
  * --dap-adapter-thresholds off ignores the metadata. Mass floor 0 so that skips are not undone
  * by the fallback. */
 static void dap_precedence(void **state) {
@@ -1192,6 +1199,191 @@ static void dap_precedence(void **state) {
     free(off);
 }
 
+/* ---- adaptive expert counts ---- */
+
+typedef struct experts_snap {
+    double tokens, experts; /* moetune_routed_tokens_total, moetune_routed_experts_total */
+} experts_snap;
+
+static experts_snap experts_now(int port) {
+    return (experts_snap){metric_on(port, "moetune_routed_tokens_total"),
+                          metric_on(port, "moetune_routed_experts_total")};
+}
+
+/* A short greedy completion's text and the routing counters' change over it. */
+static char *experts_run(int port, const char *model, const char *extra, experts_snap *delta) {
+    experts_snap a = experts_now(port);
+    char body[1024];
+    snprintf(body, sizeof body,
+             "{%s%s%s\"prompt\":\"The licensee shall keep\",\"max_tokens\":6,\"temperature\":0,"
+             "\"ignore_eos\":true%s}",
+             model ? "\"model\":\"" : "", model ? model : "", model ? "\"," : "", extra ? extra : "");
+    resp r = http_on(port, "POST", "/v1/completions", body, NULL);
+    cJSON *o = json_ok(&r);
+    char *t = choice_text(o, 0);
+    cJSON_Delete(o);
+    free(r.body);
+    experts_snap b = experts_now(port);
+    *delta = (experts_snap){b.tokens - a.tokens, b.experts - a.experts};
+    assert_true(delta->tokens > 0);
+    return t;
+}
+
+/* Mean experts per routed (token, layer) pair over the request: exactly 1 or top_k here. */
+static double experts_mean(const experts_snap *d) { return d->experts / d->tokens; }
+
+static int served_top_k(void) {
+    mt_config cfg;
+    mt_error err = {0};
+    char path[4300];
+    snprintf(path, sizeof path, "%s/config.json", base_dir);
+    if (mt_config_load(&cfg, path, &err) != MT_OK) fail_msg("%s", err.msg);
+    return cfg.top_k;
+}
+
+/* expert_threshold outside [0, 1] or not a number, min_experts/max_experts not integers in
+ * [1, top_k] or crossed: 400 naming the field. */
+static void experts_bad_values_get_400(void **state) {
+    (void)state;
+    static const struct {
+        const char *extra, *param;
+    } bad[] = {
+        {"\"expert_threshold\":2", "expert_threshold"},   {"\"expert_threshold\":-0.5", "expert_threshold"},
+        {"\"expert_threshold\":\"x\"", "expert_threshold"}, {"\"expert_threshold\":true", "expert_threshold"},
+        {"\"min_experts\":0", "min_experts"},             {"\"min_experts\":1.5", "min_experts"},
+        {"\"min_experts\":99", "min_experts"},            {"\"max_experts\":0", "max_experts"},
+        {"\"max_experts\":99", "max_experts"},            {"\"max_experts\":\"2\"", "max_experts"},
+        {"\"min_experts\":2,\"max_experts\":1", "min_experts"},
+    };
+    for (int ep = 0; ep < 2; ep++)
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+            char body[512];
+            if (ep == 0)
+                snprintf(body, sizeof body, "{\"prompt\":\"hi\",\"max_tokens\":2,%s}", bad[k].extra);
+            else
+                snprintf(body, sizeof body,
+                         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2,%s}", bad[k].extra);
+            resp r = http("POST", ep == 0 ? "/v1/completions" : "/v1/chat/completions", body);
+            if (r.status != 400) fail_msg("%s: status %ld: %s", bad[k].extra, r.status, r.body);
+            cJSON *o = cJSON_Parse(r.body);
+            assert_non_null(o);
+            const cJSON *param = cJSON_GetObjectItem(cJSON_GetObjectItem(o, "error"), "param");
+            assert_true(cJSON_IsString(param));
+            assert_string_equal(param->valuestring, bad[k].param);
+            cJSON_Delete(o);
+            free(r.body);
+        }
+    resp r = http("POST", "/v1/completions",
+                  "{\"prompt\":\"hi\",\"max_tokens\":2,\"expert_threshold\":0.5,\"min_experts\":1,\"max_experts\":1}");
+    assert_int_equal(r.status, 200);
+    free(r.body);
+}
+
+/* On the default server (fixed top_k): expert_threshold 1 is the text without it, top_k
+ * experts counted per pair; a tiny threshold routes to one expert, max_experts 1 too. */
+static void experts_one_is_unchanged(void **state) {
+    (void)state;
+    int K = served_top_k();
+    assert_true(K >= 2);
+    experts_snap d;
+    char *plain = experts_run(g_port, NULL, NULL, &d);
+    assert_true(experts_mean(&d) == K);
+    char *one = experts_run(g_port, NULL, ",\"expert_threshold\":1", &d);
+    assert_string_equal(one, plain);
+    assert_true(experts_mean(&d) == K);
+    char *ad = experts_run(g_port, "ad0", NULL, &d);
+    char *ad_one = experts_run(g_port, "ad0", ",\"expert_threshold\":1", &d);
+    assert_string_equal(ad_one, ad);
+    free(experts_run(g_port, NULL, ",\"expert_threshold\":0.000001", &d));
+    assert_true(experts_mean(&d) == 1);
+    free(experts_run(g_port, NULL, ",\"expert_threshold\":1,\"max_experts\":1", &d));
+    assert_true(experts_mean(&d) == 1);
+    free(plain);
+    free(one);
+    free(ad);
+    free(ad_one);
+}
+
+/* Where P comes from: the request, else the adapter's metadata "experts", else the server
+ * default; --expert-adapter-thresholds off ignores the metadata; the server's bounds apply
+ * where a request gives none. */
+static void experts_precedence(void **state) {
+    (void)state;
+    int K = served_top_k();
+    mt_engine *e = NULL;
+    mt_server *s = NULL;
+    int port = 0;
+    mt_adaptive_k def = {.threshold = 0.000001f};
+    mt_engine_opts eo = {.model_dir = base_dir,
+                         .adapters_dir = dap_adapters_dir,
+                         .max_seqs = 4,
+                         .max_batch_tokens = 64,
+                         .experts = &def,
+                         .log = log_quiet};
+    start(&e, &s, &port, &eo, NULL);
+    experts_snap d;
+    /* the server default applies to a request without the field */
+    free(experts_run(port, NULL, NULL, &d));
+    assert_true(experts_mean(&d) == 1);
+    /* the request's 1 wins over the default: top_k, the text of the server without it */
+    char *one = experts_run(port, NULL, ",\"expert_threshold\":1", &d);
+    assert_true(experts_mean(&d) == K);
+    experts_snap d0;
+    char *off = experts_run(g_port, NULL, NULL, &d0);
+    assert_string_equal(one, off);
+    /* an adapter's metadata wins over the default */
+    free(experts_run(port, "experts-one", NULL, &d));
+    assert_true(experts_mean(&d) == K);
+    free(experts_run(port, "experts-tiny", NULL, &d));
+    assert_true(experts_mean(&d) == 1);
+    /* the request wins over the metadata */
+    free(experts_run(port, "experts-tiny", ",\"expert_threshold\":1", &d));
+    assert_true(experts_mean(&d) == K);
+    /* an adapter without "experts" in its metadata gets the server default */
+    free(experts_run(port, "nometa", NULL, &d));
+    assert_true(experts_mean(&d) == 1);
+    free(experts_run(port, "meta-one", NULL, &d));
+    assert_true(experts_mean(&d) == 1);
+    mt_server_stop(s);
+    mt_engine_free(e);
+
+    /* metadata ignored, default off: the adapter keeps top_k; the server's bounds */
+    mt_adaptive_k bounds = {.threshold = 0, .min_k = K, .max_k = K};
+    mt_engine_opts eo2 = {.model_dir = base_dir,
+                          .adapters_dir = dap_adapters_dir,
+                          .max_seqs = 4,
+                          .max_batch_tokens = 64,
+                          .experts = &bounds,
+                          .experts_ignore_adapter_thresholds = true,
+                          .log = log_quiet};
+    start(&e, &s, &port, &eo2, NULL);
+    free(experts_run(port, "experts-tiny", NULL, &d));
+    assert_true(experts_mean(&d) == K);
+    /* the server's min_k = top_k holds a request's tiny threshold at top_k */
+    free(experts_run(port, NULL, ",\"expert_threshold\":0.000001", &d));
+    assert_true(experts_mean(&d) == K);
+    /* a request's max_experts under the server's min_experts: 400 naming it */
+    resp r = http_on(port, "POST", "/v1/completions", "{\"prompt\":\"hi\",\"max_tokens\":2,\"max_experts\":1}", NULL);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body, "max_experts"));
+    free(r.body);
+    mt_server_stop(s);
+    mt_engine_free(e);
+
+    /* a bad server default is refused at start */
+    const mt_adaptive_k bad[] = {{.threshold = 1.5f}, {.threshold = 0.5f, .max_k = K + 1},
+                                 {.threshold = 0.5f, .min_k = 2, .max_k = 1}};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        mt_engine_opts eo3 = {.model_dir = base_dir, .experts = &bad[k], .log = log_quiet};
+        mt_error err = {0};
+        mt_engine *x = NULL;
+        assert_int_equal(mt_engine_init(&x, g_be, &eo3, &err), MT_ERR_INVALID);
+        assert_null(x);
+    }
+    free(one);
+    free(off);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(greedy_equals_generate),
@@ -1212,6 +1404,9 @@ int main(void) {
         cmocka_unit_test(dap_bad_values_get_400),
         cmocka_unit_test(dap_zero_is_unchanged),
         cmocka_unit_test(dap_precedence),
+        cmocka_unit_test(experts_bad_values_get_400),
+        cmocka_unit_test(experts_one_is_unchanged),
+        cmocka_unit_test(experts_precedence),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

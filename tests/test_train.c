@@ -160,6 +160,7 @@ static void test_lora_lowers_loss_and_exports(void **state) {
     assert_int_equal(mt_store_adapters(s, res.run_id, &al, &err), MT_OK);
     assert_int_equal(al.n, 1);
     assert_non_null(strstr(al.items[0].thresholds_json, "dap_threshold"));
+    assert_null(strstr(al.items[0].thresholds_json, "experts")); /* thresholds.experts: off */
     mt_store_adapter_list_free(&al);
     mt_store_event_list ev;
     assert_int_equal(mt_store_events(s, res.run_id, &ev, &err), MT_OK);
@@ -198,7 +199,7 @@ static void test_lora_lowers_loss_and_exports(void **state) {
         fail_msg("paged eval base loss %.7f, whole-sequence %.7f", pr.base_loss, er.base_loss);
     assert_true(pr.base_tau == 0 && pr.base_dap.queries == 0);
     {
-        double want_tau = -1;
+        float want_tau = -1;
         mt_lora_meta meta = {0};
         mt_lora *ll = NULL;
         mt_model *bm = NULL;
@@ -206,7 +207,7 @@ static void test_lora_lowers_loss_and_exports(void **state) {
         assert_int_equal(mt_backend_init(&be, MT_BACKEND_CPU, 1, &err), MT_OK);
         assert_int_equal(mt_model_load(&bm, base_dir, be, &err), MT_OK);
         assert_int_equal(mt_lora_load_peft(&ll, bm, r.output.adapter, &meta, &err), MT_OK);
-        assert_true(mt_lora_meta_value(meta.thresholds_json, "dap_threshold", &want_tau));
+        assert_true(mt_lora_meta_threshold(meta.thresholds_json, "dap_threshold", &want_tau));
         free(meta.thresholds_json);
         free(meta.score);
         mt_lora_free(ll);
@@ -214,7 +215,7 @@ static void test_lora_lowers_loss_and_exports(void **state) {
         mt_backend_free(be);
         /* the random base finds this corpus more surprising than max_entropy: its threshold is 0 */
         assert_true(want_tau >= 0 && want_tau <= 0.5);
-        assert_float_equal(pr.adapter_tau, (float)want_tau, 1e-7);
+        assert_float_equal(pr.adapter_tau, want_tau, 1e-7);
         if (want_tau == 0 && fabs(pr.adapter_loss - er.adapter_loss) > 1e-5 * fabs(er.adapter_loss))
             fail_msg("paged eval adapter loss %.7f, whole-sequence %.7f", pr.adapter_loss, er.adapter_loss);
         assert_true(want_tau == 0 ? pr.adapter_dap.queries == 0 : pr.adapter_dap.queries > 0);
@@ -504,12 +505,91 @@ static void test_full_finetune_and_errors(void **state) {
     mt_recipe_free(&r);
 }
 
+/* The "experts" value of an exported adapter's metadata, as PEFT import reads it back. */
+static float exported_experts(const char *dir) {
+    char path[4300];
+    snprintf(path, sizeof path, "%s/adapter", dir);
+    mt_error err = {0};
+    mt_backend *be;
+    assert_int_equal(mt_backend_init(&be, MT_BACKEND_CPU, 1, &err), MT_OK);
+    mt_model *m;
+    if (mt_model_load(&m, base_dir, be, &err) != MT_OK) fail_msg("%s", err.msg);
+    mt_lora *l;
+    mt_lora_meta meta = {0};
+    if (mt_lora_load_peft(&l, m, path, &meta, &err) != MT_OK) fail_msg("%s", err.msg);
+    float v = -1;
+    if (!mt_lora_meta_threshold(meta.thresholds_json, "experts", &v))
+        fail_msg("no experts in %s", meta.thresholds_json);
+    free(meta.thresholds_json);
+    free(meta.score);
+    mt_lora_free(l);
+    mt_model_free(m);
+    mt_backend_free(be);
+    return v;
+}
+
+static double store_metric(const char *dir, int64_t run_id, const char *name) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/moetune.db", dir);
+    mt_store *s;
+    mt_error err = {0};
+    if (mt_store_open(&s, path, false, &err) != MT_OK) fail_msg("%s", err.msg);
+    mt_store_series sr;
+    if (mt_store_metric_series(s, run_id, name, &sr, &err) != MT_OK) fail_msg("%s", err.msg);
+    if (sr.n != 1) fail_msg("%s: %zu values", name, sr.n);
+    double v = sr.values[0];
+    mt_store_series_free(&sr);
+    mt_store_close(s);
+    return v;
+}
+
+/* thresholds.experts: auto calibrates after training, a number is taken as it is; either is in
+ * the store and round-trips through the PEFT export; eval and generate use it. */
+static void test_experts_threshold_exported(void **state) {
+    (void)state;
+    const char *vals[] = {"auto", "0.25"};
+    for (int k = 0; k < 2; k++) {
+        char dir[4200], extra[128];
+        snprintf(dir, sizeof dir, "%s/experts-%d", root, k);
+        mt_error err = {0};
+        assert_int_equal(mt_mkdirs(dir, &err), MT_OK);
+        snprintf(extra, sizeof extra, "thresholds:\n  experts: %s\n", vals[k]);
+        write_recipe(dir, lora_yaml, 3, extra);
+        mt_recipe r;
+        load_recipe(dir, &r);
+        mt_train_result res;
+        if (mt_train(&r, NULL, &res, &err) != MT_OK) fail_msg("%s", err.msg);
+        double logged = store_metric(dir, res.run_id, "experts_threshold");
+        float meta = exported_experts(dir);
+        assert_true(meta == (float)logged);
+        if (k == 1)
+            assert_true(logged == 0.25);
+        else
+            assert_true(logged > 0 && logged <= 1);
+        mt_recipe_free(&r);
+        if (k == 0) {
+            char *out = NULL;
+            int rc = mt_test_run_cli(&out, "eval --model '%s' --adapter '%s/adapter' --data '%s' --max-seq-len 32 "
+                                           "--threads 1",
+                                     base_dir, dir, data_path);
+            if (rc != 0 || !strstr(out, "from the adapter's metadata")) fail_msg("eval: %s", out);
+            free(out);
+            rc = mt_test_run_cli(&out, "generate --model '%s' --adapter '%s/adapter' --prompt 'The' --max-tokens 4 "
+                                       "--temperature 0 --threads 1",
+                                 base_dir, dir);
+            if (rc != 0 || !strstr(out, "from the adapter's metadata")) fail_msg("generate: %s", out);
+            free(out);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lora_lowers_loss_and_exports),
         cmocka_unit_test(test_kill_and_resume_is_bit_identical),
         cmocka_unit_test(test_nan_guard_stops_the_run),
         cmocka_unit_test(test_full_finetune_and_errors),
+        cmocka_unit_test(test_experts_threshold_exported),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
