@@ -54,6 +54,7 @@ ppl() { # DOMAIN LEN -> "perplexity seconds"
   out=$($MT eval --model "$MODEL" --data data/$1.eval.long.jsonl --max-seq-len "$2" --batch 1 \
         --threads "$THREADS" "${eval_tau[@]}" $EVAL_FLAGS 2>&1) || { echo "dap-long: eval failed: $out" >&2; exit 1; }
   t1=$(date +%s.%N)
+  grep '^DAP' <<<"$out" | sed "s/^/eval $1 $2: /" >&2 || true
   printf '%s %.0f\n' "$(awk '$1 == "base" { print $3 }' <<<"$out")" "$(echo "$t1 - $t0" | bc)"
 }
 

@@ -25,38 +25,37 @@ void mt_dap_block_summary(const float *k, int n_tok, int d, int stride, float *k
 }
 
 /* q·k = Σ q_i k_i and each term is linear in k_i over [kmin_i, kmax_i], so its largest value
- * is at one end: the sum of those is ≥ q·k for every key of the block. Accumulated in double
- * so the bound is not undercut by the float rounding of the score it bounds. */
+ * is at one end: the sum of those is ≥ q·k for every key of the block. The decode takes this
+ * for every block and query head, at a cost that once ate what pruning saved, so it is summed
+ * in float, eight lanes at a time, and then raised by a bound on that sum's rounding: each of
+ * the d terms and each addition errs by at most u = 2^-24 of the magnitudes summed, so adding
+ * (2d + 16)·u·Σ|term| (twice the textbook γ, covering the error of Σ|term| itself) and rounding
+ * up keeps the result ≥ the exact bound (test_dap_attention checks it against double sums). */
 float mt_dap_block_bound(const float *q, const float *kmin, const float *kmax, int d) {
-    /* four partial sums (the products are exact in double; the decode computes this for
-     * every block and query head, and one chain of dependent adds was its cost) */
-    double s4[4] = {0, 0, 0, 0};
+    float sum = 0, mag = 0;
     int i = 0;
 #ifdef __AVX2__
-    /* the same four lanes as the loop below, four doubles at a time */
-    __m256d acc = _mm256_setzero_pd();
-    for (; i + 4 <= d; i += 4) {
-        __m256d qd = _mm256_cvtps_pd(_mm_loadu_ps(q + i));
-        __m256d a = _mm256_mul_pd(qd, _mm256_cvtps_pd(_mm_loadu_ps(kmin + i)));
-        __m256d b = _mm256_mul_pd(qd, _mm256_cvtps_pd(_mm_loadu_ps(kmax + i)));
-        acc = _mm256_add_pd(acc, _mm256_max_pd(a, b)); /* the larger; ties are one value */
+    __m256 s8 = _mm256_setzero_ps(), a8 = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= d; i += 8) {
+        __m256 qv = _mm256_loadu_ps(q + i);
+        __m256 t = _mm256_max_ps(_mm256_mul_ps(qv, _mm256_loadu_ps(kmin + i)), _mm256_mul_ps(qv, _mm256_loadu_ps(kmax + i)));
+        s8 = _mm256_add_ps(s8, t);
+        a8 = _mm256_add_ps(a8, _mm256_andnot_ps(sign, t));
     }
-    _mm256_storeu_pd(s4, acc);
+    float ls[8], la[8];
+    _mm256_storeu_ps(ls, s8);
+    _mm256_storeu_ps(la, a8);
+    sum = ((ls[0] + ls[1]) + (ls[2] + ls[3])) + ((ls[4] + ls[5]) + (ls[6] + ls[7]));
+    mag = ((la[0] + la[1]) + (la[2] + la[3])) + ((la[4] + la[5]) + (la[6] + la[7]));
 #endif
-    for (; i + 4 <= d; i += 4)
-        for (int j = 0; j < 4; j++) {
-            double a = (double)q[i + j] * kmin[i + j], b = (double)q[i + j] * kmax[i + j];
-            s4[j] += a > b ? a : b;
-        }
     for (; i < d; i++) {
-        double a = (double)q[i] * kmin[i], b = (double)q[i] * kmax[i];
-        s4[0] += a > b ? a : b;
+        float x = q[i] * kmin[i], y = q[i] * kmax[i], t = x > y ? x : y;
+        sum += t;
+        mag += fabsf(t);
     }
-    double s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
-    /* round up to the next float so the float bound stays ≥ the exact one */
-    float f = (float)s;
-    if ((double)f < s) f = nextafterf(f, INFINITY);
-    return f;
+    float f = sum + (float)(2 * d + 16) * 0x1p-24f * mag;
+    return nextafterf(f, INFINITY);
 }
 
 int mt_dap_select(const float *bounds, const int *n_tok, int n_blocks, float scale, const mt_dap_opts *o,
