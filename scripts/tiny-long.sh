@@ -9,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mt=build/moetune
+[ -x "$mt" ] || { echo "tiny-long: $mt is missing: build first (scripts/setup.sh build)" >&2; exit 1; }
+for tool in jq python3; do
+  command -v "$tool" >/dev/null || { echo "tiny-long: needs $tool (apt-get install $tool)" >&2; exit 1; }
+done
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 if [ -s models/tiny-long/model.safetensors ]; then
   step "long-context base: models/tiny-long exists (delete it to train again)"
