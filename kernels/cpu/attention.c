@@ -53,74 +53,93 @@ static void transpose_block(const float *base, size_t row_stride, int nk, int d,
             for (int c = nk; c < ATTN_BK; c++) kt[(size_t)i * ATTN_BK + c] = 0.0f;
 }
 
-/* s[c] = Σ_i x[i]·t[i][c] for the whole block: the fixed trip count lets the compiler keep the
- * 64 partial sums in registers (8 × AVX2). Each s[c] is the same fused sequence over i
- * whatever the block's other columns hold, so results do not depend on tiling. */
-static inline void scores_row(const float *x, const float *t, int d, float *s) {
-    float acc[ATTN_BK];
-    for (int c = 0; c < ATTN_BK; c++) acc[c] = 0.0f;
-    for (int i = 0; i < d; i++) {
-        const float xi = x[i];
-        const float *tr = t + (size_t)i * ATTN_BK;
-        for (int c = 0; c < ATTN_BK; c++) acc[c] = fmaf(xi, tr[c], acc[c]);
+/* C[m·ldc + n] (+)= Σ_k A[m·am + k·ak] · B[k·ldb + n] for m < M, n < N: k ascending, one fused
+ * rounding per term, starting from C's value (acc) or from zero. Element for element that is
+ * the sequence of an axpy per k, so which rows and columns share registers never changes a
+ * bit, and a zero coefficient leaves an element as it was (finite B). am/ak let A be read
+ * transposed (Pᵀ·dO) without a copy. */
+#ifdef __AVX2__
+/* mr rows × 16 columns: 2·mr accumulators (mr ≤ 6: 12 of the 16 ymm registers), per k two
+ * loads of B and mr broadcasts of A. Always inlined with a constant mr, so the row loops
+ * unroll and the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void gemm_16(int mr, bool acc, int K, const float *A, size_t am,
+                                                           size_t ak, const float *B, size_t ldb, float *C,
+                                                           size_t ldc) {
+    __m256 c0[6], c1[6];
+    for (int r = 0; r < mr; r++) {
+        c0[r] = acc ? _mm256_loadu_ps(C + (size_t)r * ldc) : _mm256_setzero_ps();
+        c1[r] = acc ? _mm256_loadu_ps(C + (size_t)r * ldc + 8) : _mm256_setzero_ps();
     }
-    for (int c = 0; c < ATTN_BK; c++) s[c] = acc[c];
+    for (int k = 0; k < K; k++) {
+        const __m256 b0 = _mm256_loadu_ps(B + (size_t)k * ldb), b1 = _mm256_loadu_ps(B + (size_t)k * ldb + 8);
+        for (int r = 0; r < mr; r++) {
+            const __m256 a = _mm256_broadcast_ss(A + (size_t)r * am + (size_t)k * ak);
+            c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        _mm256_storeu_ps(C + (size_t)r * ldc, c0[r]);
+        _mm256_storeu_ps(C + (size_t)r * ldc + 8, c1[r]);
+    }
 }
 
-/* dst[i .. i+W) += Σ_{c = cl..ch} coef[c]·src[c·stride + i ..], c ascending, one fused
- * rounding per term (the sequence an axpy per c gives), with the W sums in registers. */
-#define ROW_CHUNK(W)                                                                  \
-    for (; i + (W) <= w; i += (W)) {                                                  \
-        float acc[W];                                                                 \
-        for (int l = 0; l < (W); l++) acc[l] = dst[i + l];                            \
-        for (int c = cl; c <= ch; c++) {                                              \
-            const float k = coef[c];                                                  \
-            const float *x = src + (size_t)c * stride + i;                            \
-            for (int l = 0; l < (W); l++) acc[l] = fmaf(k, x[l], acc[l]);             \
-        }                                                                             \
-        for (int l = 0; l < (W); l++) dst[i + l] = acc[l];                            \
+static inline __attribute__((always_inline)) void gemm_8(int mr, bool acc, int K, const float *A, size_t am,
+                                                          size_t ak, const float *B, size_t ldb, float *C,
+                                                          size_t ldc) {
+    __m256 c0[6];
+    for (int r = 0; r < mr; r++) c0[r] = acc ? _mm256_loadu_ps(C + (size_t)r * ldc) : _mm256_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        const __m256 b0 = _mm256_loadu_ps(B + (size_t)k * ldb);
+        for (int r = 0; r < mr; r++)
+            c0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(A + (size_t)r * am + (size_t)k * ak), b0, c0[r]);
     }
-
-/* dst[0..w) += Σ_{c = cl..ch} coef[c]·src[c·stride + ·]: a row of P·V or dS·K. */
-static inline void row_update(float *dst, int w, const float *coef, int cl, int ch, const float *src, size_t stride) {
-    int i = 0;
-    ROW_CHUNK(32)
-    ROW_CHUNK(8)
-    ROW_CHUNK(1)
+    for (int r = 0; r < mr; r++) _mm256_storeu_ps(C + (size_t)r * ldc, c0[r]);
 }
 
-/* The same over the rows r < nq of a tile that see key column c (rcl[r] ≤ c ≤ rch[r]), r
- * ascending, coefficients from column c of the tile's P or dS: a row of Pᵀ·dO or dSᵀ·Q. */
-#define COL_CHUNK(W)                                                                  \
-    for (; i + (W) <= w; i += (W)) {                                                  \
-        float acc[W];                                                                 \
-        for (int l = 0; l < (W); l++) acc[l] = dst[i + l];                            \
-        for (int r = r0; r <= r1; r++) {                                              \
-            if (c < rcl[r] || c > rch[r]) continue;                                   \
-            const float k = coef[(size_t)r * ATTN_BK + c];                            \
-            const float *x = src + (size_t)r * stride + i;                            \
-            for (int l = 0; l < (W); l++) acc[l] = fmaf(k, x[l], acc[l]);             \
-        }                                                                             \
-        for (int l = 0; l < (W); l++) dst[i + l] = acc[l];                            \
+#define GEMM_ROWS(kern, m, ...)                                                                         \
+    switch (m) {                                                                                        \
+    case 1: kern(1, __VA_ARGS__); break;                                                                \
+    case 2: kern(2, __VA_ARGS__); break;                                                                \
+    case 3: kern(3, __VA_ARGS__); break;                                                                \
+    case 4: kern(4, __VA_ARGS__); break;                                                                \
+    case 5: kern(5, __VA_ARGS__); break;                                                                \
+    default: kern(6, __VA_ARGS__); break;                                                               \
     }
+#endif
 
-static inline void col_update(float *dst, int w, const float *coef, int c, const int *rcl, const int *rch, int nq,
-                              const float *src, size_t stride) {
-    int r0 = 0, r1 = nq - 1;
-    while (r0 <= r1 && (c < rcl[r0] || c > rch[r0])) r0++;
-    while (r1 >= r0 && (c < rcl[r1] || c > rch[r1])) r1--;
-    if (r0 > r1) return;
-    int i = 0;
-    COL_CHUNK(32)
-    COL_CHUNK(8)
-    COL_CHUNK(1)
+static void tile_gemm(bool acc, int M, int N, int K, const float *A, size_t am, size_t ak, const float *B, size_t ldb,
+                      float *C, size_t ldc) {
+    int n0 = 0;
+#ifdef __AVX2__
+    for (; n0 + 16 <= N; n0 += 16)
+        for (int m0 = 0; m0 < M; m0 += 6) {
+            const int mr = M - m0 < 6 ? M - m0 : 6;
+            GEMM_ROWS(gemm_16, mr, acc, K, A + (size_t)m0 * am, am, ak, B + n0, ldb, C + (size_t)m0 * ldc + n0, ldc)
+        }
+    for (; n0 + 8 <= N; n0 += 8)
+        for (int m0 = 0; m0 < M; m0 += 6) {
+            const int mr = M - m0 < 6 ? M - m0 : 6;
+            GEMM_ROWS(gemm_8, mr, acc, K, A + (size_t)m0 * am, am, ak, B + n0, ldb, C + (size_t)m0 * ldc + n0, ldc)
+        }
+#endif
+    for (int m = 0; m < M; m++)
+        for (int n = n0; n < N; n++) {
+            float s = acc ? C[(size_t)m * ldc + n] : 0.0f;
+            for (int k = 0; k < K; k++) s = fmaf(A[(size_t)m * am + (size_t)k * ak], B[(size_t)k * ldb + n], s);
+            C[(size_t)m * ldc + n] = s;
+        }
 }
 
+/* Each tile's probabilities (and in the backward dS) are formed over the whole key block and
+ * zeroed outside every row's visible keys, so the products with V, dO, Q and K are tile GEMMs
+ * in which a hidden key adds nothing: a query's sums are those of its visible keys alone, in
+ * ascending order, whatever tile or chunk it is computed in. */
 void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float *q, const float *k,
                               const float *v, float *o, float *lse) {
     check_args(a);
     const int dqk = a->dqk, dv = a->dv, group = a->n_head / a->n_kv_head;
-    const size_t per = (size_t)dqk * ATTN_BK + ATTN_BK + (size_t)ATTN_BQ * dv + 2 * ATTN_BQ;
+    const size_t per = (size_t)dqk * ATTN_BK + (size_t)ATTN_BQ * ATTN_BK + (size_t)ATTN_BQ * dv + 2 * ATTN_BQ;
     float *scratch = mt_cpu_scratch(be, per);
     const size_t stride = mt_cpu_ctx_of(be)->scratch_per_thread;
     const int tasks = a->B * a->n_head, nt = mt_cpu_nthreads(be);
@@ -129,8 +148,8 @@ void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float
     for (int task = 0; task < tasks; task++) {
         const int b = task / a->n_head, h = task % a->n_head, g = h / group;
         float *kt = scratch + (size_t)omp_get_thread_num() * stride; /* [dqk, BK] */
-        float *s = kt + (size_t)dqk * ATTN_BK;                       /* [BK] */
-        float *acc = s + ATTN_BK;                                    /* [BQ, dv] */
+        float *S = kt + (size_t)dqk * ATTN_BK;                       /* [BQ, BK] scores, then P */
+        float *acc = S + (size_t)ATTN_BQ * ATTN_BK;                  /* [BQ, dv] */
         float *m = acc + (size_t)ATTN_BQ * dv;                       /* [BQ] running max */
         float *l = m + ATTN_BQ;                                      /* [BQ] running sum */
 
@@ -146,15 +165,20 @@ void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float
                 l[r] = 0.0f;
                 for (int i = 0; i < dv; i++) acc[(size_t)r * dv + i] = 0.0f;
             }
+            const float *qt = Q_AT(a, q, b, i0, h);
             for (int j0 = jlo / ATTN_BK * ATTN_BK; j0 <= jhi; j0 += ATTN_BK) {
                 const int nk = jhi + 1 - j0 < ATTN_BK ? jhi + 1 - j0 : ATTN_BK;
                 transpose_block(K_AT(a, k, b, j0, g), (size_t)a->k_row, nk, dqk, kt);
+                tile_gemm(false, nq, ATTN_BK, dqk, qt, (size_t)a->q_row, 1, kt, ATTN_BK, S, ATTN_BK);
                 for (int r = 0; r < nq; r++) {
                     int lo, hi;
                     key_range(a, b, i0 + r, &lo, &hi);
                     const int cl = (lo > j0 ? lo : j0) - j0, ch = (hi < j0 + nk - 1 ? hi : j0 + nk - 1) - j0;
-                    if (cl > ch) continue; /* no visible key in this block: the row is untouched */
-                    scores_row(Q_AT(a, q, b, i0 + r, h), kt, dqk, s);
+                    float *s = S + (size_t)r * ATTN_BK;
+                    if (cl > ch) { /* no visible key in this block: the row is untouched */
+                        for (int c = 0; c < nk; c++) s[c] = 0.0f;
+                        continue;
+                    }
                     float bmax = -INFINITY;
                     for (int c = cl; c <= ch; c++) {
                         s[c] *= a->scale;
@@ -163,13 +187,15 @@ void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float
                     const float mnew = m[r] > bmax ? m[r] : bmax;
                     const float f = mt_cpu_expf(m[r] - mnew); /* 0 on the first visible block */
                     const float sum = (float)mt_cpu_exp_affine(s + cl, s + cl, ch - cl + 1, 1.0f, -mnew);
+                    for (int c = 0; c < cl; c++) s[c] = 0.0f;
+                    for (int c = ch + 1; c < nk; c++) s[c] = 0.0f;
                     l[r] = l[r] * f + sum;
                     m[r] = mnew;
                     float *ar = acc + (size_t)r * dv;
                     if (f != 1.0f)
                         for (int i = 0; i < dv; i++) ar[i] *= f;
-                    row_update(ar, dv, s, cl, ch, V_AT(a, v, b, j0, g), (size_t)a->v_row);
                 }
+                tile_gemm(true, nq, dv, nk, S, ATTN_BK, 1, V_AT(a, v, b, j0, g), (size_t)a->v_row, acc, (size_t)dv);
             }
             for (int r = 0; r < nq; r++) {
                 float *orow = O_AT(a, o, b, i0 + r, h);
@@ -184,8 +210,8 @@ void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float
 /* One task per (sequence, KV head): it runs every query head that reads this KV head, so the
  * dK/dV rows it accumulates have a single owner (no races, no atomics) and are summed over the
  * group's heads in a fixed order. Per (query tile, key block) the tile's P and dS are formed
- * first, then dV and dK take them a key column at a time and dQ a query row at a time, each
- * element summed in the order (head, tile, row) that does not depend on the thread count. */
+ * first, then dV += Pᵀ·dO, dK += dSᵀ·Q and dQ += dS·K, each element summed in the order
+ * (head, tile, row) that does not depend on the thread count. */
 void mt_cpu_attention_backward(mt_backend *be, const mt_attn_args *a, const float *q, const float *k,
                                const float *v, const float *o, const float *lse, const float *dout, float *dq,
                                float *dk, float *dv) {
@@ -208,7 +234,6 @@ void mt_cpu_attention_backward(mt_backend *be, const mt_attn_args *a, const floa
         float *DS = P + (size_t)ATTN_BQ * ATTN_BK;                   /* [BQ, BK] dP, then dS */
         float *dqacc = DS + (size_t)ATTN_BQ * ATTN_BK;               /* [BQ, dqk] */
         float *D = dqacc + (size_t)ATTN_BQ * dqk;                    /* [BQ] rowsum(dO⊙O) */
-        int rcl[ATTN_BQ], rch[ATTN_BQ];                              /* visible columns of the block */
 
         for (int hh = 0; hh < group; hh++) {
             const int h = g * group + hh;
@@ -229,28 +254,29 @@ void mt_cpu_attention_backward(mt_backend *be, const mt_attn_args *a, const floa
                     const int nk = jhi + 1 - j0 < ATTN_BK ? jhi + 1 - j0 : ATTN_BK;
                     transpose_block(K_AT(a, k, b, j0, g), (size_t)a->k_row, nk, dqk, kt);
                     transpose_block(V_AT(a, v, b, j0, g), (size_t)a->v_row, nk, dvw, vt);
+                    tile_gemm(false, nq, ATTN_BK, dqk, q0, (size_t)a->q_row, 1, kt, ATTN_BK, P, ATTN_BK);
+                    tile_gemm(false, nq, ATTN_BK, dvw, g0, (size_t)a->o_row, 1, vt, ATTN_BK, DS, ATTN_BK); /* dP = dO·Vᵀ */
                     for (int r = 0; r < nq; r++) {
                         int lo, hi;
                         key_range(a, b, i0 + r, &lo, &hi);
                         const int cl = (lo > j0 ? lo : j0) - j0, ch = (hi < j0 + nk - 1 ? hi : j0 + nk - 1) - j0;
-                        rcl[r] = cl;
-                        rch[r] = ch;
-                        if (cl > ch) continue;
                         float *p = P + (size_t)r * ATTN_BK, *ds = DS + (size_t)r * ATTN_BK;
-                        scores_row(q0 + (size_t)r * a->q_row, kt, dqk, p);
-                        mt_cpu_exp_affine(p + cl, p + cl, ch - cl + 1, scale, -lse_h[i0 + r]);
-                        scores_row(g0 + (size_t)r * a->o_row, vt, dvw, ds); /* dP = dO·Vᵀ */
-                        for (int c = cl; c <= ch; c++) ds[c] = p[c] * (ds[c] - D[r]) * scale;
+                        if (cl <= ch) {
+                            mt_cpu_exp_affine(p + cl, p + cl, ch - cl + 1, scale, -lse_h[i0 + r]);
+                            for (int c = cl; c <= ch; c++) ds[c] = p[c] * (ds[c] - D[r]) * scale;
+                        }
+                        for (int c = 0; c < nk; c++)
+                            if (c < cl || c > ch) p[c] = ds[c] = 0.0f;
                     }
-                    for (int c = 0; c < nk; c++) {
-                        if (dv) col_update(V_AT(a, dv, b, j0 + c, g), dvw, P, c, rcl, rch, nq, g0, (size_t)a->o_row);
-                        if (dk) col_update(K_AT(a, dk, b, j0 + c, g), dqk, DS, c, rcl, rch, nq, q0, (size_t)a->q_row);
-                    }
+                    if (dv)
+                        tile_gemm(true, nk, dvw, nq, P, 1, ATTN_BK, g0, (size_t)a->o_row, V_AT(a, dv, b, j0, g),
+                                  (size_t)a->v_row);
+                    if (dk)
+                        tile_gemm(true, nk, dqk, nq, DS, 1, ATTN_BK, q0, (size_t)a->q_row, K_AT(a, dk, b, j0, g),
+                                  (size_t)a->k_row);
                     if (dq)
-                        for (int r = 0; r < nq; r++)
-                            if (rcl[r] <= rch[r])
-                                row_update(dqacc + (size_t)r * dqk, dqk, DS + (size_t)r * ATTN_BK, rcl[r], rch[r],
-                                           K_AT(a, k, b, j0, g), (size_t)a->k_row);
+                        tile_gemm(true, nq, dqk, nk, DS, ATTN_BK, 1, K_AT(a, k, b, j0, g), (size_t)a->k_row, dqacc,
+                                  (size_t)dqk);
                 }
                 if (dq)
                     for (int r = 0; r < nq; r++) {
