@@ -125,9 +125,9 @@ typedef struct mt_lowp_weight {
 
 /* y [n, out] = x [n, in]·Wᵀ (overwritten), row strides ldx and ldy, with fp32 accumulation.
  * W's tiles are converted to fp32 on the fly into per-thread scratch and multiplied with
- * sgemm; a few rows (decode) instead take dot products against each converted row while it
- * is in L1, reading W once. The result equals mt_matmul on the dequantised W up to summation
- * order. */
+ * sgemm; a few rows (decode) instead take a kernel that widens the stored weights in
+ * registers (no fp32 copy) and multiplies them with all the rows at once, reading W once. The
+ * result equals mt_matmul on the dequantised W up to summation order. */
 void mt_lowp_matmul(mt_backend *be, const mt_lowp_weight *W, int n, const float *x, int ldx, float *y, int ldy);
 /* dx [n, in] += dy [n, out]·W (the input gradient of y = x·Wᵀ; W is frozen: no dW). */
 void mt_lowp_matmul_dx(mt_backend *be, const mt_lowp_weight *W, int n, const float *dy, int lddy, float *dx,
@@ -158,7 +158,7 @@ typedef struct mt_grouped_proj {
  * items, taken by the backend's threads as they get free, each computed on one thread:
  * for an fp32 weight one single-threaded sgemm per (projection, group), the call mt_matmul makes
  * for that expert alone, so on one thread the bits equal a per-expert loop's; for a low-precision
- * weight mt_lowp_matmul's tiles (a register-blocked AVX2 kernel for groups of a few rows). The cut
+ * weight mt_lowp_matmul's tiles (its few-rows kernel for groups of a few rows). The cut
  * depends on the shapes alone, so the result does not depend on the thread count. */
 void mt_grouped_matmul(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, int n_proj,
                        const mt_grouped_proj *p);

@@ -140,6 +140,55 @@ static void gemm_against_fp32(void **state) {
     mt_backend_free(one);
 }
 
+/* The few-rows forward (n = 1 .. 8, the decode path) against a double-precision product of the
+ * dequantised weights, element by element within 1e-5 of Σ|x·w| (input sizes that are odd
+ * multiples of the group, or not multiples of 8, so a Q8 row's last group is short; output
+ * counts that are not multiples of the kernel's channel blocking of 4 or 2). A row's bits do not depend on how many
+ * rows share the call, nor on the thread count. */
+static void few_rows_against_double(void **state) {
+    (void)state;
+    static const int shapes[][3] = {/* out, in, Q8 group */ {1, 8, 8},   {3, 24, 8},    {5, 120, 8},
+                                    {7, 264, 24}, {13, 53, 8}, {9, 77, 24}, {37, 200, 40}, {66, 1032, 24}};
+    mt_backend *one = NULL;
+    mt_error err = {0};
+    assert_int_equal(mt_backend_init(&one, MT_BACKEND_CPU, 1, &err), MT_OK);
+    for (int type = 0; type < 3; type++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            const int out = shapes[s][0], in = shapes[s][1];
+            const int group = type == MT_LOWP_Q8 ? shapes[s][2] : 0;
+            test_weight t;
+            weight_make(&t, (mt_lowp_type)type, out, in, group, (uint64_t)(out * 7 + in + type));
+            const int ldx = in + 3, ldy = out + 2, N = 8;
+            float *x = mt_xmalloc((size_t)N * ldx * sizeof(float));
+            float *y8 = mt_xmalloc((size_t)N * ldy * sizeof(float)), *y = mt_xmalloc((size_t)N * ldy * sizeof(float));
+            mt_test_fill_uniform(x, (size_t)N * ldx, -1.0f, 1.0f, 21 + s);
+            mt_lowp_matmul(g_be, &t.w, N, x, ldx, y8, ldy);
+            for (int r = 0; r < N; r++)
+                for (int o = 0; o < out; o++) {
+                    double ref = 0, mag = 0;
+                    for (int i = 0; i < in; i++) {
+                        double v = (double)x[(size_t)r * ldx + i] * t.deq[(size_t)o * in + i];
+                        ref += v;
+                        mag += fabs(v);
+                    }
+                    double e = fabs(y8[(size_t)r * ldy + o] - ref);
+                    if (e > 1e-5 * mag + 1e-30)
+                        fail_msg("few rows, type %d out %d in %d: y[%d, %d] = %.9g, want %.9g", type, out, in, r, o,
+                                 (double)y8[(size_t)r * ldy + o], ref);
+                }
+            for (int n = 1; n <= N; n++) {
+                mt_lowp_matmul(n % 2 ? one : g_be, &t.w, n, x, ldx, y, ldy);
+                for (int r = 0; r < n; r++)
+                    assert_memory_equal(y + (size_t)r * ldy, y8 + (size_t)r * ldy, (size_t)out * sizeof(float));
+            }
+            free(x);
+            free(y8);
+            free(y);
+            weight_free(&t);
+        }
+    mt_backend_free(one);
+}
+
 /* ---- models ---- */
 
 static mt_model *random_model(mt_family f, uint64_t seed) {
@@ -598,7 +647,8 @@ static void cli_bf16_and_int8(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(gemm_against_fp32),   cmocka_unit_test(bf16_model_like_fp32),
+        cmocka_unit_test(gemm_against_fp32),   cmocka_unit_test(few_rows_against_double),
+        cmocka_unit_test(bf16_model_like_fp32),
         cmocka_unit_test(f16_model_like_fp32), cmocka_unit_test(int8_quantisation),
         cmocka_unit_test(int8_from_bf16),      cmocka_unit_test(cli_bf16_and_int8),
     };

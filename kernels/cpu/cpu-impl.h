@@ -169,6 +169,11 @@ void mt_cpu_lowrank_forward(mt_backend *be, int n, int in, int out, int r, float
 void mt_cpu_lowp_matmul(mt_backend *be, const mt_lowp_weight *W, int n, const float *x, int ldx, float *y, int ldy);
 void mt_cpu_lowp_matmul_dx(mt_backend *be, const mt_lowp_weight *W, int n, const float *dy, int lddy, float *dx,
                            int lddx);
+/* The few-rows forward on the calling thread: y[t·ldy + o] = ⟨x_t, W_o⟩ for the n ≤
+ * MT_CPU_LOWP_GEMV_ROWS rows t of x and the channels o = o0 .. o0+no−1, computed from the stored
+ * weights (no fp32 copy). An element's bits depend on neither n nor o0, no (nor the thread). */
+#define MT_CPU_LOWP_GEMV_ROWS 8
+void mt_cpu_lowp_gemv(const mt_lowp_weight *W, int o0, int no, int n, const float *x, int ldx, float *y, int ldy);
 
 /* grouped_matmul.c */
 void mt_cpu_grouped_matmul(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, int n_proj,

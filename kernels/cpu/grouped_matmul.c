@@ -3,7 +3,7 @@
  * mt_lowp_row_to_f32), forward, input gradient and weight gradient. One parallel region per
  * call: the work is cut into items by the shapes alone, and each thread takes the next item when
  * it is free, each item on one thread (single-threaded sgemm, or for a low-precision group of a
- * few rows a register-blocked AVX2 kernel on converted rows). */
+ * few rows mt_cpu_lowp_gemv, a register-blocked AVX2 kernel on the stored weights). */
 #include "cpu/cpu-impl.h"
 
 #include <cblas.h>
@@ -16,9 +16,9 @@
  * a token's row does not depend on which of its expert's row counts crosses a tile edge).
  * Low precision: items of ROW_CHUNK rows by TILE_O columns (forward) or TILE_K columns (dX), the
  * tiles of mt_lowp_matmul, converted TILE_O x TILE_K at a time into per-thread scratch (128 KiB);
- * groups of at most SMALL_ROWS rows take the register-blocked kernel on two converted weight
- * rows at a time instead (a few rows do not amortise the conversion of whole tiles). */
-#define SMALL_ROWS 8
+ * groups of at most SMALL_ROWS rows take mt_cpu_lowp_gemv instead, which widens the stored
+ * weights in registers (a few rows do not amortise the conversion of whole tiles). */
+#define SMALL_ROWS MT_CPU_LOWP_GEMV_ROWS
 #define ROW_CHUNK 256
 #define TILE_O 64
 #define TILE_K 512
@@ -35,59 +35,7 @@ static void single_threaded_blas(void) {
     if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
 }
 
-/* ---- the few-rows kernels ---- */
-
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* y[t·ldy + o] = ⟨x_t, w_o⟩ for nr ≤ 4 rows and nw ≤ 2 weight rows. Every element has one
- * accumulator, added 8 lanes at a time, then a fixed horizontal sum and a scalar tail, so its
- * value does not depend on which rows or weight rows are computed beside it. */
-static void dot_block(const float *const *xs, int nr, const float *const *ws, int nw, int n, float *const *ys,
-                      int o) {
-    if (nr == 4 && nw == 2) {
-        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
-               a31 = a00;
-        const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3], *w0 = ws[0], *w1 = ws[1];
-        int i = 0;
-        for (; i + 8 <= n; i += 8) {
-            __m256 v0 = _mm256_loadu_ps(w0 + i), v1 = _mm256_loadu_ps(w1 + i), u;
-            u = _mm256_loadu_ps(x0 + i);
-            a00 = _mm256_fmadd_ps(u, v0, a00);
-            a01 = _mm256_fmadd_ps(u, v1, a01);
-            u = _mm256_loadu_ps(x1 + i);
-            a10 = _mm256_fmadd_ps(u, v0, a10);
-            a11 = _mm256_fmadd_ps(u, v1, a11);
-            u = _mm256_loadu_ps(x2 + i);
-            a20 = _mm256_fmadd_ps(u, v0, a20);
-            a21 = _mm256_fmadd_ps(u, v1, a21);
-            u = _mm256_loadu_ps(x3 + i);
-            a30 = _mm256_fmadd_ps(u, v0, a30);
-            a31 = _mm256_fmadd_ps(u, v1, a31);
-        }
-        __m256 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
-        for (int t = 0; t < 4; t++)
-            for (int k = 0; k < 2; k++) {
-                float r = hsum8(acc[t][k]);
-                for (int j = i; j < n; j++) r += xs[t][j] * ws[k][j];
-                ys[t][o + k] = r;
-            }
-        return;
-    }
-    for (int t = 0; t < nr; t++)
-        for (int k = 0; k < nw; k++) {
-            __m256 a = _mm256_setzero_ps();
-            int i = 0;
-            for (; i + 8 <= n; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(xs[t] + i), _mm256_loadu_ps(ws[k] + i), a);
-            float r = hsum8(a);
-            for (; i < n; i++) r += xs[t][i] * ws[k][i];
-            ys[t][o + k] = r;
-        }
-}
+/* ---- the few-rows dX kernel ---- */
 
 /* d[i] += a·s[i] */
 static inline void axpy(float *d, float a, const float *s, int n) {
@@ -132,22 +80,7 @@ static void run_fwd(const plan *pl, const item *it, float *tmp) {
     const mt_lowp_weight *W = &p->lowp[it->g];
     MT_ASSERT(W->out == out && W->in == in);
     if (it->nr <= SMALL_ROWS) {
-        /* two converted weight rows in scratch (L1), dotted with every row */
-        for (int o = 0; o < it->nc; o += 2) {
-            const int nw = imin(2, it->nc - o);
-            for (int k = 0; k < nw; k++) mt_lowp_row_to_f32(W, it->c0 + o + k, 0, in, tmp + (size_t)k * in);
-            const float *ws[2] = {tmp, tmp + (size_t)(nw - 1) * in};
-            for (int t0 = 0; t0 < it->nr; t0 += 4) {
-                const int nr = imin(4, it->nr - t0);
-                const float *xs[4];
-                float *ys[4];
-                for (int t = 0; t < nr; t++) {
-                    xs[t] = x + (size_t)(t0 + t) * in;
-                    ys[t] = y + (size_t)(t0 + t) * out;
-                }
-                dot_block(xs, nr, ws, nw, in, ys, it->c0 + o);
-            }
-        }
+        mt_cpu_lowp_gemv(W, it->c0, it->nc, it->nr, x, in, y, out);
         return;
     }
     for (int o0 = it->c0; o0 < it->c0 + it->nc; o0 += TILE_O) {
@@ -296,10 +229,8 @@ static void execute(plan *pl) {
     if (total <= 0) return;
     mt_backend *be = pl->be;
     const int nt = mt_cpu_nthreads(be);
-    /* the low-precision paths' converted tiles; a few-rows forward holds two whole rows */
-    size_t need = (size_t)TILE_O * TILE_K;
-    if ((size_t)2 * pl->in > need) need = (size_t)2 * pl->in;
-    pl->scratch = mt_cpu_scratch(be, need);
+    /* the low-precision paths' converted tiles */
+    pl->scratch = mt_cpu_scratch(be, (size_t)TILE_O * TILE_K);
     pl->stride = mt_cpu_ctx_of(be)->scratch_per_thread;
     single_threaded_blas();
     const bool par = nt > 1 && total >= 2.0 * MT_CPU_PAR_MIN;
