@@ -174,6 +174,9 @@ void mt_cpu_lowp_matmul_dx(mt_backend *be, const mt_lowp_weight *W, int n, const
  * weights (no fp32 copy). An element's bits depend on neither n nor o0, no (nor the thread). */
 #define MT_CPU_LOWP_GEMV_ROWS 8
 void mt_cpu_lowp_gemv(const mt_lowp_weight *W, int o0, int no, int n, const float *x, int ldx, float *y, int ldy);
+/* The same kernel over an fp32 weight w [out, in] (no packing of w, unlike sgemm with M = 1). */
+void mt_cpu_f32_gemv(const float *w, int out, int in, int o0, int no, int n, const float *x, int ldx, float *y,
+                     int ldy);
 
 /* grouped_matmul.c */
 void mt_cpu_grouped_matmul(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, int n_proj,

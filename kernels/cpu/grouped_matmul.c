@@ -13,7 +13,9 @@
 
 /* fp32: one item per (projection, group), the very sgemm call mt_lin_forward / mt_lin_backward
  * make for one expert, so with one thread the grouped path gives the per-expert loop's bits (and
- * a token's row does not depend on which of its expert's row counts crosses a tile edge).
+ * a token's row does not depend on which of its expert's row counts crosses a tile edge). A
+ * forward group of at most SMALL_ROWS rows takes mt_cpu_f32_gemv over TILE_O-column items, as
+ * mt_lin_forward's few-rows path (this op with one group) does for one expert.
  * Low precision: items of ROW_CHUNK rows by TILE_O columns (forward) or TILE_K columns (dX), the
  * tiles of mt_lowp_matmul, converted TILE_O x TILE_K at a time into per-thread scratch (128 KiB);
  * groups of at most SMALL_ROWS rows take mt_cpu_lowp_gemv instead, which widens the stored
@@ -73,8 +75,11 @@ static void run_fwd(const plan *pl, const item *it, float *tmp) {
     const float *x = pl->x + (size_t)it->r0 * in;
     float *y = p->y + (size_t)it->r0 * out;
     if (is_f32(p, it->g)) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, it->nr, it->nc, in, 1.0f, x, in,
-                    p->f32[it->g] + (size_t)it->c0 * in, in, 0.0f, y + it->c0, out);
+        if (it->nr <= SMALL_ROWS)
+            mt_cpu_f32_gemv(p->f32[it->g], out, in, it->c0, it->nc, it->nr, x, in, y, out);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, it->nr, it->nc, in, 1.0f, x, in,
+                        p->f32[it->g] + (size_t)it->c0 * in, in, 0.0f, y + it->c0, out);
         return;
     }
     const mt_lowp_weight *W = &p->lowp[it->g];
@@ -177,7 +182,10 @@ static void walk(const plan *pl, int *next, double *sum, float *tmp) {
         if (pl->fwd)
             for (int pi = 0; pi < pl->n_proj; pi++) {
                 const bool f32 = is_f32(&pl->p[pi], g);
-                const int out = pl->p[pi].out, cols = f32 ? out : TILE_O, chunk = f32 ? n : ROW_CHUNK;
+                /* fp32 groups of many rows: one sgemm over the whole weight; of few rows: the
+                 * unpacked kernel, over column tiles so that one group still spreads over threads */
+                const bool whole = f32 && n > SMALL_ROWS;
+                const int out = pl->p[pi].out, cols = whole ? out : TILE_O, chunk = f32 ? n : ROW_CHUNK;
                 for (int r = 0; r < n; r += chunk)
                     for (int c = 0; c < out; c += cols) {
                         it = (item){ITEM_FWD, pi, g, r_begin + r, imin(chunk, n - r), c, imin(cols, out - c)};

@@ -95,9 +95,15 @@ static inline float hsum8(__m256 v) {
 
 /* ---- the few-rows kernel: straight from the stored weights ---- */
 
+/* The kernel also reads plain fp32 rows (mt_cpu_f32_gemv): a type of its own, outside the
+ * public enum, so that every switch over stored types stays exhaustive. */
+enum { GEMV_F32 = MT_LOWP_Q8 + 1 };
+
 /* 8 weights of a row from element i, widened to fp32 (for Q8 still unscaled: q as a float). */
-static inline __attribute__((always_inline)) __m256 widen8(mt_lowp_type type, const void *row, int i) {
+static inline __attribute__((always_inline)) __m256 widen8(int type, const void *row, int i) {
     switch (type) {
+    case GEMV_F32:
+        return _mm256_loadu_ps((const float *)row + i);
     case MT_LOWP_BF16: { /* bf16 is the top half of an fp32: widen and shift */
         const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + i));
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -110,8 +116,10 @@ static inline __attribute__((always_inline)) __m256 widen8(mt_lowp_type type, co
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)row + i))));
 }
 
-static inline float widen1(mt_lowp_type type, const void *row, int i) {
+static inline float widen1(int type, const void *row, int i) {
     switch (type) {
+    case GEMV_F32:
+        return ((const float *)row)[i];
     case MT_LOWP_BF16:
         return bf16_f32(((const uint16_t *)row)[i]);
     case MT_LOWP_F16:
@@ -130,11 +138,11 @@ static inline float widen1(mt_lowp_type type, const void *row, int i) {
  * (q·s, the exact fp32 value mt_lowp_row_to_f32 makes) by one multiply shared by the R rows:
  * accumulating each group's dot unscaled and adding s·dot per group would double the
  * accumulators (spilling at 8 rows) and cost R FMAs per group instead of one multiply per vector. */
-static inline __attribute__((always_inline)) void gemv_block(const mt_lowp_weight *W, mt_lowp_type type, int R,
+static inline __attribute__((always_inline)) void gemv_block(const mt_lowp_weight *W, int type, int R,
                                                              int C, int o0, const float *x, int ldx, float *y,
                                                              int ldy) {
     const int in = W->in, in8 = in & ~7;
-    const size_t esz = type == MT_LOWP_Q8 ? 1 : 2;
+    const size_t esz = type == MT_LOWP_Q8 ? 1 : type == GEMV_F32 ? 4 : 2;
     const char *rows[4];
     for (int c = 0; c < C; c++) rows[c] = (const char *)W->w + (size_t)(o0 + c) * (size_t)in * esz;
     const int g = type == MT_LOWP_Q8 ? W->group : (in8 > 0 ? in8 : 8), ng = (in + g - 1) / g;
@@ -155,7 +163,7 @@ static inline __attribute__((always_inline)) void gemv_block(const mt_lowp_weigh
         if (type == MT_LOWP_Q8)
             for (int c = 0; c < C; c++) s[c] = _mm256_broadcast_ss(sc + (size_t)c * ng + i0 / g);
         for (int i = i0; i < end; i += 8) {
-            _mm_prefetch(pf + (size_t)i * C * esz, _MM_HINT_T0);
+            for (size_t b = 0; b < 8 * (size_t)C * esz; b += 64) _mm_prefetch(pf + (size_t)i * C * esz + b, _MM_HINT_T0);
             __m256 w[4];
             for (int c = 0; c < C; c++) {
                 w[c] = widen8(type, rows[c], i);
@@ -184,7 +192,7 @@ static inline __attribute__((always_inline)) void gemv_block(const mt_lowp_weigh
 
 /* Channels o0 .. o0+no−1 of one type for R rows: C channels a pass (C·R ≤ 8 accumulators, so
  * there are enough independent FMA chains to cover the latency at one row), the rest one by one. */
-static inline __attribute__((always_inline)) void gemv_rows(const mt_lowp_weight *W, mt_lowp_type type, int R,
+static inline __attribute__((always_inline)) void gemv_rows(const mt_lowp_weight *W, int type, int R,
                                                             int o0, int no, const float *x, int ldx, float *y,
                                                             int ldy) {
     const int C = R <= 2 ? 4 : R <= 4 ? 2 : 1;
@@ -211,6 +219,7 @@ static inline __attribute__((always_inline)) void gemv_rows(const mt_lowp_weight
 GEMV_TYPE(MT_LOWP_BF16)
 GEMV_TYPE(MT_LOWP_F16)
 GEMV_TYPE(MT_LOWP_Q8)
+GEMV_TYPE(GEMV_F32)
 #undef GEMV_TYPE
 
 void mt_cpu_lowp_gemv(const mt_lowp_weight *W, int o0, int no, int n, const float *x, int ldx, float *y, int ldy) {
@@ -222,6 +231,13 @@ void mt_cpu_lowp_gemv(const mt_lowp_weight *W, int o0, int no, int n, const floa
     case MT_LOWP_Q8: gemv_MT_LOWP_Q8(W, n, o0, no, x, ldx, y, ldy); return;
     }
     MT_ASSERT(0 && "unknown low-precision weight type");
+}
+
+void mt_cpu_f32_gemv(const float *w, int out, int in, int o0, int no, int n, const float *x, int ldx, float *y,
+                     int ldy) {
+    MT_ASSERT(n >= 1 && n <= MT_CPU_LOWP_GEMV_ROWS && o0 >= 0 && no >= 0 && o0 + no <= out);
+    const mt_lowp_weight W = {.type = (mt_lowp_type)GEMV_F32, .out = out, .in = in, .w = w};
+    gemv_GEMV_F32(&W, n, o0, no, x, ldx, y, ldy);
 }
 
 /* Few rows: tasks of GEMV_CHUNK output channels through the kernel above, W read once. */
