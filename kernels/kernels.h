@@ -157,7 +157,9 @@ typedef struct mt_grouped_proj {
 /* Y_p[g's rows] = X[g's rows]·W_{p,g}ᵀ for each of the n_proj projections. The work is cut into
  * items, taken by the backend's threads as they get free, each computed on one thread:
  * for an fp32 weight one single-threaded sgemm per (projection, group), the call mt_matmul makes
- * for that expert alone, so on one thread the bits equal a per-expert loop's; for a low-precision
+ * for that expert alone, so on one thread the bits equal a per-expert loop's (a forward group of
+ * at most 8 rows: a register GEMV over column tiles, as in mt_lin_forward's own
+ * few-rows path, so the bits still agree); for a low-precision
  * weight mt_lowp_matmul's tiles (its few-rows kernel for groups of a few rows). The cut
  * depends on the shapes alone, so the result does not depend on the thread count. */
 void mt_grouped_matmul(mt_backend *be, int G, const int32_t *offsets, int in, const float *x, int n_proj,

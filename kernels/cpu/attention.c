@@ -131,6 +131,12 @@ static void tile_gemm(bool acc, int M, int N, int K, const float *A, size_t am, 
         }
 }
 
+/* row[c] = 0 for the block's columns c < nk outside the visible cl ..= ch (all when cl > ch). */
+static inline void zero_outside(float *row, int nk, int cl, int ch) {
+    for (int c = 0; c < nk; c++)
+        if (c < cl || c > ch) row[c] = 0.0f;
+}
+
 /* Each tile's probabilities (and in the backward dS) are formed over the whole key block and
  * zeroed outside every row's visible keys, so the products with V, dO, Q and K are tile GEMMs
  * in which a hidden key adds nothing: a query's sums are those of its visible keys alone, in
@@ -176,7 +182,7 @@ void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float
                     const int cl = (lo > j0 ? lo : j0) - j0, ch = (hi < j0 + nk - 1 ? hi : j0 + nk - 1) - j0;
                     float *s = S + (size_t)r * ATTN_BK;
                     if (cl > ch) { /* no visible key in this block: the row is untouched */
-                        for (int c = 0; c < nk; c++) s[c] = 0.0f;
+                        zero_outside(s, nk, 0, -1);
                         continue;
                     }
                     float bmax = -INFINITY;
@@ -187,8 +193,7 @@ void mt_cpu_attention_forward(mt_backend *be, const mt_attn_args *a, const float
                     const float mnew = m[r] > bmax ? m[r] : bmax;
                     const float f = mt_cpu_expf(m[r] - mnew); /* 0 on the first visible block */
                     const float sum = (float)mt_cpu_exp_affine(s + cl, s + cl, ch - cl + 1, 1.0f, -mnew);
-                    for (int c = 0; c < cl; c++) s[c] = 0.0f;
-                    for (int c = ch + 1; c < nk; c++) s[c] = 0.0f;
+                    zero_outside(s, nk, cl, ch);
                     l[r] = l[r] * f + sum;
                     m[r] = mnew;
                     float *ar = acc + (size_t)r * dv;
@@ -255,7 +260,8 @@ void mt_cpu_attention_backward(mt_backend *be, const mt_attn_args *a, const floa
                     transpose_block(K_AT(a, k, b, j0, g), (size_t)a->k_row, nk, dqk, kt);
                     transpose_block(V_AT(a, v, b, j0, g), (size_t)a->v_row, nk, dvw, vt);
                     tile_gemm(false, nq, ATTN_BK, dqk, q0, (size_t)a->q_row, 1, kt, ATTN_BK, P, ATTN_BK);
-                    tile_gemm(false, nq, ATTN_BK, dvw, g0, (size_t)a->o_row, 1, vt, ATTN_BK, DS, ATTN_BK); /* dP = dO·Vᵀ */
+                    /* dP = dO·Vᵀ */
+                    tile_gemm(false, nq, ATTN_BK, dvw, g0, (size_t)a->o_row, 1, vt, ATTN_BK, DS, ATTN_BK);
                     for (int r = 0; r < nq; r++) {
                         int lo, hi;
                         key_range(a, b, i0 + r, &lo, &hi);
@@ -265,8 +271,8 @@ void mt_cpu_attention_backward(mt_backend *be, const mt_attn_args *a, const floa
                             mt_cpu_exp_affine(p + cl, p + cl, ch - cl + 1, scale, -lse_h[i0 + r]);
                             for (int c = cl; c <= ch; c++) ds[c] = p[c] * (ds[c] - D[r]) * scale;
                         }
-                        for (int c = 0; c < nk; c++)
-                            if (c < cl || c > ch) p[c] = ds[c] = 0.0f;
+                        zero_outside(p, nk, cl, ch);
+                        zero_outside(ds, nk, cl, ch);
                     }
                     if (dv)
                         tile_gemm(true, nk, dvw, nq, P, 1, ATTN_BK, g0, (size_t)a->o_row, V_AT(a, dv, b, j0, g),

@@ -2,8 +2,8 @@
  * ranges times their own weights (fp32, or bf16/f16/int8 converted a tile at a time with
  * mt_lowp_row_to_f32), forward, input gradient and weight gradient. One parallel region per
  * call: the work is cut into items by the shapes alone, and each thread takes the next item when
- * it is free, each item on one thread (single-threaded sgemm, or for a low-precision group of a
- * few rows mt_cpu_lowp_gemv, a register-blocked AVX2 kernel on the stored weights). */
+ * it is free, each item on one thread (single-threaded sgemm, or for a forward group of a few
+ * rows mt_cpu_lowp_gemv / mt_cpu_f32_gemv, a register-blocked AVX2 kernel on the stored weights). */
 #include "cpu/cpu-impl.h"
 
 #include <cblas.h>

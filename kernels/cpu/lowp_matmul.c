@@ -163,7 +163,8 @@ static inline __attribute__((always_inline)) void gemv_block(const mt_lowp_weigh
         if (type == MT_LOWP_Q8)
             for (int c = 0; c < C; c++) s[c] = _mm256_broadcast_ss(sc + (size_t)c * ng + i0 / g);
         for (int i = i0; i < end; i += 8) {
-            for (size_t b = 0; b < 8 * (size_t)C * esz; b += 64) _mm_prefetch(pf + (size_t)i * C * esz + b, _MM_HINT_T0);
+            for (size_t b = 0; b < 8 * (size_t)C * esz; b += 64) /* fp32: two lines a step */
+                _mm_prefetch(pf + (size_t)i * C * esz + b, _MM_HINT_T0);
             __m256 w[4];
             for (int c = 0; c < C; c++) {
                 w[c] = widen8(type, rows[c], i);
